@@ -1,0 +1,1 @@
+"""Board targets, bitstreams and the host link."""

@@ -1,0 +1,1 @@
+"""Gateware: the zero-skipping sparse convolution accelerator."""

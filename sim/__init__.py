@@ -1,0 +1,1 @@
+"""Simulation: RTL benches, whole-network simulation and the cycle model."""

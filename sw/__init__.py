@@ -1,0 +1,1 @@
+"""Software side: train, prune, quantize and export networks; the integer reference."""

@@ -1,0 +1,1 @@
+"""Pruning methods: KEP, IESSP and baselines behind one interface."""
