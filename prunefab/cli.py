@@ -1,1 +1,204 @@
-def main(): pass
+"""The `prunefab` command: parse, call the library, print.  Every step is a library call too."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from prunefab.sw.artifact import ArtifactError
+    from prunefab.sw.data import DataError
+    from prunefab.sw.models import UnmappableModel
+    from prunefab.sw.qnet import NetworkError
+    from prunefab.sw.train import CheckpointError
+    return (ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError)
+
+
+def _seed(args) -> None:
+    import torch
+    from prunefab.sw.train import seed_everything
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seed_everything(args.seed)
+
+
+def _budget(args):
+    from prunefab.sw.pipeline import Budget
+    return Budget(train_epochs=getattr(args, "epochs", 3),
+                  sparsity_epochs=getattr(args, "sparsity_epochs", 2),
+                  finetune_epochs=getattr(args, "finetune_epochs", 2),
+                  calibration_images=getattr(args, "calibration", 2000))
+
+
+def cmd_train(args) -> None:
+    from prunefab.sw import data, models
+    from prunefab.sw.train import accuracy, save_checkpoint, train
+    _seed(args)
+    tr, te = data.load(args.data, "train"), data.load(args.data, "test")
+    model = models.build(args.model, num_classes=len(tr.classes))
+    if tuple(model.input_shape) != tr.shape:
+        model = models.HardwareNet(tr.shape, model.config["channels"], model.config["pools"],
+                                   len(tr.classes))
+    models.layer_specs(model)
+    train(model, tr, args.epochs, seed=args.seed, lr=args.lr)
+    save_checkpoint(model, args.output, data=args.data, seed=args.seed)
+    print(f"float test accuracy {accuracy(model, te):.2%}; wrote {args.output}")
+
+
+def cmd_prune(args) -> None:
+    from prunefab.sw import data
+    from prunefab.sw.flops import count
+    from prunefab.sw.pipeline import prune
+    from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint
+    _seed(args)
+    model, extra = load_checkpoint(args.checkpoint)
+    name = args.data or extra.get("data", "fashion-mnist")
+    tr, te = data.load(name, "train"), data.load(name, "test")
+    options = {}
+    if args.strength is not None:
+        options["strength"] = args.strength
+    if args.schedule is not None:
+        if args.method != "kep":
+            raise ValueError("--schedule applies to --method kep only")
+        options["schedule"] = args.schedule
+    pruned = prune(model, args.method, tr, args.flops_cut, _budget(args), seed=args.seed, **options)
+    save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
+                    flops_cut=args.flops_cut)
+    c = count(pruned)
+    print(f"{args.method}: conv-FLOPs cut {c.conv_flops_cut:.1%}, parameters cut "
+          f"{c.parameter_cut:.1%}, float test accuracy {accuracy(pruned, te):.2%}; wrote {args.output}")
+
+
+def cmd_quantize(args) -> None:
+    from prunefab.sw import artifact, data, reference
+    from prunefab.sw.pipeline import quantize_model
+    from prunefab.sw.train import accuracy, load_checkpoint
+    model, extra = load_checkpoint(args.checkpoint)
+    name = args.data or extra.get("data", "fashion-mnist")
+    tr, te = data.load(name, "train"), data.load(name, "test")
+    qnet = quantize_model(model, tr, _budget(args))
+    st = artifact.save(qnet, args.output)
+    int_acc = float((reference.classify(qnet, te.images) == te.labels).mean())
+    print(f"float {accuracy(model, te):.2%}, int8 {int_acc:.2%} on {len(te)} test images; "
+          f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
+          f"index bits per conv nonzero)")
+
+
+def cmd_eval(args) -> None:
+    from prunefab.sw import artifact, data, reference
+    from prunefab.sw.pipeline import evaluate, layer_table
+    path = Path(args.network)
+    if path.suffix == ".pfab":
+        qnet = artifact.load(path)
+        te = data.load(args.data or "fashion-mnist", "test").subset(args.images)
+        t = time.perf_counter()
+        pred = reference.classify(qnet, te.images)
+        dt = time.perf_counter() - t
+        st = artifact.stats(artifact.encode(qnet))
+        print(f"int8 accuracy {(pred == te.labels).mean():.2%} on {len(te)} images "
+              f"({dt:.2f} s in the integer reference)")
+        print(f"artifact {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
+              f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero")
+        for i, layer in enumerate(qnet.convs):
+            nz = int((layer.weights != 0).sum())
+            print(f"conv{i:<3}{'x'.join(map(str, layer.weights.shape)):>14}  nonzeros {nz:>7}  "
+                  f"sparsity {1 - nz / layer.weights.size:6.1%}")
+        return
+    from prunefab.sw.train import load_checkpoint
+    model, extra = load_checkpoint(path)
+    name = args.data or extra.get("data", "fashion-mnist")
+    tr, te = data.load(name, "train"), data.load(name, "test").subset(args.images)
+    qnet = None
+    if not args.float_only:
+        from prunefab.sw.pipeline import quantize_model
+        qnet = quantize_model(model, tr)
+    ev = evaluate(path.stem, model, te, qnet)
+    print(f"float accuracy {ev.float_accuracy:.2%}" +
+          (f", int8 accuracy {ev.int8_accuracy:.2%}" if ev.int8_accuracy is not None else ""))
+    print(f"conv MFLOPs {ev.counts.conv_flops / 1e6:.3f} of {ev.counts.dense_conv_flops / 1e6:.3f} dense "
+          f"(cut {ev.counts.conv_flops_cut:.1%}); parameters {ev.counts.parameters} of "
+          f"{ev.counts.dense_parameters} (cut {ev.counts.parameter_cut:.1%})")
+    print(layer_table(ev))
+
+
+def cmd_demo(args) -> None:
+    from prunefab.sw.demo import run_demo
+    run_demo(methods=args.methods.split(","), flops_cut=args.flops_cut, budget=_budget(args),
+             seed=args.seed, out_dir=Path(args.out), data_name=args.data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunefab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data_default="fashion-mnist"):
+        sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        sp.add_argument("--data", default=data_default,
+                        help="fashion-mnist, synthetic, cifar10[:ROOT] or a directory of IDX files")
+
+    sp = sub.add_parser("train", help="train a hardware-mappable network")
+    common(sp)
+    sp.add_argument("--model", default="reference", help="reference | vgg16 (default reference)")
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--lr", type=float, default=3e-3)
+    sp.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    sp.set_defaults(func=cmd_train)
+
+    from prunefab.sw.prune import METHODS
+    sp = sub.add_parser("prune", help="prune a trained checkpoint to a conv-FLOPs target")
+    common(sp, None)
+    sp.add_argument("checkpoint")
+    sp.add_argument("--method", required=True, choices=sorted(METHODS))
+    sp.add_argument("--flops-cut", type=float, default=0.75, help="conv-FLOPs reduction (default 0.75)")
+    sp.add_argument("--sparsity-epochs", type=int, default=2)
+    sp.add_argument("--finetune-epochs", type=int, default=2)
+    sp.add_argument("--strength", type=float, default=None, help="penalty strength (method default)")
+    sp.add_argument("--schedule", choices=["constant", "linear", "step"], default=None,
+                    help="KEP penalty schedule (default linear)")
+    sp.add_argument("-o", "--output", required=True)
+    sp.set_defaults(func=cmd_prune)
+
+    sp = sub.add_parser("quantize", help="int8-quantize a checkpoint and write the .pfab artifact")
+    common(sp, None)
+    sp.add_argument("checkpoint")
+    sp.add_argument("--calibration", type=int, default=2000, help="calibration images (default 2000)")
+    sp.add_argument("-o", "--output", required=True, help="artifact to write (.pfab)")
+    sp.set_defaults(func=cmd_quantize)
+
+    sp = sub.add_parser("eval", help="accuracy, FLOPs, parameters and sparsity of a checkpoint or artifact")
+    common(sp, None)
+    sp.add_argument("network", help="a checkpoint (.pt) or an artifact (.pfab)")
+    sp.add_argument("--images", type=int, default=None, help="test images to use (default all)")
+    sp.add_argument("--float-only", action="store_true", help="skip quantization for a checkpoint")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, every method, one table")
+    common(sp)
+    sp.add_argument("--methods", default="kep,iessp,swp,filter,magnitude")
+    sp.add_argument("--flops-cut", type=float, default=0.75)
+    sp.add_argument("--epochs", type=int, default=3, help="dense training epochs")
+    sp.add_argument("--sparsity-epochs", type=int, default=2)
+    sp.add_argument("--finetune-epochs", type=int, default=2)
+    sp.add_argument("--out", default="out/demo", help="where checkpoints and artifacts go")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _errors() as e:
+        print(f"prunefab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunefab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

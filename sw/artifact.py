@@ -113,11 +113,18 @@ def encode(net: QuantizedNetwork) -> bytes:
             sections.append((p + "counts", _pack_nibbles(counts.ravel())))
         sections += [(p + "positions", _pack_nibbles(pos)), (p + "weights", w.astype(np.int8))]
     counts, idx, w = linear_elements(net.linear)
+    # a dense classifier is cheaper as a bitmap (1 bit per weight) than as 16-bit indices
+    bitmap = net.linear.weights.size < 16 * (len(w) + len(counts))
     layers.append({"kind": "linear", "in_features": net.linear.in_features,
-                   "out_features": net.linear.out_features, "nonzeros": int(len(w))})
-    sections += [("linear.bias", net.linear.bias.astype(np.int32)),
-                 ("linear.counts", counts), ("linear.indices", idx),
-                 ("linear.weights", w.astype(np.int8))]
+                   "out_features": net.linear.out_features, "nonzeros": int(len(w)),
+                   "index": "bitmap" if bitmap else "list"})
+    sections.append(("linear.bias", net.linear.bias.astype(np.int32)))
+    if bitmap:
+        sections.append(("linear.bitmap", np.packbits(net.linear.weights.ravel() != 0,
+                                                      bitorder="little")))
+    else:
+        sections += [("linear.counts", counts), ("linear.indices", idx)]
+    sections.append(("linear.weights", w.astype(np.int8)))
 
     table, offset = [], 0
     for name, a in sections:
@@ -215,13 +222,22 @@ def decode(data: bytes, name: str = "artifact") -> QuantizedNetwork:
         if spec.get("kind") != "linear":
             fail("the last layer must be the linear classifier")
         n_out, n_in, nnz = int(spec["out_features"]), int(spec["in_features"]), int(spec["nonzeros"])
-        counts = section("linear.counts", np.uint16, n_out)
-        idx = section("linear.indices", np.uint16, nnz)
         wts = section("linear.weights", np.int8, nnz)
-        if int(counts.sum()) != nnz or idx.max(initial=0) >= n_in or np.any(wts == 0):
-            fail("linear: counts, indices or weights are inconsistent")
         dense = np.zeros((n_out, n_in), dtype=np.int8)
-        dense[np.repeat(np.arange(n_out), counts), idx] = wts
+        if spec.get("index") == "bitmap":
+            bits = np.unpackbits(section("linear.bitmap", np.uint8, (n_out * n_in + 7) // 8),
+                                 count=n_out * n_in, bitorder="little").astype(bool)
+            if int(bits.sum()) != nnz or np.any(wts == 0):
+                fail("linear: bitmap and weights are inconsistent")
+            dense.ravel()[bits] = wts
+        elif spec.get("index") == "list":
+            counts = section("linear.counts", np.uint16, n_out)
+            idx = section("linear.indices", np.uint16, nnz)
+            if int(counts.sum()) != nnz or idx.max(initial=0) >= n_in or np.any(wts == 0):
+                fail("linear: counts, indices or weights are inconsistent")
+            dense[np.repeat(np.arange(n_out), counts), idx] = wts
+        else:
+            fail(f"linear: unknown index encoding {spec.get('index')!r}")
         net = QuantizedNetwork(
             input_shape=(c, h, w), convs=tuple(convs),
             linear=LinearLayer(dense, section("linear.bias", np.int32, n_out).copy()),
@@ -300,6 +316,8 @@ def stats(data: bytes) -> EncodingStats:
             conv_nnz += n
             conv_bits += layer_bits
             bits += layer_bits
+        elif spec.get("index") == "bitmap":
+            bits += spec["out_features"] * spec["in_features"]
         else:
             bits += 16 * n + 16 * spec["out_features"]
     return EncodingStats(len(data), nnz, conv_nnz, conv_bits, bits)

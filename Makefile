@@ -1,0 +1,22 @@
+# The two everyday commands: `make demo` (the main job) and `make test`.
+# Each sets up what it needs first (Debian packages, .venv, the package).
+
+PY := .venv/bin/python
+STAMP := .venv/.prunefab-installed
+
+.PHONY: demo test setup clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m prunefab demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+clean:
+	rm -rf out build .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from prunefab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,260 @@
+"""The hardware-mappable model family and the paper-scale networks.
+
+The family is what the accelerator runs: blocks of Conv3x3 (stride 1, padding 1, no bias) +
+BatchNorm + ReLU with an optional 2x2 max-pool, then flatten + one Linear.  `layer_specs` walks
+any model and either describes it in those terms or refuses it, naming the first layer that
+does not fit, before any training or export work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class UnmappableModel(ValueError):
+    """A model is outside the hardware-mappable family; one line naming the layer."""
+
+
+class ConvBlock(nn.Sequential):
+    """Conv3x3 + BatchNorm + ReLU [+ MaxPool2x2]."""
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool):
+        layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
+
+    @property
+    def pool(self) -> bool:
+        return len(self) == 4
+
+
+class HardwareNet(nn.Module):
+    """A network of the family: `features` (ConvBlocks), then `classifier` (Linear)."""
+
+    def __init__(self, input_shape=(1, 28, 28), channels=(8, 16, 32), pools=(True, False, True),
+                 num_classes: int = 10):
+        super().__init__()
+        if len(channels) != len(pools) or not channels:
+            raise ValueError(f"channels {channels} and pools {pools} must be non-empty and of equal length")
+        c, h, w = input_shape
+        blocks = []
+        for n, pool in zip(channels, pools):
+            blocks.append(ConvBlock(c, n, pool))
+            c = n
+            if pool:
+                h, w = h // 2, w // 2
+        self.input_shape = tuple(input_shape)
+        self.config = {"input_shape": list(input_shape), "channels": list(channels),
+                       "pools": list(pools), "num_classes": num_classes}
+        self.features = nn.Sequential(*blocks)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(c * h * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))
+
+
+def reference_net(num_classes: int = 10) -> HardwareNet:
+    """The iCE40UP5K-sized Fashion-MNIST network (about 21k parameters).
+
+    Feature maps are 28x28 and 14x14 only, so the accelerator's lane groups stay balanced.
+    """
+    return HardwareNet((1, 28, 28), (8, 16, 32), (True, False, True), num_classes)
+
+
+def vgg16_cifar(num_classes: int = 10) -> HardwareNet:
+    """VGG-16 for 32x32 inputs (CIFAR variant): 13 conv layers, 5 pools, one classifier."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    channels, pools = [], []
+    for v in cfg:
+        if v == "M":
+            pools[-1] = True
+        else:
+            channels.append(v)
+            pools.append(False)
+    return HardwareNet((3, 32, 32), tuple(channels), tuple(pools), num_classes)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-56 (CIFAR variant, 3 stages of 9 basic blocks).
+
+    Outside the hardware family (strided convolutions, residual additions): it is here for
+    paper-scale pruning runs; `layer_specs` refuses it for export.
+    """
+
+    def __init__(self, depth: int = 56, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2, not {depth}")
+        n = (depth - 2) // 6
+        self.input_shape = (3, 32, 32)
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, c = [], 16
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(_BasicBlock(c, width, 2 if stage and i == 0 else 1))
+                c = width
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+def resnet56_cifar(num_classes: int = 10) -> ResNetCifar:
+    return ResNetCifar(56, num_classes)
+
+
+MODELS = {"reference": reference_net, "vgg16": vgg16_cifar, "resnet56": resnet56_cifar}
+
+
+def build(name: str, num_classes: int = 10) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# the family check
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One conv block as the hardware sees it (module names for error messages and export)."""
+
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d | None
+    pool: bool
+    name: str
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    convs: tuple[ConvSpec, ...]
+    linear: nn.Linear
+    linear_name: str
+
+
+def layer_specs(model: nn.Module) -> NetSpec:
+    """Describe `model` as conv blocks + one classifier, or raise UnmappableModel.
+
+    The model must be a sequence of leaf modules in forward order (nested Sequentials and
+    HardwareNet are); anything the accelerator cannot run is named in the error.
+    """
+    leaves = _leaves_in_order(model)
+    convs: list[ConvSpec] = []
+    linear = None
+    i = 0
+    while i < len(leaves):
+        name, m = leaves[i]
+        if isinstance(m, nn.Conv2d):
+            if linear is not None:
+                raise UnmappableModel(f"layer {name}: a convolution after the classifier")
+            _check_conv(name, m)
+            bn = None
+            j = i + 1
+            if j < len(leaves) and isinstance(leaves[j][1], nn.BatchNorm2d):
+                bn = leaves[j][1]
+                j += 1
+            if j >= len(leaves) or not isinstance(leaves[j][1], nn.ReLU):
+                raise UnmappableModel(f"layer {name}: a convolution must be followed by "
+                                      f"[BatchNorm2d] and ReLU")
+            j += 1
+            pool = False
+            if j < len(leaves) and isinstance(leaves[j][1], nn.MaxPool2d):
+                _check_pool(*leaves[j])
+                pool = True
+                j += 1
+            convs.append(ConvSpec(m, bn, pool, name))
+            i = j
+        elif isinstance(m, nn.Flatten):
+            i += 1
+        elif isinstance(m, nn.Linear):
+            if linear is not None:
+                raise UnmappableModel(f"layer {name}: a second Linear layer; the hardware runs one "
+                                      f"classifier at the end")
+            linear = (name, m)
+            i += 1
+        elif isinstance(m, (nn.Dropout, nn.Identity)):
+            i += 1
+        else:
+            raise UnmappableModel(f"layer {name} ({type(m).__name__}) is not in the hardware family "
+                                  f"(Conv3x3 + BatchNorm + ReLU [+ MaxPool2x2], then one Linear)")
+    if not convs:
+        raise UnmappableModel("the model has no convolution")
+    if linear is None:
+        raise UnmappableModel("the model does not end in a Linear classifier")
+    return NetSpec(tuple(convs), linear[1], linear[0])
+
+
+def _leaves_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    if not isinstance(model, (nn.Sequential, HardwareNet)):
+        bad = next((n for n, c in model.named_children()), type(model).__name__)
+        raise UnmappableModel(f"model {type(model).__name__} has a custom forward (at {bad}); "
+                              f"the hardware family is a plain sequence of layers")
+    leaves = []
+    for name, m in model.named_modules():
+        # a parametrized weight (stripe scales) hangs extra modules below its layer
+        if "parametrizations" in name.split("."):
+            continue
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or len(list(m.children())) == 0:
+            leaves.append((name, m))
+    return leaves
+
+
+def _check_conv(name: str, m: nn.Conv2d) -> None:
+    problems = []
+    if m.kernel_size != (3, 3):
+        problems.append(f"kernel {m.kernel_size[0]}x{m.kernel_size[1]} (3x3 only)")
+    if m.stride != (1, 1):
+        problems.append(f"stride {m.stride[0]} (1 only)")
+    if m.padding != (1, 1) or m.padding_mode != "zeros":
+        problems.append(f"padding {m.padding} (zero padding 1 only)")
+    if m.dilation != (1, 1):
+        problems.append("dilation (none allowed)")
+    if m.groups != 1:
+        problems.append(f"groups={m.groups} (1 only)")
+    if problems:
+        raise UnmappableModel(f"layer {name} (Conv2d): " + "; ".join(problems))
+
+
+def _check_pool(name: str, m: nn.MaxPool2d) -> None:
+    k, s = m.kernel_size, m.stride
+    if k not in (2, (2, 2)) or s not in (2, (2, 2)) or m.padding not in (0, (0, 0)) or m.ceil_mode:
+        raise UnmappableModel(f"layer {name} (MaxPool2d): only 2x2 pooling with stride 2 is supported")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

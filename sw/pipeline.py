@@ -1,0 +1,112 @@
+"""The software pipeline end to end: train, prune, quantize, encode, evaluate.
+
+Each step is a plain function; the CLI and the demo are thin layers over them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from prunefab.sw import artifact, reference
+from prunefab.sw.data import Dataset
+from prunefab.sw.flops import NetCount, count
+from prunefab.sw.prune import PruningMethod, apply_masks, bake, make
+from prunefab.sw.prune.kep import KernelElementPruning
+from prunefab.sw.qnet import QuantizedNetwork
+from prunefab.sw.quantize import quantize
+from prunefab.sw.train import accuracy, batches, seed_everything, train
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget of one run, in epochs over the training set."""
+
+    train_epochs: int = 3          # dense training
+    sparsity_epochs: int = 2       # penalty-driven phase (KEP, IESSP, SWP)
+    finetune_epochs: int = 2       # after the hard prune
+    lr: float = 3e-3
+    batch_size: int = 128
+    calibration_images: int = 2000
+
+    def __post_init__(self):
+        for name in ("train_epochs", "sparsity_epochs", "finetune_epochs", "batch_size",
+                     "calibration_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"budget {name} must be >= 0, not {getattr(self, name)}")
+
+
+def prune(model: nn.Module, method: PruningMethod | str, data: Dataset, flops_cut: float,
+          budget: Budget = Budget(), seed: int = 0, progress: bool = True, **options) -> nn.Module:
+    """A pruned copy of a trained model: sparsity phase, hard prune, fine-tune, masks baked."""
+    method = make(method, **options) if isinstance(method, str) else method
+    model = copy.deepcopy(model)
+    seed_everything(seed)
+    if isinstance(method, KernelElementPruning):
+        method.set_target(flops_cut)
+    calib = list(batches(data.subset(2000), 500, shuffle=False))
+    method.prepare(model, calib)
+    if method.wants_sparsity_phase:
+        train(model, data, budget.sparsity_epochs, lr=budget.lr, batch_size=budget.batch_size,
+              seed=seed + 1, penalty=method.penalty, desc=f"{method.name} sparsity", progress=progress)
+    masks = method.compute_masks(model, flops_cut)
+    method.finalize(model)
+    apply_masks(masks)
+    train(model, data, budget.finetune_epochs, lr=budget.lr / 3, batch_size=budget.batch_size,
+          seed=seed + 2, desc=f"{method.name} fine-tune", progress=progress)
+    bake(model)
+    return model
+
+
+def quantize_model(model: nn.Module, data: Dataset, budget: Budget = Budget()) -> QuantizedNetwork:
+    return quantize(model, data.subset(budget.calibration_images))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy, cost and encoding of one network."""
+
+    name: str
+    float_accuracy: float
+    int8_accuracy: float | None
+    counts: NetCount
+    encoding: artifact.EncodingStats | None
+    seconds: float = 0.0
+
+
+def evaluate(name: str, model: nn.Module, test: Dataset, qnet: QuantizedNetwork | None = None
+             ) -> Evaluation:
+    int_acc = enc = None
+    if qnet is not None:
+        int_acc = float((reference.classify(qnet, test.images) == test.labels).mean())
+        enc = artifact.stats(artifact.encode(qnet))
+    return Evaluation(name, accuracy(model, test), int_acc, count(model), enc)
+
+
+def layer_table(ev: Evaluation) -> str:
+    """Per-layer shapes, nonzeros, sparsity and FLOPs."""
+    rows = [f"{'layer':<16}{'shape':>18}{'nonzeros':>10}{'sparsity':>10}{'MFLOPs':>9}"]
+    for c in (*ev.counts.convs, ev.counts.linear):
+        rows.append(f"{c.name:<16}{'x'.join(map(str, c.shape)):>18}{c.nonzeros:>10}"
+                    f"{c.sparsity:>10.1%}{c.flops / 1e6:>9.3f}")
+    return "\n".join(rows)
+
+
+def summary_table(rows: list[Evaluation], baseline: Evaluation) -> str:
+    """The demo's table: method, cuts, accuracies, index bits per nonzero."""
+    head = (f"{'method':<10}{'conv-FLOPs cut':>15}{'param cut':>11}{'float acc':>11}{'int8 acc':>10}"
+            f"{'vs dense':>10}{'idx bits/nz':>12}{'artifact':>10}{'time':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        delta = (r.int8_accuracy - baseline.float_accuracy) * 100 if r.int8_accuracy is not None else 0.0
+        lines.append(
+            f"{r.name:<10}{r.counts.conv_flops_cut:>15.1%}{r.counts.parameter_cut:>11.1%}"
+            f"{r.float_accuracy:>11.2%}{(r.int8_accuracy or 0):>10.2%}{delta:>+9.2f}p"
+            f"{r.encoding.conv_index_bits_per_nonzero if r.encoding else 0:>12.2f}"
+            f"{(r.encoding.file_bytes if r.encoding else 0):>9}B{r.seconds:>6.0f}s")
+    return "\n".join(lines)

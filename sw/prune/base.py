@@ -1,0 +1,90 @@
+"""The interface every pruning method shares, and the mask plumbing.
+
+A method is a strategy object.  The pipeline (`prunefab.sw.pipeline.prune`) drives it:
+
+1. `prepare(model, batches)`   look at the trained model (prior masks, stripe scales, ...)
+2. `penalty(model, loss, t)`   the training hook: a regularization term added to the output loss
+                               during the sparsity phase (t runs from 0 to 1 over that phase)
+3. `importance(model)`         scores at the method's granularity
+4. `compute_masks(model, cut)` keep-masks that reach a conv-FLOPs reduction `cut`
+5. `finalize(model)`           fold any reparametrization into the weights
+
+Masks are attached with torch.nn.utils.prune, so they live on the module as `<name>_mask`
+buffers next to `<name>_orig`, and `bake` makes them permanent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from prunefab.sw.flops import conv_output_sizes
+from prunefab.sw.models import NetSpec, layer_specs
+
+# (module, parameter name) -> keep-mask of the parameter's shape
+Masks = dict[tuple[nn.Module, str], torch.Tensor]
+
+
+class PruningMethod(ABC):
+    """One pruning strategy; subclasses set `name` and implement the abstract steps."""
+
+    name: str = ""
+    #: epochs of penalty-driven sparsity training before hard pruning (0: prune at once)
+    wants_sparsity_phase: bool = False
+
+    def prepare(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+        """Inspect the trained model before the sparsity phase (default: nothing)."""
+
+    def penalty(self, model: nn.Module, output_loss: torch.Tensor, progress: float) -> torch.Tensor:
+        """Regularization added to the loss during the sparsity phase (default: none)."""
+        return output_loss.new_zeros(())
+
+    @abstractmethod
+    def importance(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Scores per conv layer name, at the method's granularity (higher = keep)."""
+
+    @abstractmethod
+    def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
+        """Keep-masks reaching at least `flops_cut` reduction of dense conv FLOPs."""
+
+    def finalize(self, model: nn.Module) -> None:
+        """Fold reparametrizations into plain weights (default: nothing to fold)."""
+
+
+def check_cut(flops_cut: float) -> float:
+    if not 0.0 <= flops_cut < 1.0:
+        raise ValueError(f"conv-FLOPs cut must be in [0, 1), not {flops_cut}")
+    return float(flops_cut)
+
+
+def flops_per_element(model: nn.Module) -> tuple[NetSpec, list[int]]:
+    """The spec and, per conv layer, the FLOPs one weight element costs (2 * H * W)."""
+    spec = layer_specs(model)
+    return spec, [2 * h * w for h, w in conv_output_sizes(spec, model.input_shape)]
+
+
+def dense_conv_flops(model: nn.Module) -> int:
+    spec, per = flops_per_element(model)
+    return sum(f * c.conv.weight.numel() for c, f in zip(spec.convs, per))
+
+
+def apply_masks(masks: Masks) -> None:
+    """Attach keep-masks as `<name>_mask` buffers (torch.nn.utils.prune convention)."""
+    for (module, pname), mask in masks.items():
+        torch_prune.custom_from_mask(module, pname, mask.to(dtype=torch.float32))
+
+
+def bake(model: nn.Module) -> None:
+    """Make every attached mask permanent: the parameter becomes the masked tensor."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+
+
+def masked_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_buffers() if n.endswith("_mask")]

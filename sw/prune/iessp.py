@@ -1,0 +1,152 @@
+"""IESSP: information-extraction sparse stripe pruning.
+
+Interpretation (docs/pruning.md has the reasoning):
+
+* Stripes carry learnable scales (the filter skeleton, as in SWP).
+* The information extraction module (IEM) scores every stripe (o, p) of layer l with
+  information from both neighbouring layers:
+      I[o, p] = || W[o, :, p] * a_in ||_2  *  u[o]
+  where a_in[c] is the mean |activation| the previous layer actually delivers on input channel
+  c (measured on live batches through forward hooks, as a running average), and u[o] is how
+  strongly the next layer reads output channel o (the L1 norm of its weights on that channel).
+  I is normalized to mean 1 per layer.  The stripe's score is |scale| * I.
+* Adaptive loss.  The sparsity term is a weighted L1 on the scales, each stripe's weight being
+  1 / I (little information, more pressure), and its strength follows the output loss:
+      lambda_t = lambda_0 * clip((L_ref / L_t) ** gamma, 0, max_boost)
+  with L_ref the output loss of the trained model before pruning and L_t a running average of
+  the current output loss.  While pruning hurts the output, the pressure relaxes; while the
+  output loss is low, stripes are pushed harder, so sparsity adapts during training.
+* Hard prune: drop the stripes with the lowest score per FLOP saved until the target is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from prunefab.sw.models import layer_specs
+from prunefab.sw.prune.base import Masks, PruningMethod, flops_per_element
+from prunefab.sw.prune.stripes import attach_scales, fold_scales, select_stripes, stripe_scales
+
+
+class InformationExtraction:
+    """The IEM: stripe information scores from neighbouring layers' activations and weights."""
+
+    def __init__(self, model: nn.Module, momentum: float = 0.9):
+        self.momentum = momentum
+        self.spec = layer_specs(model)
+        self.input_strength: dict[str, torch.Tensor] = {}
+        self._handles = [c.conv.register_forward_pre_hook(self._hook(c.name)) for c in self.spec.convs]
+
+    def _hook(self, name: str):
+        def record(module, args):
+            x = args[0].detach()
+            strength = x.abs().mean(dim=(0, 2, 3))
+            old = self.input_strength.get(name)
+            self.input_strength[name] = (strength if old is None
+                                         else self.momentum * old + (1 - self.momentum) * strength)
+        return record
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def next_layer_usage(self) -> dict[str, torch.Tensor]:
+        """u[o] per layer: L1 norm of the next layer's weights reading output channel o."""
+        usage = {}
+        convs = self.spec.convs
+        for i, c in enumerate(convs):
+            n = c.conv.out_channels
+            if i + 1 < len(convs):
+                u = convs[i + 1].conv.weight.detach().abs().sum(dim=(0, 2, 3))
+            else:
+                w = self.spec.linear.weight.detach().abs()
+                u = w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))
+            usage[c.name] = u
+        return usage
+
+    def information(self) -> dict[str, torch.Tensor]:
+        """I [C_out, 9] per layer, mean 1 per layer."""
+        usage = self.next_layer_usage()
+        info = {}
+        for c in self.spec.convs:
+            w = c.conv.weight.detach()               # parametrized: includes the scales
+            a = self.input_strength.get(c.name)
+            if a is None:
+                a = torch.ones(c.conv.in_channels)
+            extracted = (w * a.reshape(1, -1, 1, 1)).pow(2).sum(dim=1).sqrt().reshape(-1, 9)
+            i = extracted * usage[c.name].reshape(-1, 1)
+            info[c.name] = i / i.mean().clamp_min(1e-12)
+        return info
+
+
+class InformationExtractionStripePruning(PruningMethod):
+    name = "iessp"
+    wants_sparsity_phase = True
+
+    def __init__(self, strength: float = 2e-4, gamma: float = 2.0, max_boost: float = 4.0,
+                 loss_momentum: float = 0.98, refresh_every: int = 20):
+        if strength < 0 or gamma < 0 or max_boost <= 0:
+            raise ValueError("IESSP strength and gamma must be >= 0 and max_boost > 0")
+        self.strength = strength
+        self.gamma = gamma
+        self.max_boost = max_boost
+        self.loss_momentum = loss_momentum
+        self.refresh_every = refresh_every
+        self.iem: InformationExtraction | None = None
+        self.reference_loss: float | None = None
+        self._loss_avg: float | None = None
+        self._info: dict[str, torch.Tensor] = {}
+        self._steps = 0
+        self.history: list[float] = []          # lambda_t per step, for reports and tests
+
+    def prepare(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        attach_scales(model)
+        self.iem = InformationExtraction(model)
+        losses = []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for x, y in batches:
+                losses.append(float(nn.functional.cross_entropy(model(x), y)))
+        model.train(was_training)
+        self.reference_loss = sum(losses) / len(losses) if losses else 1.0
+        self._info = self.iem.information()
+
+    def adaptive_strength(self, output_loss: float) -> float:
+        """lambda_t from the running output loss against the reference loss."""
+        m = self.loss_momentum
+        self._loss_avg = output_loss if self._loss_avg is None else m * self._loss_avg + (1 - m) * output_loss
+        ratio = (self.reference_loss or 1.0) / max(self._loss_avg, 1e-8)
+        return self.strength * min(ratio ** self.gamma, self.max_boost)
+
+    def penalty(self, model: nn.Module, output_loss: torch.Tensor, progress: float) -> torch.Tensor:
+        if self.iem is None:
+            raise ValueError("IESSP penalty before prepare")
+        if self._steps % self.refresh_every == 0:
+            self._info = self.iem.information()
+        self._steps += 1
+        lam = self.adaptive_strength(float(output_loss.detach()))
+        self.history.append(lam)
+        total = output_loss.new_zeros(())
+        for name, s in stripe_scales(model).items():
+            weight = 1.0 / self._info[name].reshape(s.shape).clamp_min(1e-3)
+            total = total + (s.abs() * weight).sum()
+        return lam * total
+
+    def importance(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if self.iem is None:
+            self.prepare(model, ())
+        info = self.iem.information()
+        return {n: s.detach().abs().reshape(-1, 9) * info[n] for n, s in stripe_scales(model).items()}
+
+    def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
+        return select_stripes(model, self.importance(model), flops_cut, per_flop=True)
+
+    def finalize(self, model: nn.Module) -> None:
+        if self.iem is not None:
+            self.iem.close()
+        fold_scales(model)

@@ -1,0 +1,57 @@
+"""The command line end to end on the synthetic set: train, prune, quantize, eval, and errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from prunefab.cli import main
+from prunefab.sw import artifact
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert run("train", "--data", "synthetic", "--epochs", 1, "-o", d / "dense.pt") == 0
+    return d
+
+
+def test_pipeline_and_same_seed_same_artifact(dense, capsys):
+    d = dense
+    for tag in ("a", "b"):
+        assert run("prune", d / "dense.pt", "--method", "kep", "--flops-cut", 0.7,
+                   "--sparsity-epochs", 1, "--finetune-epochs", 1, "-o", d / f"kep-{tag}.pt") == 0
+        assert run("quantize", d / f"kep-{tag}.pt", "--calibration", 300, "-o", d / f"kep-{tag}.pfab") == 0
+    out = capsys.readouterr().out
+    assert "conv-FLOPs cut" in out and "int8" in out
+    assert (d / "kep-a.pfab").read_bytes() == (d / "kep-b.pfab").read_bytes()
+    net = artifact.load(d / "kep-a.pfab")
+    assert artifact.stats((d / "kep-a.pfab").read_bytes()).conv_index_bits_per_nonzero == 4.0
+    assert run("eval", d / "kep-a.pfab", "--data", "synthetic") == 0
+    assert run("eval", d / "kep-a.pt") == 0
+    out = capsys.readouterr().out
+    assert "int8 accuracy" in out and "sparsity" in out and len(net.convs) == 3
+
+
+def test_errors_are_one_line(dense, tmp_path, capsys):
+    bad = tmp_path / "bad.pfab"
+    bad.write_bytes(b"PFAB" + b"\0" * 20)
+    assert run("eval", bad) == 2
+    assert run("prune", tmp_path / "missing.pt", "--method", "kep", "-o", tmp_path / "x.pt") == 2
+    assert run("prune", dense / "dense.pt", "--method", "iessp", "--schedule", "step", "-o",
+               tmp_path / "x.pt") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("prunefab: error: ") for line in err)
+    assert "Traceback" not in "".join(err)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_console_entry_point():
+    out = subprocess.run([sys.executable, "-m", "prunefab", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("train", "prune", "quantize", "eval", "demo"):
+        assert cmd in out.stdout
