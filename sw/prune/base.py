@@ -15,6 +15,7 @@ buffers next to `<name>_orig`, and `bake` makes them permanent.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
@@ -23,7 +24,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from prunefab.sw.flops import conv_output_sizes
-from prunefab.sw.models import NetSpec, layer_specs
+from prunefab.sw.models import ConvSpec, NetSpec, UnmappableModel, layer_specs
 
 # (module, parameter name) -> keep-mask of the parameter's shape
 Masks = dict[tuple[nn.Module, str], torch.Tensor]
@@ -61,10 +62,44 @@ def check_cut(flops_cut: float) -> float:
     return float(flops_cut)
 
 
+_traced: "weakref.WeakKeyDictionary[nn.Module, tuple[NetSpec, list[int]]]" = weakref.WeakKeyDictionary()
+
+
 def flops_per_element(model: nn.Module) -> tuple[NetSpec, list[int]]:
-    """The spec and, per conv layer, the FLOPs one weight element costs (2 * H * W)."""
-    spec = layer_specs(model)
+    """The prunable conv layers and, per layer, the FLOPs one weight element costs (2 * H * W).
+
+    A model of the hardware family is described by `layer_specs`.  Any other model (ResNet-56,
+    say) is traced once with a dummy input: its 3x3 convolutions are the prunable layers, in
+    execution order, and the spec has no classifier (methods that need one refuse it).
+    """
+    try:
+        spec = layer_specs(model)
+    except UnmappableModel:
+        if model not in _traced:
+            _traced[model] = _trace_convs(model)
+        return _traced[model]
     return spec, [2 * h * w for h, w in conv_output_sizes(spec, model.input_shape)]
+
+
+def _trace_convs(model: nn.Module) -> tuple[NetSpec, list[int]]:
+    sites, sizes, handles = [], {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            sites.append(ConvSpec(m, None, False, name))
+            handles.append(m.register_forward_hook(
+                lambda mod, args, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *model.input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    order = {n: i for i, n in enumerate(sizes)}
+    sites.sort(key=lambda c: order[c.name])
+    return NetSpec(tuple(sites), None, ""), [2 * sizes[c.name][0] * sizes[c.name][1] for c in sites]
 
 
 def dense_conv_flops(model: nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunefab.sw.models import UnmappableModel
 from prunefab.sw.prune.base import Masks, PruningMethod, check_cut, dense_conv_flops, flops_per_element
 
 
@@ -20,6 +21,9 @@ class FilterPruning(PruningMethod):
 
     def importance(self, model: nn.Module) -> dict[str, torch.Tensor]:
         spec, _ = flops_per_element(model)
+        if spec.linear is None:
+            raise UnmappableModel(f"filter pruning needs a plain chain of conv layers; "
+                                  f"{type(model).__name__} has residual connections")
         return {c.name: c.conv.weight.detach().abs().sum(dim=(1, 2, 3)) for c in spec.convs}
 
     def _keep(self, model: nn.Module, fraction: float) -> list[torch.Tensor]:

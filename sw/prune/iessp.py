@@ -26,7 +26,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from prunefab.sw.models import layer_specs
 from prunefab.sw.prune.base import Masks, PruningMethod, flops_per_element
 from prunefab.sw.prune.stripes import attach_scales, fold_scales, select_stripes, stripe_scales
 
@@ -36,7 +35,7 @@ class InformationExtraction:
 
     def __init__(self, model: nn.Module, momentum: float = 0.9):
         self.momentum = momentum
-        self.spec = layer_specs(model)
+        self.spec, _ = flops_per_element(model)
         self.input_strength: dict[str, torch.Tensor] = {}
         self._handles = [c.conv.register_forward_pre_hook(self._hook(c.name)) for c in self.spec.convs]
 
@@ -60,11 +59,14 @@ class InformationExtraction:
         convs = self.spec.convs
         for i, c in enumerate(convs):
             n = c.conv.out_channels
-            if i + 1 < len(convs):
+            if i + 1 < len(convs) and convs[i + 1].conv.in_channels == n:
                 u = convs[i + 1].conv.weight.detach().abs().sum(dim=(0, 2, 3))
-            else:
+            elif i + 1 == len(convs) and self.spec.linear is not None:
                 w = self.spec.linear.weight.detach().abs()
                 u = w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))
+            else:
+                # the reader of this layer is not a plain next layer (a residual branch)
+                u = torch.ones(n)
             usage[c.name] = u
         return usage
 

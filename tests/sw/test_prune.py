@@ -123,3 +123,27 @@ def test_bad_targets():
         make("random")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         make("magnitude").compute_masks(models.reference_net(), 1.0)
+
+
+@pytest.mark.parametrize("name", ["kep", "iessp", "swp", "magnitude"])
+def test_paper_scale_networks_prune_to_target(name):
+    """VGG-16 and ResNet-56 (CIFAR): hard pruning reaches the target (no training here)."""
+    for model in (models.vgg16_cifar(), models.resnet56_cifar()):
+        method = make(name)
+        if name == "kep":
+            method.set_target(0.75)
+        method.prepare(model, [])
+        masks = method.compute_masks(model, 0.75)
+        method.finalize(model)
+        apply_masks(masks)
+        from prunefab.sw.prune.base import dense_conv_flops, flops_per_element
+        spec, per = flops_per_element(model)
+        kept = sum(f * int((c.conv.weight != 0).sum()) for c, f in zip(spec.convs, per))
+        assert kept <= 0.25 * dense_conv_flops(model) + 1e-6
+        bake(model)
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_filter_pruning_refuses_residual_networks():
+    with pytest.raises(models.UnmappableModel, match="residual"):
+        make("filter").compute_masks(models.resnet56_cifar(), 0.5)
