@@ -29,7 +29,7 @@ def _budget(args):
     from prunefab.sw.pipeline import Budget
     return Budget(train_epochs=getattr(args, "epochs", 3),
                   sparsity_epochs=getattr(args, "sparsity_epochs", 2),
-                  finetune_epochs=getattr(args, "finetune_epochs", 2),
+                  finetune_epochs=getattr(args, "finetune_epochs", 3),
                   calibration_images=getattr(args, "calibration", 2000))
 
 
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", required=True, choices=sorted(METHODS))
     sp.add_argument("--flops-cut", type=float, default=0.75, help="conv-FLOPs reduction (default 0.75)")
     sp.add_argument("--sparsity-epochs", type=int, default=2)
-    sp.add_argument("--finetune-epochs", type=int, default=2)
+    sp.add_argument("--finetune-epochs", type=int, default=3)
     sp.add_argument("--strength", type=float, default=None, help="penalty strength (method default)")
     sp.add_argument("--schedule", choices=["constant", "linear", "step"], default=None,
                     help="KEP penalty schedule (default linear)")
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--flops-cut", type=float, default=0.75)
     sp.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     sp.add_argument("--sparsity-epochs", type=int, default=2)
-    sp.add_argument("--finetune-epochs", type=int, default=2)
+    sp.add_argument("--finetune-epochs", type=int, default=3)
     sp.add_argument("--out", default="out/demo", help="where checkpoints and artifacts go")
     sp.set_defaults(func=cmd_demo)
     return p

@@ -64,7 +64,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     body = raw[4 + 4 * ndim:]
     if len(body) != size:
         raise DataError(f"{path}: expected {size} data bytes for shape {dims}, found {len(body)}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()
 
 
 def _find(directory: Path, stem: str) -> Path:

@@ -29,7 +29,7 @@ class Budget:
 
     train_epochs: int = 3          # dense training
     sparsity_epochs: int = 2       # penalty-driven phase (KEP, IESSP, SWP)
-    finetune_epochs: int = 2       # after the hard prune
+    finetune_epochs: int = 3       # after the hard prune
     lr: float = 3e-3
     batch_size: int = 128
     calibration_images: int = 2000

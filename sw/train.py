@@ -26,7 +26,7 @@ def seed_everything(seed: int) -> None:
 
 def to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 images -> float tensor in [0, 1], the input scale 1/255 of docs/arithmetic.md."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
 
 
 def batches(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0
