@@ -1,0 +1,223 @@
+"""The one description of an accelerator instance.
+
+`EngineConfig` drives the gateware generator, the host-side loader, the cycle model and the
+board fit, and is written as JSON next to every generated design, so the software's view of an
+engine and the engine itself cannot drift apart.  Variants are made with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+from prunefab.sw.qnet import KERNEL_ELEMENTS, QuantizedNetwork
+
+# Activation memory: 16 banks indexed by (y mod 4, x mod 4).  Any 3x3 window touches 9 distinct
+# banks, so a whole window is one read, and the bank of a pixel is two bit-fields of (y, x).
+BANK_ROWS = 4
+BANKS = BANK_ROWS * BANK_ROWS
+WEIGHT_BITS = 8
+POSITION_BITS = 4        # a kernel position 0..8, or (classifier) a bank number 0..15
+ACC_BITS = 32
+MULT_BITS = 15
+SHIFT_BITS = 6
+LOAD_DATA_BITS = 32
+
+
+class EngineLimitError(ValueError):
+    """A network does not fit an engine; the message is one line naming the layer and the limit."""
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def row_pitch(width: int) -> int:
+    """Words per bank row of a feature map `width` pixels wide: a power of two, so the row part
+    of a bank address is a shift rather than a multiplication."""
+    return 1 << max(_ceil_div(width, BANK_ROWS) - 1, 0).bit_length()
+
+
+def plane_words(height: int, width: int) -> int:
+    """Words each activation bank holds for one channel of a height x width feature map."""
+    return _ceil_div(height, BANK_ROWS) * row_pitch(width)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Parameters of one generated accelerator.
+
+    lanes:          MAC lanes P; each computes one output channel (conv) or one output (classifier)
+    max_height, max_width: largest conv input feature map
+    max_channels:   most input or output channels of a conv layer
+    max_layers:     most layers, classifier included
+    max_classes:    most classifier outputs (depth of the logit FIFO)
+    act_depth:      words per activation bank (16 banks of 8 bits); holds a layer's input and
+                    output feature maps at once (ping-pong, one at each end)
+    weight_depth:   step words in the weight memory (one word = one cycle of all lanes)
+    param_depth:    entries of (bias, multiplier, shift): one per conv output channel plus one
+                    per class
+    """
+
+    lanes: int = 8
+    max_height: int = 28
+    max_width: int = 28
+    max_channels: int = 32
+    max_layers: int = 8
+    max_classes: int = 16
+    act_depth: int = 512
+    weight_depth: int = 4096
+    param_depth: int = 128
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"EngineConfig.{f.name} must be an integer, not {v!r}")
+            if v < 1:
+                raise ValueError(f"EngineConfig.{f.name} must be at least 1, not {v}")
+        if self.max_height < 2 or self.max_width < 2:
+            raise ValueError(f"EngineConfig: feature maps of {self.max_height}x{self.max_width} are "
+                             f"too small for a 2x2 pool; use max_height, max_width >= 2")
+        if self.max_layers < 2:
+            raise ValueError("EngineConfig.max_layers must be at least 2 (a conv layer and the classifier)")
+        need = plane_words(self.max_height, self.max_width)
+        if self.act_depth < 2 * need:
+            raise ValueError(f"EngineConfig.act_depth={self.act_depth} cannot hold two single-channel "
+                             f"{self.max_height}x{self.max_width} maps; use act_depth >= {2 * need}")
+        if self.param_depth < self.max_classes:
+            raise ValueError(f"EngineConfig.param_depth={self.param_depth} is below max_classes="
+                             f"{self.max_classes}; use param_depth >= {self.max_classes}")
+        if self.load_addr_bits + self.load_slice_bits > 24:
+            raise ValueError(f"EngineConfig: memories too deep for the 24-bit load address; reduce "
+                             f"weight_depth (now {self.weight_depth}) or lanes (now {self.lanes})")
+
+    # -- derived widths -----------------------------------------------------------------------
+
+    @property
+    def act_addr_bits(self) -> int:
+        return (self.act_depth - 1).bit_length() or 1
+
+    @property
+    def weight_addr_bits(self) -> int:
+        return (self.weight_depth - 1).bit_length() or 1
+
+    @property
+    def param_addr_bits(self) -> int:
+        return (self.param_depth - 1).bit_length() or 1
+
+    @property
+    def layer_bits(self) -> int:
+        return (self.max_layers - 1).bit_length() or 1
+
+    @property
+    def coord_bits(self) -> int:
+        """Bits of a pixel coordinate (unsigned)."""
+        return max(self.max_height, self.max_width).bit_length()
+
+    @property
+    def pitch_shift_bits(self) -> int:
+        return max(row_pitch(self.max_width).bit_length().bit_length(), 1)
+
+    @property
+    def channel_bits(self) -> int:
+        return max(self.max_channels, self.max_classes).bit_length()
+
+    @property
+    def step_bits(self) -> int:
+        """Width of a weight-memory word: P weights, P positions, an activation address, `last`."""
+        return self.lanes * (WEIGHT_BITS + POSITION_BITS) + self.act_addr_bits + 1
+
+    @property
+    def param_bits(self) -> int:
+        return ACC_BITS + 16 + 8
+
+    @property
+    def max_outputs(self) -> int:
+        """Most values one layer writes (sizes the drain counter)."""
+        return self.max_channels * self.max_height * self.max_width
+
+    @property
+    def descriptor_bits(self) -> int:
+        from prunefab.hw.layouts import descriptor_layout
+        return descriptor_layout(self).size
+
+    def slices(self, bits: int) -> int:
+        """32-bit load words that make up one word of a memory `bits` wide."""
+        return _ceil_div(bits, LOAD_DATA_BITS)
+
+    @property
+    def load_slice_bits(self) -> int:
+        most = max(self.slices(self.step_bits), self.slices(self.param_bits),
+                   self.slices(self.descriptor_bits))
+        return max((most - 1).bit_length(), 1)
+
+    @property
+    def load_addr_bits(self) -> int:
+        return max(self.weight_addr_bits, self.param_addr_bits, self.layer_bits,
+                   self.act_addr_bits + 4)
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def check_network(self, net: QuantizedNetwork) -> None:
+        """Raise EngineLimitError naming the first layer that exceeds this engine's limits.
+
+        Memory capacity (activation, weight and parameter words) is checked by the loader,
+        which knows the packing; this checks the shape limits.
+        """
+        net.validate()
+        shapes = net.feature_shapes()
+        if len(net.convs) + 1 > self.max_layers:
+            raise EngineLimitError(
+                f"network: {len(net.convs) + 1} layers exceeds this engine's limit of "
+                f"{self.max_layers}; generate an engine with max_layers >= {len(net.convs) + 1}")
+        for i, layer in enumerate(net.convs):
+            c, h, w = shapes[i]
+            name = f"conv{i}"
+            for what, value, limit, field in (
+                    ("input channels", c, self.max_channels, "max_channels"),
+                    ("output channels", layer.out_channels, self.max_channels, "max_channels"),
+                    ("rows", h, self.max_height, "max_height"),
+                    ("columns", w, self.max_width, "max_width")):
+                if value > limit:
+                    raise EngineLimitError(
+                        f"{name}: {value} {what} exceeds this engine's limit of {limit}; "
+                        f"generate an engine with {field} >= {value}")
+        k = net.linear.out_features
+        if k > self.max_classes:
+            raise EngineLimitError(
+                f"linear: {k} outputs exceeds this engine's limit of {self.max_classes}; "
+                f"generate an engine with max_classes >= {k}")
+
+    # -- serialization ------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({"engine": "prunefab", **asdict(self)}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "EngineConfig":
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.pop("engine", None) != "prunefab":
+            raise ValueError("not a prunefab engine configuration (missing \"engine\": \"prunefab\")")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"engine configuration has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    # -- presets ------------------------------------------------------------------------------
+
+    @classmethod
+    def icebreaker(cls) -> "EngineConfig":
+        """8 lanes for the iCE40UP5K: activations in EBR, the weight memory sized for SPRAM."""
+        return cls(lanes=8, max_height=28, max_width=28, max_channels=32, max_layers=8,
+                   max_classes=16, act_depth=512, weight_depth=4096, param_depth=128)
+
+    @classmethod
+    def ecp5_85f(cls) -> "EngineConfig":
+        """32 lanes for the ECP5-85F."""
+        return cls(lanes=32, max_height=32, max_width=32, max_channels=64, max_layers=12,
+                   max_classes=32, act_depth=2048, weight_depth=4096, param_depth=512)
+
+
+assert KERNEL_ELEMENTS <= BANKS   # a window position and a bank number share the 4-bit field

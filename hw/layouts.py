@@ -1,0 +1,247 @@
+"""Bit layouts shared by the gateware and the host-side loader.
+
+Every memory word and every stream payload is an `amaranth.lib.data` layout built from an
+`EngineConfig`; the loader packs integers with `pack` using the same layouts, so the two sides
+cannot disagree about a bit position.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, POSITION_BITS, WEIGHT_BITS,
+                                EngineConfig)
+
+LOAD_TARGET_WEIGHTS = 0
+LOAD_TARGET_PARAMS = 1
+LOAD_TARGET_DESCRIPTORS = 2
+LOAD_TARGET_ACTIVATIONS = 3
+
+
+def step_layout(cfg: EngineConfig) -> data.StructLayout:
+    """One weight-memory word: one cycle of every lane.
+
+    weight[l], position[l]: lane l's nonzero weight and its kernel position (0 pads a lane that
+    has fewer nonzeros in this input channel); for the classifier the position is the bank
+    holding the input.  addr: activation address of the input channel's plane (conv) or of the
+    input itself (classifier).  last: the final step of the group; the next pixel starts over.
+    """
+    return data.StructLayout({
+        "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
+        "position": data.ArrayLayout(unsigned(POSITION_BITS), cfg.lanes),
+        "addr": unsigned(cfg.act_addr_bits),
+        "last": unsigned(1),
+    })
+
+
+def param_layout(cfg: EngineConfig) -> data.StructLayout:
+    """One parameter-memory word: a channel's bias and requantization (M, s)."""
+    return data.StructLayout({
+        "bias": signed(ACC_BITS),
+        "mult": unsigned(16),
+        "shift": unsigned(8),
+    })
+
+
+def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
+    """One layer descriptor; the sequencer runs the layers in descriptor-memory order.
+
+    linear:        the classifier (the final layer: one pass, raw logits out)
+    pool:          2x2 max-pool after requantization
+    in_h, in_w:    the input feature map (for zero padding)
+    sweep_h/w:     pixels computed (the even part when pooling, as floor pooling drops the rest)
+    pitch_in:      log2 of the input's bank row pitch
+    w_base:        first step word of group 0; groups follow back to back
+    out_base:      activation address of output channel 0
+    plane_out:     words per bank of one output channel
+    pitch_out:     log2 of the output's bank row pitch
+    group_stride:  lanes * plane_out
+    param_base:    parameter index of output channel 0
+    out_channels:  output channels (conv) or classes (classifier)
+    n_outputs:     values the layer writes (the sequencer waits for them before the next layer)
+    """
+    coord = unsigned(cfg.coord_bits)
+    act = unsigned(cfg.act_addr_bits)
+    return data.StructLayout({
+        "linear": unsigned(1),
+        "pool": unsigned(1),
+        "in_h": coord, "in_w": coord,
+        "sweep_h": coord, "sweep_w": coord,
+        "pitch_in": unsigned(cfg.pitch_shift_bits),
+        "w_base": unsigned(cfg.weight_addr_bits),
+        "out_base": act,
+        "plane_out": act,
+        "pitch_out": unsigned(cfg.pitch_shift_bits),
+        "group_stride": unsigned(cfg.act_addr_bits + 1),
+        "param_base": unsigned(cfg.param_addr_bits),
+        "out_channels": unsigned(cfg.channel_bits),
+        "n_outputs": unsigned(cfg.max_outputs.bit_length()),
+    })
+
+
+def load_layout(cfg: EngineConfig) -> data.StructLayout:
+    """One word of the load stream.
+
+    target: 0 weights, 1 parameters, 2 descriptors, 3 activations (image pixels).
+    addr:   the word address; for activations bank * act_depth_pow2 + address, i.e. the bank
+            in the bits above act_addr_bits.
+    slice:  which 32-bit slice of a wide word `data` carries (slice 0 = the low bits); the word
+            is written when its highest slice arrives, so slices are sent in ascending order.
+    """
+    return data.StructLayout({
+        "data": unsigned(LOAD_DATA_BITS),
+        "slice": unsigned(cfg.load_slice_bits),
+        "addr": unsigned(cfg.load_addr_bits),
+        "target": unsigned(2),
+    })
+
+
+def vector_tag_layout(cfg: EngineConfig) -> data.StructLayout:
+    """Where a vector of lane results goes: the destination pixel and the lanes' parameters.
+
+    dest_bank, dest_addr: the output pixel's bank and the address of lane 0's channel there
+    param_index:          parameter index of lane 0's output channel
+    n_lanes:              lanes holding real output channels (the last group may be partial)
+    """
+    return data.StructLayout({
+        "dest_bank": unsigned(4),
+        "dest_addr": unsigned(cfg.act_addr_bits),
+        "param_index": unsigned(cfg.param_addr_bits),
+        "n_lanes": unsigned(cfg.lanes.bit_length()),
+    })
+
+
+def flags_layout() -> data.StructLayout:
+    """Per-step markers: first/last step of a pixel, first/last pixel of a pool window."""
+    return data.StructLayout({"first": 1, "last": 1, "pool_first": 1, "pool_last": 1})
+
+
+def request_layout(cfg: EngineConfig) -> data.StructLayout:
+    """Sequencer -> WindowFetch: a step and the pixel it applies to."""
+    return data.StructLayout({
+        "step": step_layout(cfg),
+        "y": unsigned(cfg.coord_bits), "x": unsigned(cfg.coord_bits),
+        "flags": flags_layout(),
+        "tag": vector_tag_layout(cfg),
+    })
+
+
+def window_layout(cfg: EngineConfig) -> data.StructLayout:
+    """WindowFetch -> IndexDecoder: the step and 16 candidate activations.
+
+    window[p] for p < 9 is the zero-padded activation at kernel position p (conv); for the
+    classifier window[b] is bank b's word at the step's address.
+    """
+    return data.StructLayout({
+        "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
+        "position": data.ArrayLayout(unsigned(POSITION_BITS), cfg.lanes),
+        "window": data.ArrayLayout(unsigned(8), BANKS),
+        "flags": flags_layout(),
+        "tag": vector_tag_layout(cfg),
+    })
+
+
+def operand_layout(cfg: EngineConfig) -> data.StructLayout:
+    """IndexDecoder -> MacArray: one (weight, activation) pair per lane."""
+    return data.StructLayout({
+        "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
+        "act": data.ArrayLayout(unsigned(8), cfg.lanes),
+        "flags": flags_layout(),
+        "tag": vector_tag_layout(cfg),
+    })
+
+
+def accumulator_layout(cfg: EngineConfig, with_pool_flags: bool = True) -> data.StructLayout:
+    """MacArray -> MaxPool (with the pool flags) and MaxPool -> ChannelSerializer (without)."""
+    fields = {"acc": data.ArrayLayout(signed(ACC_BITS), cfg.lanes), "tag": vector_tag_layout(cfg)}
+    if with_pool_flags:
+        fields.update(pool_first=1, pool_last=1)
+    return data.StructLayout(fields)
+
+
+def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:
+    """ChannelSerializer -> Requantizer: one accumulator with its channel's parameters.
+
+    raw: pass acc + bias through unrequantized (the classifier's logits).
+    """
+    return data.StructLayout({
+        "acc": signed(ACC_BITS),
+        "bias": signed(ACC_BITS),
+        "mult": unsigned(16),
+        "shift": unsigned(8),
+        "raw": 1,
+        "dest_bank": unsigned(4),
+        "dest_addr": unsigned(cfg.act_addr_bits),
+    })
+
+
+def requant_out_layout(cfg: EngineConfig) -> data.StructLayout:
+    """Requantizer -> writer: a uint8 activation (or a raw logit) and where it goes."""
+    return data.StructLayout({
+        "value": signed(ACC_BITS),
+        "raw": 1,
+        "dest_bank": unsigned(4),
+        "dest_addr": unsigned(cfg.act_addr_bits),
+    })
+
+
+def _leaves(layout, offset=0):
+    """(path, offset, width, signed) of every scalar field of a layout."""
+    if isinstance(layout, data.StructLayout):
+        for name, field in layout:
+            yield from ((( name,) + p, o, w, s) for p, o, w, s in _leaves(field.shape, offset + field.offset))
+    elif isinstance(layout, data.ArrayLayout):
+        elem = data.Layout.cast(layout.elem_shape) if isinstance(layout.elem_shape, data.Layout) else layout.elem_shape
+        size = elem.size if isinstance(elem, data.Layout) else elem.width
+        for i in range(layout.length):
+            yield from (((i,) + p, o, w, s) for p, o, w, s in _leaves(elem, offset + i * size))
+    else:
+        shape = layout.as_shape() if hasattr(layout, "as_shape") else layout
+        yield (), offset, shape.width, shape.signed
+
+
+def pack(layout: data.Layout, values: dict) -> int:
+    """Pack nested dicts/lists of Python ints into an integer with `layout`'s bit positions.
+
+    Missing fields are 0; a value that does not fit its field raises ValueError.
+    """
+    word = 0
+    for path, offset, width, is_signed in _leaves(layout):
+        v = values
+        try:
+            for key in path:
+                v = v[key]
+        except (KeyError, IndexError, TypeError):
+            continue
+        v = int(v)
+        lo, hi = (-(1 << (width - 1)), 1 << (width - 1)) if is_signed else (0, 1 << width)
+        if not lo <= v < hi:
+            raise ValueError(f"value {v} does not fit the {width}-bit field {'.'.join(map(str, path))}")
+        word |= (v & ((1 << width) - 1)) << offset
+    return word
+
+
+def unpack(layout: data.Layout, word: int) -> dict:
+    """The inverse of `pack`: nested dicts (lists for arrays) of Python ints."""
+    out: dict = {}
+    for path, offset, width, is_signed in _leaves(layout):
+        v = (word >> offset) & ((1 << width) - 1)
+        if is_signed and v >> (width - 1):
+            v -= 1 << width
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        if path:
+            node[path[-1]] = v
+        else:
+            return v
+    return _lists(out)
+
+
+def _lists(node):
+    if isinstance(node, dict):
+        if node and all(isinstance(k, int) for k in node):
+            return [_lists(node[i]) for i in range(len(node))]
+        return {k: _lists(v) for k, v in node.items()}
+    return node

@@ -1,0 +1,47 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from prunefab.hw.config import EngineConfig, EngineLimitError
+from prunefab.hw.loader import pack_network
+from prunefab.sw import reference
+from prunefab.sw.synthetic import Pattern, random_images, random_network
+
+from .program_model import run_program
+
+
+@pytest.mark.parametrize("pattern", list(Pattern))
+def test_packed_program_computes_the_reference(pattern):
+    rng = np.random.default_rng(list(Pattern).index(pattern))
+    net = random_network(rng, (2, 9, 7), channels=(5, 11), pools=(True, False), classes=10,
+                         patterns=pattern, saturate=pattern is Pattern.DENSE)
+    cfg = EngineConfig(lanes=4, max_height=12, max_width=12, max_channels=16, act_depth=256,
+                       weight_depth=1024, param_depth=64)
+    program = pack_network(cfg, net)
+    images = random_images(rng, 2, net.input_shape)
+    want = reference.run(net, images)
+    for image, logits in zip(images, want):
+        assert run_program(program, image) == list(logits)
+
+
+def test_kep_group_steps_are_the_zero_skip_count():
+    rng = np.random.default_rng(3)
+    net = random_network(rng, (3, 6, 6), channels=(8,), pools=(False,),
+                         patterns=Pattern.KERNEL_ELEMENTS, density=3 / 9)
+    program = pack_network(EngineConfig(lanes=4, max_height=8, max_width=8), net)
+    conv = program.layers[0]
+    assert conv.group_steps == (3 * 3, 3 * 3)            # Ci * k per group
+    assert conv.pixels * sum(conv.group_steps) == conv.zero_skip_bound
+
+
+def test_limits_name_the_layer_and_the_fix():
+    rng = np.random.default_rng(0)
+    net = random_network(rng, (1, 8, 8), channels=(4, 40), pools=(True, False))
+    with pytest.raises(EngineLimitError, match=r"^conv1: 40 output channels exceeds this engine's "
+                                                r"limit of 32; generate an engine with max_channels >= 40$"):
+        pack_network(EngineConfig(), net)
+    small = dataclasses.replace(EngineConfig(), weight_depth=16)
+    net = random_network(rng, (1, 8, 8), channels=(4, 8), pools=(True, False), patterns=Pattern.DENSE)
+    with pytest.raises(EngineLimitError, match="weight_depth >= "):
+        pack_network(small, net)
