@@ -1,0 +1,172 @@
+"""Engine: the whole accelerator, with its memories, loader port and performance counters."""
+
+from amaranth.hdl import Array, Module, Signal, signed
+from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from prunefab.hw.config import ACC_BITS, BANKS, LOAD_DATA_BITS, EngineConfig
+from prunefab.hw.index_decoder import IndexDecoder
+from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
+                                 LOAD_TARGET_PARAMS, LOAD_TARGET_WEIGHTS, descriptor_layout,
+                                 load_layout, param_layout, step_layout)
+from prunefab.hw.mac_array import MacArray
+from prunefab.hw.pool import MaxPool
+from prunefab.hw.requantizer import Requantizer
+from prunefab.hw.sequencer import Sequencer
+from prunefab.hw.serializer import ChannelSerializer
+from prunefab.hw.window_fetch import WindowFetch
+
+COUNTER_BITS = 32
+
+
+class Engine(wiring.Component):
+    """The zero-skipping sparse convolution accelerator.
+
+    Sequencer -> WindowFetch -> IndexDecoder -> MacArray -> MaxPool -> ChannelSerializer ->
+    Requantizer -> writer (activation banks, or the logit FIFO for the classifier).
+
+    Ports:
+      i_load:   In(stream of load_layout): writes the weight, parameter and descriptor memories
+                and the input image (docs/hardware.md); accepted only while not busy
+      start:    In(1), pulse: run the loaded network on the loaded image
+      busy:     Out(1), high while running
+      done:     Out(1), set when a run ends, cleared by the next start
+      o_logits: Out(stream of signed(32)): the classifier's raw logits in class order
+      total_cycles:  Out(32), cycles of the last run (start to done)
+      mac_cycles:    Out(32), cycles in which the MacArray took a step (all lanes busy or padded)
+      layer_sel:     In, which layer's cycle count layer_cycles shows
+      layer_cycles:  Out(32), cycles of that layer in the last run (from its descriptor load to
+                     its last output written)
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"Engine needs an EngineConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "i_load": In(stream.Signature(load_layout(config))),
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "o_logits": Out(stream.Signature(signed(ACC_BITS))),
+            "total_cycles": Out(COUNTER_BITS),
+            "mac_cycles": Out(COUNTER_BITS),
+            "layer_sel": In(config.layer_bits),
+            "layer_cycles": Out(COUNTER_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+
+        # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
+        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
+        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth, init=[])
+        m.submodules.descriptors = dmem = memory.Memory(
+            shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[])
+        banks = []
+        for b in range(BANKS):
+            bank = memory.Memory(shape=8, depth=cfg.act_depth, init=[])
+            m.submodules[f"act{b}"] = bank
+            banks.append(bank)
+        w_rd, p_rd, d_rd = wmem.read_port(), pmem.read_port(), dmem.read_port()
+        w_wr, p_wr, d_wr = wmem.write_port(), pmem.write_port(), dmem.write_port()
+        a_rd = [bank.read_port() for bank in banks]
+        a_wr = [bank.write_port() for bank in banks]
+
+        # -- the pipeline ----------------------------------------------------------------------
+        m.submodules.sequencer = seq = Sequencer(cfg)
+        m.submodules.fetch = fetch = WindowFetch(cfg)
+        m.submodules.decoder = dec = IndexDecoder(cfg)
+        m.submodules.mac = mac = MacArray(cfg)
+        m.submodules.pool = pool = MaxPool(cfg)
+        m.submodules.serializer = ser = ChannelSerializer(cfg)
+        m.submodules.requantizer = rq = Requantizer(cfg)
+        m.submodules.logits = logits = fifo.SyncFIFOBuffered(width=ACC_BITS, depth=cfg.max_classes)
+
+        wiring.connect(m, seq.o_stream, fetch.i_stream)
+        wiring.connect(m, fetch.o_stream, dec.i_stream)
+        wiring.connect(m, dec.o_stream, mac.i_stream)
+        wiring.connect(m, mac.o_stream, pool.i_stream)
+        wiring.connect(m, pool.o_stream, ser.i_stream)
+        wiring.connect(m, ser.o_stream, rq.i_stream)
+
+        layer = seq.layer
+        m.d.comb += [
+            seq.start.eq(self.start & ~seq.busy),
+            self.busy.eq(seq.busy),
+            w_rd.addr.eq(seq.w_addr), w_rd.en.eq(seq.w_en), seq.w_data.eq(w_rd.data),
+            d_rd.addr.eq(seq.desc_addr), d_rd.en.eq(seq.desc_en), seq.desc_data.eq(d_rd.data),
+            fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h), fetch.in_w.eq(layer.in_w),
+            fetch.pitch_in.eq(layer.pitch_in),
+            ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out),
+            p_rd.addr.eq(ser.param_addr), p_rd.en.eq(ser.param_en), ser.param_data.eq(p_rd.data),
+        ]
+        for b in range(BANKS):
+            m.d.comb += [a_rd[b].addr.eq(fetch.rd_addr[b]), a_rd[b].en.eq(fetch.rd_en),
+                         fetch.rd_data[b].eq(a_rd[b].data)]
+
+        # -- writer: activations to the banks, logits to the FIFO ------------------------------
+        out = rq.o_stream
+        m.d.comb += [
+            out.ready.eq(~out.payload.raw | logits.w_rdy),
+            logits.w_data.eq(out.payload.value),
+            logits.w_en.eq(out.valid & out.payload.raw),
+            seq.written.eq(out.valid & out.ready),
+        ]
+        wiring.connect(m, logits.r_stream, wiring.flipped(self.o_logits))
+
+        # -- loader: 32-bit slices gathered, the word written when its last slice arrives -------
+        load = self.i_load
+        word = load.payload
+        m.d.comb += load.ready.eq(~seq.busy)
+        widest = max(cfg.step_bits, cfg.param_bits, cfg.descriptor_bits)
+        staging = Signal(cfg.slices(widest) * LOAD_DATA_BITS)
+        commit = Signal()
+        commit_target = Signal(2)
+        commit_addr = Signal(cfg.load_addr_bits)
+        loading = load.valid & load.ready
+        m.d.sync += commit.eq(0)
+        with m.If(loading):
+            with m.Switch(word.slice):
+                for s in range(cfg.slices(widest)):
+                    with m.Case(s):
+                        m.d.sync += staging.word_select(s, LOAD_DATA_BITS).eq(word.data)
+            last_slice = {LOAD_TARGET_WEIGHTS: cfg.slices(cfg.step_bits) - 1,
+                          LOAD_TARGET_PARAMS: cfg.slices(cfg.param_bits) - 1,
+                          LOAD_TARGET_DESCRIPTORS: cfg.slices(cfg.descriptor_bits) - 1}
+            for target, last in last_slice.items():
+                with m.If((word.target == target) & (word.slice == last)):
+                    m.d.sync += [commit.eq(1), commit_target.eq(target), commit_addr.eq(word.addr)]
+        for port, target in ((w_wr, LOAD_TARGET_WEIGHTS), (p_wr, LOAD_TARGET_PARAMS),
+                             (d_wr, LOAD_TARGET_DESCRIPTORS)):
+            m.d.comb += [port.addr.eq(commit_addr), port.data.eq(staging),
+                         port.en.eq(commit & (commit_target == target))]
+
+        # Activation banks: the writer while running, image loads while idle.
+        act_bits = cfg.act_addr_bits
+        image = loading & (word.target == LOAD_TARGET_ACTIVATIONS)
+        for b in range(BANKS):
+            with m.If(seq.busy):
+                m.d.comb += [a_wr[b].addr.eq(out.payload.dest_addr), a_wr[b].data.eq(out.payload.value),
+                             a_wr[b].en.eq(out.valid & ~out.payload.raw & (out.payload.dest_bank == b))]
+            with m.Else():
+                m.d.comb += [a_wr[b].addr.eq(word.addr[:act_bits]), a_wr[b].data.eq(word.data),
+                             a_wr[b].en.eq(image & (word.addr[act_bits:act_bits + 4] == b))]
+
+        # -- performance counters ---------------------------------------------------------------
+        per_layer = Array(Signal(COUNTER_BITS, name=f"layer{i}_cycles") for i in range(cfg.max_layers))
+        layer_count = Signal(COUNTER_BITS)
+        with m.If(seq.start):
+            m.d.sync += [self.total_cycles.eq(0), self.mac_cycles.eq(0), layer_count.eq(0),
+                         self.done.eq(0)]
+        with m.Elif(seq.busy):
+            m.d.sync += [self.total_cycles.eq(self.total_cycles + 1), layer_count.eq(layer_count + 1)]
+            with m.If(mac.i_stream.valid & mac.i_stream.ready):
+                m.d.sync += self.mac_cycles.eq(self.mac_cycles + 1)
+            with m.If(seq.layer_end):
+                m.d.sync += [per_layer[seq.layer_index].eq(layer_count + 1), layer_count.eq(0)]
+                with m.If(layer.linear):
+                    m.d.sync += self.done.eq(1)
+        m.d.comb += self.layer_cycles.eq(per_layer[self.layer_sel])
+        return m

@@ -1,0 +1,89 @@
+"""Run a packed network on the Engine in Amaranth's simulator: the host's verbs, no board.
+
+`simulate(program, images)` loads the network once, then for each image writes it, starts the
+engine, waits for done and reads the logits and the performance counters, exactly as a host
+link would drive the engine's ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from prunefab.hw.engine import Engine
+from prunefab.hw.loader import Program
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One image's logits and counters."""
+
+    logits: tuple[int, ...]
+    total_cycles: int
+    mac_cycles: int
+    layer_cycles: tuple[int, ...]
+
+
+class EngineTimeout(RuntimeError):
+    """The engine did not finish within the cycle budget."""
+
+
+def simulate(program: Program, images: np.ndarray, *, max_cycles: int = 10_000_000,
+             vcd: str | None = None) -> list[RunResult]:
+    """Run `images` (uint8 [N, C, H, W]) through the engine; one RunResult per image."""
+    engine = Engine(program.config)
+    results: list[RunResult] = []
+    words = program.load_words()
+    n_layers = len(program.layers)
+
+    async def host(ctx):
+        load = engine.i_load
+        ctx.set(load.valid, 1)
+        for w in words:
+            ctx.set(load.payload.as_value(), w)
+            await ctx.tick()
+        for image in images:
+            for w in program.image_words(image):
+                ctx.set(load.payload.as_value(), w)
+                await ctx.tick()
+            ctx.set(load.valid, 0)
+            ctx.set(engine.start, 1)
+            await ctx.tick()
+            ctx.set(engine.start, 0)
+            await _wait_done(ctx, engine, max_cycles)
+            logits = []
+            ctx.set(engine.o_logits.ready, 1)
+            while len(logits) < program.classes:
+                if ctx.get(engine.o_logits.valid):
+                    logits.append(ctx.get(engine.o_logits.payload))
+                await ctx.tick()
+            ctx.set(engine.o_logits.ready, 0)
+            per_layer = []
+            for i in range(n_layers):
+                ctx.set(engine.layer_sel, i)
+                per_layer.append(ctx.get(engine.layer_cycles))
+            results.append(RunResult(tuple(logits), ctx.get(engine.total_cycles),
+                                     ctx.get(engine.mac_cycles), tuple(per_layer)))
+            ctx.set(load.valid, 1)
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return results
+
+
+async def _wait_done(ctx, engine, max_cycles):
+    # Wait in chunks so a hung engine fails with a message instead of running forever.
+    waited = 0
+    while not ctx.get(engine.done):
+        if waited >= max_cycles:
+            raise EngineTimeout(f"the engine did not finish within {max_cycles} cycles")
+        await ctx.tick().repeat(64)
+        waited += 64

@@ -1,0 +1,41 @@
+"""IndexDecoder: gives each lane the activation its nonzero weight's element index names."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from prunefab.hw.config import EngineConfig
+from prunefab.hw.layouts import operand_layout, window_layout
+
+
+class IndexDecoder(wiring.Component):
+    """Decodes the element-index stream: lane l gets window[position[l]] beside weight[l].
+
+    Only nonzero weights are stored, each with its 4-bit kernel position, so a zero weight
+    never reaches a lane and costs no cycle.  One register stage.
+
+    Ports:
+      i_stream: In(stream of window_layout): P weights, P positions, 16 candidate activations
+      o_stream: Out(stream of operand_layout): P (weight, activation) pairs, flags and tag unchanged
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"IndexDecoder needs an EngineConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "i_stream": In(stream.Signature(window_layout(config))),
+            "o_stream": Out(stream.Signature(operand_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        en = Signal()
+        m.d.comb += [en.eq(~o.valid | o.ready), i.ready.eq(en)]
+        with m.If(en):
+            m.d.sync += [o.valid.eq(i.valid), o.payload.weight.eq(i.payload.weight),
+                         o.payload.flags.eq(i.payload.flags), o.payload.tag.eq(i.payload.tag)]
+            for lane in range(self.config.lanes):
+                m.d.sync += o.payload.act[lane].eq(i.payload.window[i.payload.position[lane]])
+        return m

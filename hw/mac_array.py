@@ -1,0 +1,68 @@
+"""MacArray: P multiply-accumulate lanes."""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from prunefab.hw.config import ACC_BITS, EngineConfig
+from prunefab.hw.layouts import accumulator_layout, flags_layout, operand_layout, vector_tag_layout
+
+
+class MacArray(wiring.Component):
+    """P lanes of acc += weight * activation, with registered products (one DSP each).
+
+    A step with flags.first starts a new sum; a step with flags.last hands the P sums to the
+    output register.  The array stalls only when a sum is ready and the output is still full.
+
+    Ports:
+      i_stream: In(stream of operand_layout): P (int8 weight, uint8 activation) pairs and flags
+      o_stream: Out(stream of accumulator_layout): P signed 32-bit sums, the pool flags and the
+                tag of the step that ended them
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"MacArray needs an EngineConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "i_stream": In(stream.Signature(operand_layout(config))),
+            "o_stream": Out(stream.Signature(accumulator_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self.config.lanes
+        i, o = self.i_stream, self.o_stream
+
+        s1_valid = Signal()
+        s1_flags = Signal(flags_layout())
+        s1_tag = Signal(vector_tag_layout(self.config))
+        prod = Signal(data.ArrayLayout(signed(17), P))
+        acc = Signal(data.ArrayLayout(signed(ACC_BITS), P))
+
+        # The running sum including this step's product; `first` drops the previous pixel's sum.
+        total = Signal(data.ArrayLayout(signed(ACC_BITS), P))
+        for lane in range(P):
+            m.d.comb += total[lane].eq(Mux(s1_flags.first, 0, acc[lane]) + prod[lane])
+
+        stall = Signal()
+        m.d.comb += [stall.eq(s1_valid & s1_flags.last & o.valid & ~o.ready), i.ready.eq(~stall)]
+
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(~stall):
+            # Stage 1: the products, registered so they map onto the multiplier's output register.
+            m.d.sync += [s1_valid.eq(i.valid), s1_flags.eq(i.payload.flags), s1_tag.eq(i.payload.tag)]
+            for lane in range(P):
+                m.d.sync += prod[lane].eq(i.payload.weight[lane] * i.payload.act[lane])
+            # Stage 2: accumulate; the sum that ends a pixel goes to the output register.
+            with m.If(s1_valid):
+                for lane in range(P):
+                    m.d.sync += acc[lane].eq(total[lane])
+                    with m.If(s1_flags.last):
+                        m.d.sync += o.payload.acc[lane].eq(total[lane])
+                with m.If(s1_flags.last):
+                    m.d.sync += [o.valid.eq(1), o.payload.tag.eq(s1_tag),
+                                 o.payload.pool_first.eq(s1_flags.pool_first),
+                                 o.payload.pool_last.eq(s1_flags.pool_last)]
+        return m

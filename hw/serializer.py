@@ -1,0 +1,83 @@
+"""ChannelSerializer: one lane result per cycle, with its channel's parameters."""
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from prunefab.hw.config import ACC_BITS, EngineConfig
+from prunefab.hw.layouts import accumulator_layout, param_layout, requant_in_layout
+
+
+class ChannelSerializer(wiring.Component):
+    """Feeds the single requantizer: lane l of a vector becomes output channel param_index + l.
+
+    One value leaves per cycle; a vector of n_lanes values takes n_lanes cycles, and the next
+    vector is accepted in the cycle its predecessor's last lane leaves, so there is no bubble.
+    The lane's bias and (M, s) come from the parameter memory (synchronous read, one stage).
+    The destination address of lane l is dest_addr + l * plane_out (channel-major planes).
+
+    Ports:
+      i_stream:  In(stream of accumulator_layout without pool flags)
+      o_stream:  Out(stream of requant_in_layout)
+      raw:       In(1), classifier mode: pass the biased sums through (layer constant)
+      plane_out: In, words per bank of one output channel (layer constant)
+      param_addr, param_en: Out, the parameter memory's synchronous read port
+      param_data: In(param_layout), its data one cycle after param_en
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"ChannelSerializer needs an EngineConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "i_stream": In(stream.Signature(accumulator_layout(config, with_pool_flags=False))),
+            "o_stream": Out(stream.Signature(requant_in_layout(config))),
+            "raw": In(1),
+            "plane_out": In(config.act_addr_bits),
+            "param_addr": Out(config.param_addr_bits),
+            "param_en": Out(1),
+            "param_data": In(param_layout(config)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        i, o = self.i_stream, self.o_stream
+
+        busy = Signal()
+        vec = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.lanes))
+        lane = Signal(range(cfg.lanes + 1))
+        n_lanes = Signal(range(cfg.lanes + 1))
+        addr = Signal(cfg.act_addr_bits)
+        bank = Signal(4)
+        pidx = Signal(cfg.param_addr_bits)
+
+        en = Signal()
+        finishing = Signal()
+        m.d.comb += [
+            en.eq(~o.valid | o.ready),
+            finishing.eq(busy & en & (lane == n_lanes - 1)),
+            i.ready.eq(~busy | finishing),
+            self.param_en.eq(en),
+            self.param_addr.eq(pidx + lane),
+            o.payload.bias.eq(self.param_data.bias),
+            o.payload.mult.eq(self.param_data.mult),
+            o.payload.shift.eq(self.param_data.shift),
+        ]
+        with m.If(en):
+            m.d.sync += [
+                o.valid.eq(busy),
+                o.payload.acc.eq(vec[lane]),
+                o.payload.raw.eq(self.raw),
+                o.payload.dest_bank.eq(bank),
+                o.payload.dest_addr.eq(addr),
+            ]
+            with m.If(busy):
+                m.d.sync += [lane.eq(lane + 1), addr.eq(addr + self.plane_out)]
+            with m.If(finishing):
+                m.d.sync += busy.eq(0)
+        with m.If(i.valid & i.ready):
+            tag = i.payload.tag
+            m.d.sync += [busy.eq(1), vec.eq(i.payload.acc), lane.eq(0), n_lanes.eq(tag.n_lanes),
+                         addr.eq(tag.dest_addr), bank.eq(tag.dest_bank), pidx.eq(tag.param_index)]
+        return m
