@@ -19,9 +19,7 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 def _seed(args) -> None:
-    import torch
     from prunefab.sw.train import seed_everything
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     seed_everything(args.seed)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prunefab.sw import artifact, data, models
@@ -38,7 +38,7 @@ def run_demo(methods: list[str], flops_cut: float = 0.75, budget: Budget = Budge
     qnet = quantize_model(model, tr, budget)
     artifact.save(qnet, out_dir / "dense.pfab")
     dense = evaluate("dense", model, te, qnet)
-    dense = Evaluation(**{**dense.__dict__, "seconds": time.perf_counter() - t0})
+    dense = replace(dense, seconds=time.perf_counter() - t0)
     rows = [dense]
     print(summary_table(rows, dense), flush=True)
     for name in methods:
@@ -49,7 +49,7 @@ def run_demo(methods: list[str], flops_cut: float = 0.75, budget: Budget = Budge
         q = quantize_model(pruned, tr, budget)
         artifact.save(q, out_dir / f"{name}.pfab")
         ev = evaluate(name, pruned, te, q)
-        rows.append(Evaluation(**{**ev.__dict__, "seconds": time.perf_counter() - t}))
+        rows.append(replace(ev, seconds=time.perf_counter() - t))
         print(summary_table(rows[-1:], dense).splitlines()[-1], flush=True)
     print()
     print(f"Fashion-MNIST test set ({len(te)} images); conv-FLOPs target {flops_cut:.0%}; budget: "

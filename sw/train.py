@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from prunefab.sw.artifact import write_atomic
 from prunefab.sw.data import Dataset
 
 # (model, output loss, progress in 0..1) -> extra loss
@@ -70,7 +72,7 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
             step += 1
             running += float(out_loss.detach()) * len(y)
             n += len(y)
-            bar.set_postfix(loss=f"{running / n:.3f}")
+            bar.set_postfix(loss=f"{running / n:.3f}", refresh=False)
         losses.append(running / max(n, 1))
     model.eval()
     return losses
@@ -95,8 +97,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
-    from prunefab.sw.artifact import write_atomic
-    import io
+    """Write the state dict and constructor arguments atomically (torch.save, tensors only)."""
     config = getattr(model, "config", None)
     if config is None:
         raise CheckpointError(f"{path}: only HardwareNet models can be saved as checkpoints")
