@@ -7,7 +7,7 @@ cannot disagree about a bit position.
 
 from __future__ import annotations
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
 from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, POSITION_BITS, WEIGHT_BITS,
@@ -192,12 +192,12 @@ def _leaves(layout, offset=0):
         for name, field in layout:
             yield from ((( name,) + p, o, w, s) for p, o, w, s in _leaves(field.shape, offset + field.offset))
     elif isinstance(layout, data.ArrayLayout):
-        elem = data.Layout.cast(layout.elem_shape) if isinstance(layout.elem_shape, data.Layout) else layout.elem_shape
-        size = elem.size if isinstance(elem, data.Layout) else elem.width
+        elem = layout.elem_shape
+        size = elem.size if isinstance(elem, data.Layout) else Shape.cast(elem).width
         for i in range(layout.length):
             yield from (((i,) + p, o, w, s) for p, o, w, s in _leaves(elem, offset + i * size))
     else:
-        shape = layout.as_shape() if hasattr(layout, "as_shape") else layout
+        shape = Shape.cast(layout)
         yield (), offset, shape.width, shape.signed
 
 

@@ -1,0 +1,43 @@
+"""The engine's cycle model, per layer, from the packed program.
+
+A layer issues one step word per cycle: pixels * (sum over lane groups of the group's steps).
+It also requantizes one output value per cycle, and the two overlap; the layer ends when its
+last value is written, a fixed pipeline depth plus the last vector's lanes after its last step.
+"""
+
+from __future__ import annotations
+
+from prunefab.hw.loader import LayerPlan, Program
+
+# Descriptor read (2) + WindowFetch (2) + IndexDecoder (1) + MacArray (2) + MaxPool (1) +
+# ChannelSerializer (1) + Requantizer (6) + write/drain check (1): measured by
+# tests/hw/test_engine.py::test_layer_cycles_follow_the_model.
+PIPELINE_DEPTH = 16
+
+
+def issue_cycles(plan: LayerPlan) -> int:
+    """Cycles spent issuing step words (the MAC-busy cycles of the layer)."""
+    return plan.pixels * sum(plan.group_steps)
+
+
+def serial_cycles(plan: LayerPlan, lanes: int) -> int:
+    """Cycles the single requantizer needs: one per output value."""
+    pool = plan.descriptor["pool"]
+    vectors = plan.pixels // 4 if pool else plan.pixels
+    return vectors * plan.descriptor["out_channels"]
+
+
+def fixed_overhead(plan: LayerPlan, lanes: int) -> int:
+    """Cycles after the last step: the pipeline depth plus the last group's lanes."""
+    last = plan.descriptor["out_channels"] - lanes * (len(plan.group_steps) - 1)
+    return PIPELINE_DEPTH + last
+
+
+def layer_cycles(plan: LayerPlan, lanes: int) -> int:
+    """Predicted cycles of one layer; exact when issuing (not requantizing) is the bottleneck,
+    i.e. when every pixel's steps (four pixels' when pooling) outnumber the group's lanes."""
+    return max(issue_cycles(plan), serial_cycles(plan, lanes)) + fixed_overhead(plan, lanes)
+
+
+def program_cycles(program: Program) -> list[int]:
+    return [layer_cycles(p, program.config.lanes) for p in program.layers]

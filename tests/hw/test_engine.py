@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from prunefab.hw.config import EngineConfig
+from prunefab.hw.cycles import fixed_overhead, issue_cycles, layer_cycles
+from prunefab.hw.engine_sim import simulate
+from prunefab.hw.loader import pack_network
+from prunefab.sw import reference
+from prunefab.sw.synthetic import Pattern, random_images, random_network
+
+
+def run_and_compare(cfg, net, images):
+    program = pack_network(cfg, net)
+    results = simulate(program, images, max_cycles=200_000)
+    want = reference.run(net, images)
+    for r, w in zip(results, want):
+        assert list(r.logits) == [int(v) for v in w]
+    return program, results
+
+
+@pytest.mark.parametrize("pattern", list(Pattern))
+def test_engine_runs_every_sparsity_pattern_bit_exactly(small_config, pattern):
+    rng = np.random.default_rng(100 + list(Pattern).index(pattern))
+    net = random_network(rng, (2, 7, 6), channels=(5, 6), pools=(True, False), classes=5,
+                         patterns=pattern, density=0.4)
+    run_and_compare(small_config, net, random_images(rng, 1, net.input_shape))
+
+
+def test_engine_single_channel_odd_pool_and_saturation(small_config):
+    rng = np.random.default_rng(5)
+    net = random_network(rng, (1, 9, 7), channels=(1, 1), pools=(True, False), classes=3,
+                         patterns=Pattern.UNSTRUCTURED, density=0.6, saturate=True)
+    images = random_images(rng, 2, net.input_shape)
+    acts = np.concatenate([a.ravel() for a in reference.trace(net, images).activations])
+    assert (acts == 255).any() and (acts == 0).any()   # saturation and ReLU both occur
+    run_and_compare(small_config, net, images)
+
+
+def test_engine_three_layers_full_groups_and_back_to_back_images(small_config):
+    rng = np.random.default_rng(6)
+    net = random_network(rng, (3, 8, 8), channels=(8, 4, 8), pools=(False, True, True), classes=8,
+                         patterns=(Pattern.KERNEL_ELEMENTS, Pattern.STRIPES, Pattern.DENSE))
+    run_and_compare(small_config, net, random_images(rng, 2, net.input_shape))
+
+
+def test_layer_cycles_follow_the_model(small_config):
+    """Issue-bound KEP layers take exactly pixels * steps + the fixed overhead, and the steps are
+    the zero-skip limit ceil(nnz * H * W / P) when the output channels fill the lane groups."""
+    rng = np.random.default_rng(8)
+    net = random_network(rng, (2, 8, 8), channels=(8, 8), pools=(True, False), classes=4,
+                         patterns=Pattern.KERNEL_ELEMENTS, density=4 / 9)
+    program, (result,) = run_and_compare(small_config, net, random_images(rng, 1, net.input_shape))
+    lanes = small_config.lanes
+    for plan, measured in zip(program.layers, result.layer_cycles):
+        assert measured == layer_cycles(plan, lanes), plan.name
+        if plan.name.startswith("conv"):
+            assert issue_cycles(plan) == plan.zero_skip_bound
+            assert measured <= plan.zero_skip_bound + fixed_overhead(plan, lanes)
+    assert result.mac_cycles == sum(issue_cycles(p) for p in program.layers)
+    assert result.total_cycles == sum(result.layer_cycles)

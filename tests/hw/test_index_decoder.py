@@ -1,0 +1,39 @@
+import random
+
+import pytest
+
+from prunefab.hw.index_decoder import IndexDecoder
+from prunefab.hw.layouts import operand_layout, pack, unpack, window_layout
+
+from .streams import run_stream_bench
+
+
+def decode_model(step: dict) -> dict:
+    """Lane l's activation is window[position[l]]; everything else passes through."""
+    return {"weight": step["weight"], "act": [step["window"][p] for p in step["position"]],
+            "flags": step["flags"], "tag": step["tag"]}
+
+
+def random_window_word(rng: random.Random, cfg) -> dict:
+    return {"weight": [rng.randint(-127, 127) for _ in range(cfg.lanes)],
+            "position": [rng.randrange(16) for _ in range(cfg.lanes)],
+            "window": [rng.randrange(256) for _ in range(16)],
+            "flags": {k: rng.randrange(2) for k in ("first", "last", "pool_first", "pool_last")},
+            "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(cfg.act_depth),
+                    "param_index": rng.randrange(cfg.param_depth), "n_lanes": rng.randint(1, cfg.lanes)}}
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.5])
+def test_index_decoder_selects_the_named_activation(small_config, stall):
+    rng = random.Random(1)
+    steps = [random_window_word(rng, small_config) for _ in range(60)]
+    dut = IndexDecoder(small_config)
+    words = [pack(window_layout(small_config), s) for s in steps]
+    got = run_stream_bench(dut, words, len(words), stall=stall, seed=2)
+    assert [unpack(operand_layout(small_config), w) for w in got] == [decode_model(s) for s in steps]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_index_decoder_rejects_a_non_config():
+    with pytest.raises(TypeError, match="EngineConfig"):
+        IndexDecoder(8)

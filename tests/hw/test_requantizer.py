@@ -1,0 +1,41 @@
+import random
+
+import numpy as np
+import pytest
+
+from prunefab.hw.layouts import pack, requant_in_layout, requant_out_layout, unpack
+from prunefab.hw.requantizer import Requantizer
+from prunefab.sw.reference import requantize
+
+from .streams import run_stream_bench
+
+
+def requant_model(x: dict) -> dict:
+    total = x["acc"] + x["bias"]
+    if x["raw"]:
+        value = total
+    else:
+        value = int(requantize(np.array([[total]], dtype=np.int64), np.array([x["mult"]]),
+                               np.array([x["shift"]]))[0, 0])
+    return {"value": value, "raw": x["raw"], "dest_bank": x["dest_bank"], "dest_addr": x["dest_addr"]}
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.5])
+def test_requantizer_matches_the_reference(small_config, stall):
+    rng = random.Random(7)
+    items = []
+    for i in range(80):
+        shift = rng.choice([1, 2, 14, 20, 31, 46, 47, rng.randint(1, 47)])
+        acc = rng.choice([0, -1, 1, rng.randint(-(1 << 30), 1 << 30), rng.randint(-5000, 5000)])
+        items.append({"acc": acc, "bias": rng.randint(-(1 << 29), 1 << 29) if i % 3 else 0,
+                      "mult": rng.randint(1, (1 << 15) - 1), "shift": shift, "raw": int(i % 11 == 0),
+                      "dest_bank": rng.randrange(16), "dest_addr": rng.randrange(small_config.act_depth)})
+    # exact rounding ties: acc * M = (2k + 1) * 2^(s-1)
+    items.append({"acc": 3, "bias": 0, "mult": 1, "shift": 1, "raw": 0, "dest_bank": 0, "dest_addr": 0})
+    items.append({"acc": -3, "bias": 0, "mult": 1, "shift": 1, "raw": 0, "dest_bank": 0, "dest_addr": 0})
+    want = [requant_model(x) for x in items]
+    assert any(w["value"] == 255 for w in want) and any(w["value"] == 0 for w in want)
+    got = run_stream_bench(Requantizer(small_config),
+                           [pack(requant_in_layout(small_config), x) for x in items], len(items),
+                           stall=stall, seed=8)
+    assert [unpack(requant_out_layout(small_config), w) for w in got] == want
