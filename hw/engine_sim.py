@@ -87,3 +87,26 @@ async def _wait_done(ctx, engine, max_cycles):
             raise EngineTimeout(f"the engine did not finish within {max_cycles} cycles")
         await ctx.tick().repeat(64)
         waited += 64
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Engine runs of several images compared with the integer reference."""
+
+    results: tuple[RunResult, ...]
+    expected: np.ndarray          # reference logits [N, classes]
+
+    @property
+    def mismatches(self) -> list[int]:
+        """Indices of images whose logits differ from the reference in any bit."""
+        return [i for i, r in enumerate(self.results)
+                if list(r.logits) != [int(v) for v in self.expected[i]]]
+
+
+def verify(program: Program, net, images: np.ndarray, **kwargs) -> Verification:
+    """Simulate `images` on the engine and compare with `prunefab.sw.reference.run`."""
+    from prunefab.sw import reference
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    return Verification(tuple(simulate(program, images, **kwargs)), reference.run(net, images))

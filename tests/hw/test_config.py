@@ -1,0 +1,55 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from prunefab.hw.config import EngineConfig, EngineLimitError
+from prunefab.sw.synthetic import random_network
+
+
+def test_presets_are_valid_and_round_trip_through_json():
+    for cfg in (EngineConfig(), EngineConfig.icebreaker(), EngineConfig.ecp5_85f()):
+        assert EngineConfig.from_json(cfg.to_json()) == cfg
+    assert EngineConfig.icebreaker().lanes == 8 and EngineConfig.ecp5_85f().lanes == 32
+
+
+def test_variants_are_replaced_copies():
+    base = EngineConfig.icebreaker()
+    wide = dataclasses.replace(base, lanes=16)
+    assert wide.lanes == 16 and base.lanes == 8
+    assert wide.step_bits == base.step_bits + 8 * 12
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.lanes = 4
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"lanes": 0}, ValueError, r"^EngineConfig.lanes must be at least 1, not 0$"),
+    ({"lanes": 2.5}, TypeError, r"^EngineConfig.lanes must be an integer, not 2.5$"),
+    ({"act_depth": 16}, ValueError, r"act_depth >= "),
+    ({"param_depth": 4}, ValueError, r"param_depth >= 16"),
+])
+def test_invalid_configs_fail_with_one_actionable_line(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EngineConfig(**kwargs)
+
+
+def test_from_json_rejects_other_documents():
+    with pytest.raises(ValueError, match="unknown keys"):
+        EngineConfig.from_json(json.dumps({"engine": "prunefab", "lanes": 8, "colour": 1}))
+    with pytest.raises(ValueError, match="not a prunefab engine"):
+        EngineConfig.from_json("{}")
+
+
+def test_check_network_names_the_layer_and_limit():
+    rng = np.random.default_rng(0)
+    net = random_network(rng, (1, 30, 12), channels=(4,), pools=(True,))
+    with pytest.raises(EngineLimitError, match=r"^conv0: 30 rows exceeds this engine's limit of 28; "
+                                                r"generate an engine with max_height >= 30$"):
+        EngineConfig().check_network(net)
+    net = random_network(rng, (1, 8, 8), channels=(4,), pools=(True,), classes=20)
+    with pytest.raises(EngineLimitError, match=r"^linear: 20 outputs .* max_classes >= 20$"):
+        EngineConfig().check_network(net)
+    net = random_network(rng, (1, 8, 8), channels=(4,) * 8, pools=(False,) * 8)
+    with pytest.raises(EngineLimitError, match=r"max_layers >= 9$"):
+        EngineConfig().check_network(net)
