@@ -16,7 +16,7 @@ Interpretation (docs/pruning.md has the reasoning):
   with L_ref the output loss of the trained model before pruning and L_t a running average of
   the current output loss.  While pruning hurts the output, the pressure relaxes; while the
   output loss is low, stripes are pushed harder, so sparsity adapts during training.
-* Hard prune: drop the stripes with the lowest score per FLOP saved until the target is met.
+* Hard prune: drop the stripes with the lowest score / sqrt(FLOPs saved) until the target is met.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class InformationExtractionStripePruning(PruningMethod):
     wants_sparsity_phase = True
 
     def __init__(self, strength: float = 1e-3, gamma: float = 2.0, max_boost: float = 4.0,
-                 loss_momentum: float = 0.98, refresh_every: int = 20):
+                 loss_momentum: float = 0.98, refresh_every: int = 20, flops_exponent: float = 0.5):
         if strength < 0 or gamma < 0 or max_boost <= 0:
             raise ValueError("IESSP strength and gamma must be >= 0 and max_boost > 0")
         self.strength = strength
@@ -98,6 +98,7 @@ class InformationExtractionStripePruning(PruningMethod):
         self.max_boost = max_boost
         self.loss_momentum = loss_momentum
         self.refresh_every = refresh_every
+        self.flops_exponent = flops_exponent
         self.iem: InformationExtraction | None = None
         self.reference_loss: float | None = None
         self._loss_avg: float | None = None
@@ -146,7 +147,7 @@ class InformationExtractionStripePruning(PruningMethod):
         return {n: s.detach().abs().reshape(-1, 9) * info[n] for n, s in stripe_scales(model).items()}
 
     def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
-        return select_stripes(model, self.importance(model), flops_cut, per_flop=True)
+        return select_stripes(model, self.importance(model), flops_cut, self.flops_exponent)
 
     def finalize(self, model: nn.Module) -> None:
         if self.iem is not None:

@@ -53,12 +53,13 @@ def fold_scales(model: nn.Module) -> None:
 
 
 def select_stripes(model: nn.Module, scores: dict[str, torch.Tensor], flops_cut: float,
-                   per_flop: bool) -> Masks:
+                   flops_exponent: float = 0.0) -> Masks:
     """Drop the lowest-scoring stripes across all layers until the FLOPs target is met.
 
-    scores: [C_out, 9] per layer.  With `per_flop`, scores are divided by the FLOPs a stripe
-    saves, so a cheap stripe of a small layer is not dropped for little gain.  Each layer
-    keeps at least one stripe.
+    scores: [C_out, 9] per layer.  Scores are ranked after division by (FLOPs the stripe
+    saves) ** flops_exponent: 0 ranks by score alone; 1 by score per FLOP, which strips the
+    largest layer almost bare; in between, a cheap stripe of a small layer is not dropped for
+    little gain, nor the big layer emptied.  Each layer keeps at least one stripe.
     """
     check_cut(flops_cut)
     spec, per_elem = flops_per_element(model)
@@ -69,7 +70,7 @@ def select_stripes(model: nn.Module, scores: dict[str, torch.Tensor], flops_cut:
         s = scores[c.name].detach().reshape(c.conv.out_channels, 9).double()
         cost = f * c.conv.in_channels
         flops += cost * s.numel()
-        rank = s / cost if per_flop else s
+        rank = s / cost ** flops_exponent
         for o in range(s.shape[0]):
             for p in range(9):
                 entries.append((float(rank[o, p]), li, o, p, cost))
@@ -111,7 +112,7 @@ class StripeWisePruning(PruningMethod):
         return {n: s.detach().abs().reshape(-1, 9) for n, s in stripe_scales(model).items()}
 
     def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
-        return select_stripes(model, self.importance(model), flops_cut, per_flop=False)
+        return select_stripes(model, self.importance(model), flops_cut)
 
     def finalize(self, model: nn.Module) -> None:
         fold_scales(model)
