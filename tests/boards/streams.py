@@ -1,0 +1,37 @@
+"""Simulation helpers for the link benches: put and get stream payloads with random stalls."""
+
+from __future__ import annotations
+
+import random
+
+
+async def stream_put(ctx, stream, value, rng: random.Random | None = None, stall: float = 0.3):
+    """Send one payload (an int, or a dict of fields for a struct payload) after random idle cycles."""
+    while rng is not None and rng.random() < stall:
+        await ctx.tick()
+    if isinstance(value, dict):
+        for name, v in value.items():
+            ctx.set(getattr(stream.payload, name), v)
+    else:
+        ctx.set(stream.payload, value)
+    ctx.set(stream.valid, 1)
+    await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def stream_get(ctx, stream, rng: random.Random | None = None, stall: float = 0.3):
+    """Receive one payload (an int or a struct view's values), refusing it for random cycles first."""
+    while rng is not None and rng.random() < stall:
+        await ctx.tick()
+    ctx.set(stream.ready, 1)
+    payload, = await ctx.tick().sample(stream.payload).until(stream.valid)
+    ctx.set(stream.ready, 0)
+    return payload
+
+
+def message_beats(cmd: int, payload: bytes, **extra) -> list[dict]:
+    """The beats of one message (or frame, with `seq` in `extra`) carrying `payload`."""
+    if not payload:
+        return [dict(cmd=cmd, data=0, last=1, empty=1, **extra)]
+    return [dict(cmd=cmd, data=b, last=int(k == len(payload) - 1), empty=0, **extra)
+            for k, b in enumerate(payload)]
