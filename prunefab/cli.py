@@ -15,7 +15,8 @@ def _errors() -> tuple[type[Exception], ...]:
     from prunefab.sw.models import UnmappableModel
     from prunefab.sw.qnet import NetworkError
     from prunefab.sw.train import CheckpointError
-    return (ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError)
+    return (ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
+            TypeError)
 
 
 def _seed(args) -> None:
@@ -78,11 +79,68 @@ def cmd_quantize(args) -> None:
     name = args.data or extra.get("data", "fashion-mnist")
     tr, te = data.load(name, "train"), data.load(name, "test")
     qnet = quantize_model(model, tr, _budget(args))
-    st = artifact.save(qnet, args.output)
     int_acc = float((reference.classify(qnet, te.images) == te.labels).mean())
-    print(f"float {accuracy(model, te):.2%}, int8 {int_acc:.2%} on {len(te)} test images; "
-          f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
-          f"index bits per conv nonzero)")
+    print(f"float {accuracy(model, te):.2%}, int8 {int_acc:.2%} on {len(te)} test images")
+    for i, layer in enumerate(qnet.convs):
+        print(f"conv{i}: output scale {qnet.activation_scales[i + 1]:.5f}, requantization "
+              f"M/2^s in [{(layer.multiplier / 2.0 ** layer.shift).min():.3g}, "
+              f"{(layer.multiplier / 2.0 ** layer.shift).max():.3g}]")
+    if args.output:
+        st = artifact.save(qnet, args.output)
+        print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
+              f"index bits per conv nonzero)")
+
+
+def cmd_export(args) -> None:
+    from prunefab.sw import artifact, data
+    from prunefab.sw.pipeline import quantize_model
+    source = Path(args.network)
+    if source.suffix == ".pfab":
+        qnet = artifact.load(source)
+    else:
+        from prunefab.sw.train import load_checkpoint
+        model, extra = load_checkpoint(source)
+        qnet = quantize_model(model, data.load(args.data or extra.get("data", "fashion-mnist"), "train"),
+                              _budget(args))
+    program = None
+    if args.config:
+        from prunefab.hw.loader import pack_network
+        program = pack_network(_engine_config(args.config), qnet)   # refuses what does not fit
+    st = artifact.save(qnet, args.output)
+    print(f"wrote {args.output}: {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
+          f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero, "
+          f"{st.index_bits_per_nonzero:.2f} over all layers")
+    if program is not None:
+        cfg = program.config
+        print(f"fits the engine ({cfg.lanes} lanes): weight memory {len(program.weights)} of "
+              f"{cfg.weight_depth} words, parameters {len(program.params)} of {cfg.param_depth}, "
+              f"{len(program.load_words())} load words")
+
+
+def _engine_config(spec: str):
+    """An engine configuration from a preset name or a config.json written by `prunefab gen`."""
+    from prunefab.hw.config import EngineConfig
+    presets = {"icebreaker": EngineConfig.icebreaker, "ecp5-85f": EngineConfig.ecp5_85f}
+    if spec in presets:
+        return presets[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{spec}: neither an engine preset ({', '.join(presets)}) nor a "
+                         f"configuration file")
+    try:
+        return EngineConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def cmd_gen(args) -> None:
+    import dataclasses
+    from prunefab.hw.generate import generate
+    cfg = _engine_config(args.config)
+    if args.lanes is not None:
+        cfg = dataclasses.replace(cfg, lanes=args.lanes)
+    design = generate(cfg, args.output)
+    print(f"wrote {design.verilog}, {design.rtlil} and {design.config} ({cfg.lanes} lanes)")
 
 
 def cmd_eval(args) -> None:
@@ -163,8 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, None)
     sp.add_argument("checkpoint")
     sp.add_argument("--calibration", type=int, default=2000, help="calibration images (default 2000)")
-    sp.add_argument("-o", "--output", required=True, help="artifact to write (.pfab)")
+    sp.add_argument("-o", "--output", help="also write the artifact (.pfab)")
     sp.set_defaults(func=cmd_quantize)
+
+    sp = sub.add_parser("export", help="write the .pfab artifact, checked against an engine")
+    common(sp, None)
+    sp.add_argument("network", help="a checkpoint (.pt, quantized here) or an artifact (.pfab)")
+    sp.add_argument("--calibration", type=int, default=2000)
+    sp.add_argument("--config", help="engine preset (icebreaker, ecp5-85f) or config.json: refuse "
+                                     "a network over its limits")
+    sp.add_argument("-o", "--output", required=True, help="artifact to write (.pfab)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("gen", help="generate the accelerator's Verilog and RTLIL")
+    sp.add_argument("--config", default="icebreaker",
+                    help="engine preset (icebreaker, ecp5-85f) or config.json (default icebreaker)")
+    sp.add_argument("--lanes", type=int, help="override the preset's lane count")
+    sp.add_argument("-o", "--output", required=True, help="output directory")
+    sp.set_defaults(func=cmd_gen)
 
     sp = sub.add_parser("eval", help="accuracy, FLOPs, parameters and sparsity of a checkpoint or artifact")
     common(sp, None)

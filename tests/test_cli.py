@@ -53,5 +53,32 @@ def test_errors_are_one_line(dense, tmp_path, capsys):
 def test_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "prunefab", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("train", "prune", "quantize", "eval", "demo"):
+    for cmd in ("train", "prune", "quantize", "export", "eval", "gen", "demo"):
         assert cmd in out.stdout
+
+
+def test_export_checks_engine_limits(dense, tmp_path, capsys):
+    from prunefab.hw.config import EngineConfig
+    small = tmp_path / "small.json"
+    small.write_text(EngineConfig(lanes=2, max_channels=4, max_height=12, max_width=12,
+                                  act_depth=64).to_json())
+    assert run("export", dense / "dense.pt", "--calibration", 200, "--config", small,
+               "-o", tmp_path / "net.pfab") == 2
+    err = capsys.readouterr().err
+    assert "max_channels" in err and "conv0" in err
+    assert not (tmp_path / "net.pfab").exists()
+    assert run("export", dense / "dense.pt", "--calibration", 200, "--config", "icebreaker",
+               "-o", tmp_path / "net.pfab") == 0
+    assert "fits the engine (8 lanes)" in capsys.readouterr().out
+    artifact.load(tmp_path / "net.pfab")
+
+
+def test_gen_writes_design_and_config(tmp_path, capsys):
+    from prunefab.hw.config import EngineConfig
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(EngineConfig(lanes=2, max_channels=4, max_height=8, max_width=8, act_depth=64,
+                                weight_depth=64, param_depth=16, max_layers=3).to_json())
+    assert run("gen", "--config", cfg, "--lanes", 3, "-o", tmp_path / "design") == 0
+    assert "module prunefab_engine" in (tmp_path / "design" / "prunefab_engine.v").read_text()
+    back = EngineConfig.from_json((tmp_path / "design" / "config.json").read_text())
+    assert back.lanes == 3 and back.max_channels == 4
