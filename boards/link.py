@@ -124,6 +124,7 @@ class FrameReceiver(wiring.Component):
         length, count = Signal(16), Signal(16)
         store = Signal()        # the buffer was free when this frame began
         occupied = Signal()     # the buffer holds a checked frame not yet sent on
+        held_cmd, held_seq, held_length = Signal(8), Signal(8), Signal(16)
         silence = Signal(range(self.byte_timeout + 1))
         timed_out = Signal()
 
@@ -203,7 +204,8 @@ class FrameReceiver(wiring.Component):
                 with m.Elif(~store):
                     report(ErrorCode.BUSY)
                 with m.Else():
-                    m.d.sync += occupied.eq(1)
+                    m.d.sync += [occupied.eq(1), held_cmd.eq(cmd), held_seq.eq(seq),
+                                 held_length.eq(length)]
                 m.next = "HUNT"
 
         m.d.comb += [self.i_stream.ready.eq(~parse.ongoing("CHECK")),
@@ -218,7 +220,7 @@ class FrameReceiver(wiring.Component):
         ptr = Signal(16)
         transfer = o.valid & o.ready
         m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
-        with m.FSM() as out:
+        with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += ptr.eq(0)
                 with m.If(occupied):
@@ -226,9 +228,9 @@ class FrameReceiver(wiring.Component):
             with m.State("PRIME"):
                 m.next = "SEND"
             with m.State("SEND"):
-                empty = length == 0
-                last = empty | (ptr == length - 1)
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(cmd), o.payload.seq.eq(seq),
+                empty = held_length == 0
+                last = empty | (ptr == held_length - 1)
+                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(held_cmd), o.payload.seq.eq(held_seq),
                              o.payload.data.eq(Mux(empty, 0, rd.data)), o.payload.last.eq(last),
                              o.payload.empty.eq(empty)]
                 with m.If(transfer):

@@ -1,0 +1,203 @@
+"""The framed link in gateware against the protocol model, with stalled streams."""
+
+import random
+
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunefab.boards import protocol as P
+from prunefab.boards.link import (EchoApplication, FrameLink, FrameReceiver, Message,
+                                  UARTLink)
+
+from .streams import message_beats, refused_construction, stream_get, stream_put
+
+MAX_PAYLOAD = 32
+TIMEOUT = 64
+CONFIG = b"{\"e\":1}"
+
+
+class CountingApplication(wiring.Component):
+    """Answers request n (counting from 0) with n repeated k times, k = first payload byte or 1."""
+
+    i_stream: In(stream.Signature(Message))
+    o_stream: Out(stream.Signature(Message))
+
+    def elaborate(self, platform):
+        m = Module()
+        served, repeat, cmd, first = Signal(8), Signal(8), Signal(8), Signal(init=1)
+        i, o = self.i_stream, self.o_stream
+        with m.FSM():
+            with m.State("READ"):
+                m.d.comb += i.ready.eq(1)
+                with m.If(i.valid):
+                    m.d.sync += [first.eq(0), cmd.eq(i.payload.cmd)]
+                    with m.If(first):
+                        m.d.sync += repeat.eq(1)
+                        with m.If(~i.payload.empty & (i.payload.data != 0)):
+                            m.d.sync += repeat.eq(i.payload.data)
+                    with m.If(i.payload.last):
+                        m.next = "ANSWER"
+            with m.State("ANSWER"):
+                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(cmd | P.RESPONSE_FLAG),
+                             o.payload.data.eq(served), o.payload.last.eq(repeat == 1)]
+                with m.If(o.ready):
+                    m.d.sync += repeat.eq(repeat - 1)
+                    with m.If(repeat == 1):
+                        m.d.sync += [served.eq(served + 1), first.eq(1)]
+                        m.next = "READ"
+        return m
+
+
+def exchange(app, frames: list[bytes], *, seed=0, stall=0.3, expect=None) -> list:
+    """Send each frame's bytes to a FrameLink and collect the frames it answers with.
+
+    Each frame is sent after the answer to the previous one, or after TIMEOUT cycles of silence
+    when `expect[k]` is 0 (no answer expected)."""
+    dut = FrameLink(app, max_payload=MAX_PAYLOAD, byte_timeout=TIMEOUT)
+    expect = expect if expect is not None else [1] * len(frames)
+    rng_in, rng_out = random.Random(seed), random.Random(seed + 1)
+    parser = P.FrameParser()
+    answers: list = []
+    done = []
+
+    async def host(ctx):
+        for frame, n in zip(frames, expect):
+            before = len(answers)
+            for b in frame:
+                await stream_put(ctx, dut.i_stream, b, rng_in, stall)
+            if n:
+                while len(answers) < before + n:
+                    await ctx.tick()
+            else:
+                await ctx.tick().repeat(3 * TIMEOUT)
+        done.append(True)
+
+    async def line(ctx):
+        while not done:
+            if ctx.get(dut.o_stream.valid) or ctx.get(dut.busy):
+                answers.extend(parser.feed([await stream_get(ctx, dut.o_stream, rng_out, stall)]))
+            else:
+                await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.add_testbench(line)
+    sim.run_until(1e-6 * 20000 * (len(frames) + 1))
+    assert done, "the link stopped answering"
+    return answers
+
+
+def echo_app():
+    return EchoApplication.for_config(CONFIG, MAX_PAYLOAD)
+
+
+def echo_model(cmd: int, seq: int, payload: bytes) -> P.Frame:
+    if cmd == P.Command.ECHO:
+        return P.Frame(cmd | P.RESPONSE_FLAG, seq, payload)
+    if cmd == P.Command.IDENTIFY and not payload:
+        return P.Frame(cmd | P.RESPONSE_FLAG, seq, P.identity_payload(CONFIG, MAX_PAYLOAD))
+    code = P.ErrorCode.BAD_PAYLOAD if cmd == P.Command.IDENTIFY else P.ErrorCode.UNKNOWN_COMMAND
+    return P.Frame(P.NAK, seq, bytes([code, cmd]))
+
+
+requests = st.lists(st.tuples(st.sampled_from([P.Command.ECHO, P.Command.ECHO, P.Command.IDENTIFY, 0x42]),
+                              st.binary(max_size=MAX_PAYLOAD)), min_size=1, max_size=3)
+
+
+@settings(max_examples=6, deadline=None)
+@given(requests, st.integers(0, 2**16))
+def test_requests_are_answered_as_the_model_says(reqs, seed):
+    frames = [P.encode_frame(cmd, k + 1, payload) for k, (cmd, payload) in enumerate(reqs)]
+    answers = exchange(echo_app(), frames, seed=seed)
+    assert answers == [echo_model(cmd, k + 1, payload) for k, (cmd, payload) in enumerate(reqs)]
+
+
+def test_corrupt_frames_are_dropped_and_refused():
+    rng = random.Random(5)
+    frames, expect, model = [], [], []
+    for k in range(6):
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
+        good = P.encode_frame(P.Command.ECHO, 10 + k, payload)
+        bad = bytearray(good)
+        # flip a bit of the command, sequence, payload or CRC: the length stays intact
+        pos = rng.choice([2, 3] + list(range(6, len(good))))
+        bad[pos] ^= 1 << rng.randrange(8)
+        frames += [bytes(bad), good]
+        expect += [1, 1]
+        model += [P.Frame(P.NAK, bad[3], bytes([P.ErrorCode.BAD_CRC, bad[2]])),
+                  P.Frame(P.Command.ECHO | P.RESPONSE_FLAG, 10 + k, payload)]
+    assert exchange(echo_app(), frames, expect=expect, seed=3) == model
+
+
+def test_bad_length_and_truncated_frames_then_recovery():
+    too_long = bytearray(P.encode_frame(P.Command.ECHO, 7, b"abc"))
+    too_long[4:6] = (MAX_PAYLOAD + 1).to_bytes(2, "little")
+    truncated = P.encode_frame(P.Command.ECHO, 8, b"hello")[:-3]
+    good = P.encode_frame(P.Command.ECHO, 9, b"ok")
+    answers = exchange(echo_app(), [bytes(too_long), truncated, good], expect=[1, 0, 1])
+    assert answers == [P.Frame(P.NAK, 7, bytes([P.ErrorCode.BAD_LENGTH, P.Command.ECHO])),
+                       P.Frame(P.Command.ECHO | P.RESPONSE_FLAG, 9, b"ok")]
+
+
+def test_retries_are_replayed_not_executed_again():
+    f = P.encode_frame
+    frames = [f(0x10, 0, b""), f(0x10, 0, b""),         # sequence 0 always executes
+              f(0x10, 1, b"\x03"), f(0x10, 1, b"\x03"),   # a retry: the stored answer again
+              f(0x11, 1, b""),                           # same number, other command: new
+              f(0x10, 2, b""), f(0x10, 2, b"")]
+    answers = exchange(CountingApplication(), frames, seed=9)
+    assert [(a.cmd, a.seq, a.payload) for a in answers] == [
+        (0x90, 0, b"\x00"), (0x90, 0, b"\x01"), (0x90, 1, b"\x02" * 3), (0x90, 1, b"\x02" * 3),
+        (0x91, 1, b"\x03"), (0x90, 2, b"\x04"), (0x90, 2, b"\x04")]
+
+
+def test_response_longer_than_max_payload_is_refused():
+    answers = exchange(CountingApplication(), [P.encode_frame(0x10, 4, bytes([MAX_PAYLOAD + 1])),
+                                               P.encode_frame(0x10, 4, bytes([MAX_PAYLOAD + 1]))])
+    assert answers == [P.Frame(P.NAK, 4, bytes([P.ErrorCode.RESPONSE_TOO_LONG, 0x90]))] * 2
+
+
+def test_frame_during_a_held_frame_is_busy():
+    # a second frame right behind the first finds the buffer still full
+    receiver = FrameReceiver(MAX_PAYLOAD, byte_timeout=TIMEOUT)
+    first, second = P.encode_frame(1, 1, b"held"), P.encode_frame(2, 2, b"x")
+    beats, errors = [], []
+
+    async def host(ctx):
+        for b in first + second:
+            await stream_put(ctx, receiver.i_stream, b)
+        errors.append(await stream_get(ctx, receiver.o_error))
+        ctx.set(receiver.o_stream.ready, 1)
+        async for _clk, _rst, valid, beat in ctx.tick().sample(receiver.o_stream.valid,
+                                                               receiver.o_stream.payload):
+            if valid:
+                beats.append((beat.cmd, beat.seq, beat.data, beat.last))
+                if beat.last:
+                    break
+
+    sim = Simulator(receiver)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.run()
+    assert [(e.cmd, e.seq, e.code) for e in errors] == [(2, 2, P.ErrorCode.BUSY)]
+    assert beats == [(1, 1, c, int(k == 3)) for k, c in enumerate(b"held")]
+
+
+def test_constructors_check_their_arguments():
+    with refused_construction():
+        with pytest.raises(TypeError, match="Max payload"):
+            FrameReceiver(10.0, byte_timeout=5)
+        with pytest.raises(ValueError, match="Max payload"):
+            FrameReceiver(1, byte_timeout=5)
+        with pytest.raises(TypeError, match="Byte timeout"):
+            FrameReceiver(16, byte_timeout=0)
+        with pytest.raises(TypeError, match="Identity"):
+            EchoApplication(b"")
+        with pytest.raises(TypeError, match="needs port i_stream"):
+            UARTLink(FrameReceiver(16, byte_timeout=5), cycles_per_bit=4, byte_timeout=5)
