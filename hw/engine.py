@@ -1,6 +1,6 @@
 """Engine: the whole accelerator, with its memories, loader port and performance counters."""
 
-from amaranth.hdl import Array, Module, Signal, signed
+from amaranth.hdl import Array, Module, Mux, Signal, signed
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,7 +60,7 @@ class Engine(wiring.Component):
         cfg = self.config
 
         # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
-        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
+        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[], attrs={"ram_style": "huge"})
         m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth, init=[])
         m.submodules.descriptors = dmem = memory.Memory(
             shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[])
@@ -69,8 +69,9 @@ class Engine(wiring.Component):
             bank = memory.Memory(shape=8, depth=cfg.act_depth, init=[])
             m.submodules[f"act{b}"] = bank
             banks.append(bank)
-        w_rd, p_rd, d_rd = wmem.read_port(), pmem.read_port(), dmem.read_port()
         w_wr, p_wr, d_wr = wmem.write_port(), pmem.write_port(), dmem.write_port()
+        w_rd = wmem.read_port()
+        p_rd, d_rd = pmem.read_port(), dmem.read_port()
         a_rd = [bank.read_port() for bank in banks]
         a_wr = [bank.write_port() for bank in banks]
 
@@ -95,7 +96,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             seq.start.eq(self.start & ~seq.busy),
             self.busy.eq(seq.busy),
-            w_rd.addr.eq(seq.w_addr), w_rd.en.eq(seq.w_en), seq.w_data.eq(w_rd.data),
+            seq.w_data.eq(w_rd.data),
             d_rd.addr.eq(seq.desc_addr), d_rd.en.eq(seq.desc_en), seq.desc_data.eq(d_rd.data),
             fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h), fetch.in_w.eq(layer.in_w),
             fetch.pitch_in.eq(layer.pitch_in),
@@ -142,6 +143,12 @@ class Engine(wiring.Component):
                              (d_wr, LOAD_TARGET_DESCRIPTORS)):
             m.d.comb += [port.addr.eq(commit_addr), port.data.eq(staging),
                          port.en.eq(commit & (commit_target == target))]
+        # The weight memory's read and write ports share one address (loads happen only while
+        # idle), so it maps onto single-port RAM such as the iCE40UP5K's SPRAM.
+        w_addr = Signal(cfg.weight_addr_bits)
+        m.d.comb += [w_addr.eq(Mux(seq.busy, seq.w_addr, commit_addr)),
+                     w_rd.addr.eq(w_addr), w_wr.addr.eq(w_addr),
+                     w_rd.en.eq(seq.w_en & ~w_wr.en)]
 
         # Activation banks: the writer while running, image loads while idle.
         act_bits = cfg.act_addr_bits
