@@ -60,7 +60,7 @@ class Engine(wiring.Component):
         cfg = self.config
 
         # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
-        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[], attrs={"ram_style": "huge"})
+        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
         m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth, init=[])
         m.submodules.descriptors = dmem = memory.Memory(
             shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[])
