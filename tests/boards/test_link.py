@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Array, C, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
@@ -22,14 +22,20 @@ CONFIG = b"{\"e\":1}"
 
 
 class CountingApplication(wiring.Component):
-    """Answers request n (counting from 0) with n repeated k times, k = first payload byte or 1."""
+    """Answers request n (counting from 0) with n repeated k times, k = first payload byte or 1;
+    IDENTIFY (which does not count) with `identity`."""
 
     i_stream: In(stream.Signature(Message))
     o_stream: Out(stream.Signature(Message))
 
+    def __init__(self, identity: bytes = P.identity_payload(CONFIG, MAX_PAYLOAD)):
+        self.identity = identity
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
         served, repeat, cmd, first = Signal(8), Signal(8), Signal(8), Signal(init=1)
+        ptr = Signal(range(len(self.identity)))
         i, o = self.i_stream, self.o_stream
         with m.FSM():
             with m.State("READ"):
@@ -41,7 +47,20 @@ class CountingApplication(wiring.Component):
                         with m.If(~i.payload.empty & (i.payload.data != 0)):
                             m.d.sync += repeat.eq(i.payload.data)
                     with m.If(i.payload.last):
-                        m.next = "ANSWER"
+                        with m.If(i.payload.cmd == P.Command.IDENTIFY):
+                            m.d.sync += [ptr.eq(0), first.eq(1)]
+                            m.next = "IDENTIFY"
+                        with m.Else():
+                            m.next = "ANSWER"
+            with m.State("IDENTIFY"):
+                rom = Array(C(b, 8) for b in self.identity)
+                last = ptr == len(self.identity) - 1
+                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(cmd | P.RESPONSE_FLAG),
+                             o.payload.data.eq(rom[ptr]), o.payload.last.eq(last)]
+                with m.If(o.ready):
+                    m.d.sync += ptr.eq(ptr + 1)
+                    with m.If(last):
+                        m.next = "READ"
             with m.State("ANSWER"):
                 m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(cmd | P.RESPONSE_FLAG),
                              o.payload.data.eq(served), o.payload.last.eq(repeat == 1)]
