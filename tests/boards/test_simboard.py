@@ -89,8 +89,8 @@ def test_retries_never_run_a_request_twice():
 
 
 def test_board_stops_by_itself():
-    b = board(EchoApplication(b"x")).__class__(
-        UARTLink(EchoApplication(b"x"), cycles_per_bit=4, byte_timeout=40), lifetime=0.3)
+    b = SimulatedBoard(UARTLink(EchoApplication(b"x"), cycles_per_bit=4, byte_timeout=40),
+                       lifetime=0.3)
     b.start()
     for t in b._threads:
         t.join(timeout=5)
