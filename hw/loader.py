@@ -29,6 +29,7 @@ class FeatureMap:
     channels: int
     height: int
     width: int
+    slots: tuple[int, ...] | None = None   # channel c is stored as plane slots[c]; None: c itself
 
     @property
     def plane(self) -> int:
@@ -45,7 +46,11 @@ class FeatureMap:
     def locate(self, c: int, y: int, x: int) -> tuple[int, int]:
         """(bank, address) of activation (c, y, x)."""
         bank = (y % BANK_ROWS) * BANK_ROWS + x % BANK_ROWS
-        return bank, self.base + c * self.plane + (y // BANK_ROWS) * self.pitch + x // BANK_ROWS
+        return bank, self.plane_base(c) + (y // BANK_ROWS) * self.pitch + x // BANK_ROWS
+
+    def plane_base(self, c: int) -> int:
+        """Address of channel c's plane in every bank."""
+        return self.base + (c if self.slots is None else self.slots[c]) * self.plane
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,27 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     plans: list[LayerPlan] = []
     shapes = net.feature_shapes()
 
+    # Lane balance: a group costs, per input channel, its fullest lane.  Output channels are
+    # dealt to lanes in order of their nonzero count, so a group holds filters of similar size
+    # (stripe-pruned filters with the same stripe count, removed filters together).  The output
+    # planes are stored in that order; the next layer finds channel c at its slot.
+    orders = []
+    for layer in net.convs:
+        per_filter = (layer.weights.reshape(layer.out_channels, -1) != 0).sum(axis=1)
+        orders.append([int(o) for o in np.argsort(-per_filter, kind="stable")])
+
     def place(i: int, shape) -> FeatureMap:
         # Feature map i sits at the bottom of the banks when i is even, at the top when odd, so
         # a layer's input and output never overlap.
         c, h, w = shape
         words = c * plane_words(h, w)
-        return FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w)
+        slots = None
+        if i > 0:
+            slots = [0] * c
+            for j, o in enumerate(orders[i - 1]):
+                slots[o] = j
+            slots = tuple(slots)
+        return FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w, slots)
 
     maps = [place(i, s) for i, s in enumerate(shapes)]
     for i, layer in enumerate(net.convs):
@@ -147,8 +167,9 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
         co, ci = counts.shape
         w_base = len(weights)
         group_steps = []
+        order = orders[i]
         for g in range(0, co, P):
-            lanes = range(g, min(g + P, co))
+            lanes = order[g:g + P]
             n_before = len(weights)
             for c in range(ci):
                 depth = max(int(counts[o, c]) for o in lanes)
@@ -159,7 +180,7 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
                             k = starts[o * ci + c] + s
                             wv[l], pv[l] = int(values[k]), int(positions[k])
                     weights.append({"weight": wv, "position": pv,
-                                    "addr": src.base + c * src.plane, "last": 0})
+                                    "addr": src.plane_base(c), "last": 0})
             if len(weights) == n_before:
                 # A group with no nonzero at all still needs one step to produce its bias.
                 weights.append({"weight": [0] * P, "position": [0] * P, "addr": src.base, "last": 0})
@@ -174,7 +195,7 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
                 "pitch_out": dst.pitch.bit_length() - 1, "group_stride": P * dst.plane,
                 "param_base": len(params), "out_channels": co,
                 "n_outputs": co * dst.height * dst.width}
-        for o in range(co):
+        for o in order:
             params.append({"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
                            "shift": int(layer.shift[o])})
         nnz = len(values)

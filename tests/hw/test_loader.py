@@ -45,3 +45,16 @@ def test_limits_name_the_layer_and_the_fix():
     net = random_network(rng, (1, 8, 8), channels=(4, 8), pools=(True, False), patterns=Pattern.DENSE)
     with pytest.raises(EngineLimitError, match="weight_depth >= "):
         pack_network(small, net)
+
+
+def test_removed_filters_share_lane_groups():
+    """Output channels are dealt to lanes by nonzero count, so zero filters fill whole groups
+    (one padding step per pixel) instead of holding lanes beside live filters."""
+    rng = np.random.default_rng(4)
+    net = random_network(rng, (2, 6, 6), channels=(8,), pools=(False,), patterns=Pattern.DENSE)
+    w = net.convs[0].weights
+    w[1::2] = 0                                  # filters 1, 3, 5, 7 removed
+    program = pack_network(EngineConfig(lanes=4, max_height=8, max_width=8), net)
+    assert program.layers[0].group_steps == (2 * 9, 1)
+    image = random_images(rng, 1, net.input_shape)[0]
+    assert run_program(program, image) == list(reference.run(net, image[None])[0])
