@@ -7,6 +7,7 @@ link would drive the engine's ports.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,17 @@ class EngineTimeout(RuntimeError):
 
 
 def simulate(program: Program, images: np.ndarray, *, max_cycles: int = 10_000_000,
-             vcd: str | None = None) -> list[RunResult]:
-    """Run `images` (uint8 [N, C, H, W]) through the engine; one RunResult per image."""
+             vcd: str | None = None, stall: float = 0.0, seed: int = 0) -> list[RunResult]:
+    """Run `images` (uint8 [N, C, H, W]) through the engine; one RunResult per image.
+
+    `stall` > 0 makes the host pause at random on the load stream and the logit stream, as a
+    slow link would (the engine's counters only count from start to done).
+    """
+    rng = random.Random(seed)
+
+    def pause():
+        return stall > 0 and rng.random() < stall
+
     engine = Engine(program.config)
     results: list[RunResult] = []
     words = program.load_words()
@@ -40,23 +50,30 @@ def simulate(program: Program, images: np.ndarray, *, max_cycles: int = 10_000_0
 
     async def host(ctx):
         load = engine.i_load
-        ctx.set(load.valid, 1)
-        for w in words:
+
+        async def send(w):
+            while pause():
+                ctx.set(load.valid, 0)
+                await ctx.tick()
+            ctx.set(load.valid, 1)
             ctx.set(load.payload.as_value(), w)
-            await ctx.tick()
+            await ctx.tick().until(load.ready)
+            ctx.set(load.valid, 0)
+
+        for w in words:
+            await send(w)
         for image in images:
             for w in program.image_words(image):
-                ctx.set(load.payload.as_value(), w)
-                await ctx.tick()
-            ctx.set(load.valid, 0)
+                await send(w)
             ctx.set(engine.start, 1)
             await ctx.tick()
             ctx.set(engine.start, 0)
             await _wait_done(ctx, engine, max_cycles)
             logits = []
-            ctx.set(engine.o_logits.ready, 1)
             while len(logits) < program.classes:
-                if ctx.get(engine.o_logits.valid):
+                ready = not pause()
+                ctx.set(engine.o_logits.ready, ready)
+                if ready and ctx.get(engine.o_logits.valid):
                     logits.append(ctx.get(engine.o_logits.payload))
                 await ctx.tick()
             ctx.set(engine.o_logits.ready, 0)
@@ -66,7 +83,6 @@ def simulate(program: Program, images: np.ndarray, *, max_cycles: int = 10_000_0
                 per_layer.append(ctx.get(engine.layer_cycles))
             results.append(RunResult(tuple(logits), ctx.get(engine.total_cycles),
                                      ctx.get(engine.mac_cycles), tuple(per_layer)))
-            ctx.set(load.valid, 1)
 
     sim = Simulator(engine)
     sim.add_clock(1e-6)

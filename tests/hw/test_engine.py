@@ -9,9 +9,9 @@ from prunefab.sw import reference
 from prunefab.sw.synthetic import Pattern, random_images, random_network
 
 
-def run_and_compare(cfg, net, images):
+def run_and_compare(cfg, net, images, stall=0.0):
     program = pack_network(cfg, net)
-    results = simulate(program, images, max_cycles=200_000)
+    results = simulate(program, images, max_cycles=200_000, stall=stall, seed=len(images))
     want = reference.run(net, images)
     for r, w in zip(results, want):
         assert list(r.logits) == [int(v) for v in w]
@@ -40,7 +40,7 @@ def test_engine_three_layers_full_groups_and_back_to_back_images(small_config):
     rng = np.random.default_rng(6)
     net = random_network(rng, (3, 8, 8), channels=(8, 4, 8), pools=(False, True, True), classes=8,
                          patterns=(Pattern.KERNEL_ELEMENTS, Pattern.STRIPES, Pattern.DENSE))
-    run_and_compare(small_config, net, random_images(rng, 2, net.input_shape))
+    run_and_compare(small_config, net, random_images(rng, 2, net.input_shape), stall=0.4)
 
 
 def test_layer_cycles_follow_the_model(small_config):
