@@ -1,0 +1,144 @@
+"""Build the emitted engine Verilog once per configuration and run the cocotb bench on it.
+
+Designs live in `build_root()/<key>/`, the key hashing the configuration and the gateware's
+sources, so a change to either regenerates the Verilog (`prunefab.hw.generate.generate`) and
+an unchanged pair is never rebuilt.  Each folder holds `prunefab_engine.v`, `config.json`, and
+one build folder per simulator (`icarus/`, `verilator/`).
+
+Waveforms: the Icarus build includes a small module that dumps the whole engine when the
+simulation is given `+prunefab_waves=PATH`; `.vcd` gives VCD, anything else FST.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cocotb_tools.runner import Icarus
+
+import prunefab.hw
+from prunefab.hw.config import EngineConfig
+from prunefab.hw.generate import TOP_NAME, generate
+from prunefab.sim.bench import PLAN_ENV
+from prunefab.sim.cases import BenchPlan, Observations, read_observations, write_plan
+
+BUILD_ENV = "PRUNEFAB_SIM_BUILD"
+TIMESCALE = ("1ns", "1ps")
+WAVES_MODULE = "prunefab_waves"
+
+
+class SimulationError(RuntimeError):
+    """A simulation could not run or did not finish; the message is one line saying why."""
+
+
+def build_root() -> Path:
+    """Where designs and builds are cached: $PRUNEFAB_SIM_BUILD, else build/sim."""
+    return Path(os.environ.get(BUILD_ENV, "build/sim")).resolve()
+
+
+def design_key(config: EngineConfig) -> str:
+    """Hash of the configuration and every gateware source file."""
+    h = hashlib.sha256(config.to_json().encode())
+    for src in sorted(Path(prunefab.hw.__file__).parent.glob("*.py")):
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold a lock on `folder` so parallel test workers build a design once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def design(config: EngineConfig, root: Path | None = None) -> Path:
+    """The folder of `config`'s generated Verilog, generating it when missing."""
+    folder = (root or build_root()) / design_key(config)
+    with locked(folder):
+        if not (folder / f"{TOP_NAME}.v").exists():
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                paths = generate(config, tmp)
+                for p in (paths.config, paths.rtlil, paths.verilog):   # the Verilog last: it marks done
+                    os.replace(p, folder / p.name)
+    return folder
+
+
+class _Icarus(Icarus):
+    """Icarus with the waveform format chosen by the dump file's name, and none without one."""
+
+    waves_path: Path | None = None
+
+    def _test_command(self):
+        cmds = super()._test_command()
+        fmt = "-none" if self.waves_path is None else ("-vcd" if self.waves_path.suffix == ".vcd" else "-fst")
+        return [[a for a in cmd if a not in ("-none", "-fst")] + [fmt] for cmd in cmds]
+
+
+def _waves_source(folder: Path) -> Path:
+    path = folder / f"{WAVES_MODULE}.v"
+    if path.exists():     # rewriting it would make the compiled design look outdated
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"module {WAVES_MODULE};\n"
+        "  reg [8*1024-1:0] path;\n"
+        "  initial if ($value$plusargs(\"prunefab_waves=%s\", path)) begin\n"
+        "    $dumpfile(path);\n"
+        f"    $dumpvars(0, {TOP_NAME});\n"
+        "  end\n"
+        "endmodule\n")
+    return path
+
+
+def icarus_runner(config: EngineConfig) -> _Icarus:
+    """A runner with `config`'s design built (the runner compiles only when the Verilog is newer
+    than its compiled form)."""
+    folder = design(config)
+    build = folder / "icarus"
+    runner = _Icarus()
+    with locked(build):
+        runner.build(sources=[folder / f"{TOP_NAME}.v", _waves_source(build)],
+                     hdl_toplevel=TOP_NAME, build_dir=build, timescale=TIMESCALE,
+                     build_args=["-s", WAVES_MODULE])
+    return runner
+
+
+def run_icarus(plan: BenchPlan, work_dir: str | os.PathLike, waves: str | os.PathLike | None = None,
+               ) -> Observations:
+    """Run `plan` under Icarus with the cocotb bench; returns the bench's observations.
+
+    A mismatch does not raise here: it is `Observations.failure`.  Raises SimulationError when
+    the simulator ends without the bench's record.
+    """
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        raise SimulationError("Icarus Verilog (iverilog, vvp) is not installed; install the "
+                              "iverilog package")
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = write_plan(plan, work)
+    runner = icarus_runner(plan.config)
+    runner.waves_path = Path(waves).resolve() if waves else None
+    plusargs = [f"+prunefab_waves={runner.waves_path}"] if waves else []
+    log = work / "sim.log"
+    with contextlib.suppress(SystemExit):
+        # Under pytest the runner exits when the bench fails; the observations say why.
+        runner.test(test_module="prunefab.sim.bench", hdl_toplevel=TOP_NAME,
+                    build_dir=runner.build_dir, test_dir=work, extra_env={PLAN_ENV: str(manifest)},
+                    plusargs=plusargs, results_xml=str(work / "results.xml"), log_file=log,
+                    timescale=TIMESCALE)
+    obs = read_observations(work)
+    if obs is None:
+        raise SimulationError(f"the simulator stopped before the bench wrote its observations; "
+                              f"see {log}")
+    return obs
