@@ -88,9 +88,6 @@ class EngineConfig:
         if self.param_depth < self.max_classes:
             raise ValueError(f"EngineConfig.param_depth={self.param_depth} is below max_classes="
                              f"{self.max_classes}; use param_depth >= {self.max_classes}")
-        if self.load_addr_bits + self.load_slice_bits > 24:
-            raise ValueError(f"EngineConfig: memories too deep for the 24-bit load address; reduce "
-                             f"weight_depth (now {self.weight_depth}) or lanes (now {self.lanes})")
 
     # -- derived widths -----------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class Sequencer(wiring.Component):
         with m.If(self.written):
             m.d.sync += n_written.eq(n_written + 1)
 
-        step = Signal(2)   # 1 in a pooled layer: block side
+        step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
         m.d.comb += step.eq(Mux(d.pool, 2, 1))
 
         with m.Switch(state):
