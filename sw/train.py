@@ -58,7 +58,7 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
         model.train()
         running, n = 0.0, 0
         bar = tqdm(batches(data, batch_size, True, seed * 1000 + epoch), total=steps_per_epoch,
-                   desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False,
+                   desc=f"{desc} {epoch + 1}/{epochs}", disable=None if progress else True, leave=False,
                    dynamic_ncols=True)
         for x, y in bar:
             out_loss = nn.functional.cross_entropy(model(x), y)
