@@ -1,0 +1,77 @@
+"""Random networks for the RTL benches: every sparsity pattern, edge shapes, saturation.
+
+Each network is drawn to fit its engine (shapes, activation, weight and parameter memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prunefab.hw.config import EngineConfig, EngineLimitError
+from prunefab.hw.loader import pack_network
+from prunefab.sim.cases import Case
+from prunefab.sw.synthetic import Pattern, random_images, random_network
+
+PATTERNS = tuple(Pattern)
+
+
+def _fits(cfg: EngineConfig, net) -> bool:
+    try:
+        pack_network(cfg, net)
+    except EngineLimitError:
+        return False
+    return True
+
+
+def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap: int,
+          attempt: int):
+    convs = cfg.max_layers - 1
+    if kind == "one-channel":
+        shape, channels = (1, int(rng.integers(2, cfg.max_height + 1)), int(rng.integers(2, cfg.max_width + 1))), (1,) * int(rng.integers(1, convs + 1))
+        classes = 1
+    elif kind == "max-size":
+        # The largest conv layer (max_channels x max_height x max_width out); pooled so the
+        # classifier's input fits the weight memory.
+        shape = (int(rng.integers(1, 3)), cfg.max_height, cfg.max_width)
+        # Fewer channels after many tries, when the activation memory cannot hold them all
+        # at the largest map.
+        channels = (max(cfg.max_channels >> (attempt // 40), 1),)
+        # All classes when the classifier's steps fit the weight memory, else fewer.
+        classes = cfg.max_classes if attempt < 10 else int(rng.integers(1, cfg.max_classes + 1))
+    else:
+        shape = (int(rng.integers(1, 4)), int(rng.integers(2, min(size, cfg.max_height) + 1)),
+                 int(rng.integers(2, min(size, cfg.max_width) + 1)))
+        channels = tuple(int(rng.integers(1, min(channels_cap, cfg.max_channels) + 1))
+                         for _ in range(int(rng.integers(1, convs + 1))))
+        classes = int(rng.integers(1, cfg.max_classes + 1))
+    pools, (h, w) = [], shape[1:]
+    for _ in channels:
+        pool = (bool(rng.integers(2)) or kind == "max-size") and h >= 2 and w >= 2
+        pools.append(pool)
+        if pool:
+            h, w = h // 2, w // 2
+    # Every pattern appears in turn; the rest of the layers draw theirs at random.
+    patterns = (PATTERNS[index % len(PATTERNS)],) + tuple(
+        PATTERNS[int(rng.integers(len(PATTERNS)))] for _ in channels[1:])
+    return random_network(rng, shape, channels=channels, pools=tuple(pools), classes=classes,
+                          patterns=patterns, density=float(rng.uniform(0.1, 0.9)),
+                          saturate=kind == "saturating" or bool(rng.random() < 0.2))
+
+
+def random_cases(cfg: EngineConfig, n: int, seed: int, images: int = 1, size: int = 1 << 16,
+                 channels: int = 1 << 16) -> list[Case]:
+    """n networks for `cfg`: one single-channel, one at the engine's largest sizes, one
+    saturating, the rest random (feature maps at most size x size, at most `channels`
+    channels, to bound simulation time); each with `images` random images."""
+    rng = np.random.default_rng(seed)
+    kinds = ["one-channel", "max-size", "saturating"] + ["random"] * (n - 3)
+    cases = []
+    for i, kind in enumerate(kinds[:n]):
+        for attempt in range(200):
+            net = _draw(rng, cfg, kind, i, size, channels, attempt)
+            if _fits(cfg, net):
+                break
+        else:
+            raise RuntimeError(f"no {kind} network fits {cfg}")
+        cases.append(Case(net, random_images(rng, images, net.input_shape), f"{kind}#{i}"))
+    return cases
