@@ -16,6 +16,7 @@ rising edge, so what the bench sees is what the flip-flops see at the next edge.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import cocotb
@@ -25,11 +26,10 @@ from cocotb.triggers import ClockCycles, Event, ReadOnly, RisingEdge, with_timeo
 from cocotb.utils import get_sim_time
 
 from prunefab.hw.config import BANKS
-from prunefab.sim.cases import ImageRun, Observations, read_plan, write_observations
+from prunefab.sim.cases import PLAN_ENV, ImageRun, Observations, read_plan, write_observations
 from prunefab.sim.scoreboard import Scoreboard
 
 CLOCK_NS = 10
-PLAN_ENV = "PRUNEFAB_SIM_PLAN"
 
 
 class BenchFailure(AssertionError):
@@ -163,13 +163,23 @@ class EngineBench:
             await RisingEdge(dut.clk)
         return int(dut.total_cycles.value), int(dut.mac_cycles.value), tuple(per_layer)
 
-    async def run_image(self, board: Scoreboard, index: int, snapshot: bool = False):
-        """Load image `index`, run it, return its ImageRun (and the feature maps if `snapshot`)."""
-        await self.driver.send(board.program.image_words(board.images[index]))
+    async def run_image(self, board: Scoreboard, index: int, snapshot: bool = False,
+                        loaded: bool = False, preload: int | None = None):
+        """Run image `index` and return its ImageRun (and the feature maps if `snapshot`).
+
+        loaded:  the image is already in the engine (offered while the previous one ran)
+        preload: an image to offer on i_load right after start; the engine must hold it off
+                 (ready low) until the run is done
+        """
+        if not loaded:
+            await self.driver.send(board.program.image_words(board.images[index]))
         budget = 2 * sum(board.layer_cycles) + 1000
         maps: list[np.ndarray] = []
         reader = cocotb.start_soon(self._read_maps(board, maps)) if snapshot else None
         await self.start()
+        feeder = None
+        if preload is not None:
+            feeder = cocotb.start_soon(self.driver.send(board.program.image_words(board.images[preload])))
         await self.wait_done(budget, f"{board.name} image {index}")
         logits = await self.monitor.collect(board.program.classes, budget)
         if reader is not None:
@@ -180,6 +190,8 @@ class EngineBench:
             raise BenchFailure(f"{board.name} image {index}: the engine offers more than "
                                f"{board.program.classes} logits")
         await RisingEdge(self.dut.clk)
+        if feeder is not None:
+            await feeder
         run = ImageRun(tuple(logits), total, mac, per_layer)
         return (run, maps) if snapshot else run
 
@@ -220,6 +232,7 @@ class EngineBench:
 @cocotb.test()
 async def run_plan(dut):
     """Run every case of the plan; on the first mismatch, name where it first differs."""
+    started = time.perf_counter()
     folder = Path(os.environ[PLAN_ENV]).parent
     plan = read_plan(os.environ[PLAN_ENV])
     rng = np.random.default_rng(plan.seed)
@@ -237,8 +250,10 @@ async def run_plan(dut):
             if plan.reset_case == ci:
                 await bench.interrupt(board)
                 await bench.load_program(board)
-            for i in range(len(board.images)):
-                run = await bench.run_image(board, i)
+            n = len(board.images)
+            for i in range(n):
+                run = await bench.run_image(board, i, loaded=i > 0,
+                                            preload=i + 1 if i + 1 < n else None)
                 case_runs.append(run)
                 problem = board.check(i, run) if plan.check else None
                 if problem and plan.diagnose and problem.partition(": ")[2].startswith("linear, class"):
@@ -256,6 +271,7 @@ async def run_plan(dut):
     finally:
         cycles = int(get_sim_time("ns")) // CLOCK_NS
         write_observations(folder, Observations(tuple(tuple(r) for r in runs), cycles, failure,
-                                                failed_case if failure else None))
+                                                failed_case if failure else None,
+                                                time.perf_counter() - started))
     if failure:
         raise BenchFailure(failure)

@@ -20,6 +20,7 @@ from prunefab.hw.config import EngineConfig
 from prunefab.sw import artifact
 from prunefab.sw.qnet import QuantizedNetwork
 
+PLAN_ENV = "PRUNEFAB_SIM_PLAN"     # names the manifest for the bench inside the simulator
 MANIFEST = "plan.json"
 OBSERVATIONS = "observations.json"
 
@@ -129,20 +130,27 @@ class ImageRun:
 
 @dataclass(frozen=True)
 class Observations:
-    """A launch's record: every image's run per case, the simulated cycles, and the first
-    failure (one line) with the case it happened in, if any."""
+    """A launch's record: every image's run per case, the simulated cycles and the wall
+    seconds they took (simulator start-up excluded), and the first failure (one line) with the
+    case it happened in, if any."""
 
     runs: tuple[tuple[ImageRun, ...], ...]
     sim_cycles: int
     failure: str | None = None
     failed_case: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.sim_cycles / self.seconds if self.seconds else 0.0
 
 
 def write_observations(folder: str | os.PathLike, obs: Observations) -> None:
     data = {"runs": [[{"logits": list(r.logits), "total_cycles": r.total_cycles,
                        "mac_cycles": r.mac_cycles, "layer_cycles": list(r.layer_cycles)}
                       for r in case] for case in obs.runs],
-            "sim_cycles": obs.sim_cycles, "failure": obs.failure, "failed_case": obs.failed_case}
+            "sim_cycles": obs.sim_cycles, "failure": obs.failure, "failed_case": obs.failed_case,
+            "seconds": obs.seconds}
     Path(folder, OBSERVATIONS).write_text(json.dumps(data))
 
 
@@ -154,4 +162,5 @@ def read_observations(folder: str | os.PathLike) -> Observations | None:
     data = json.loads(path.read_text())
     runs = tuple(tuple(ImageRun(tuple(r["logits"]), r["total_cycles"], r["mac_cycles"],
                                 tuple(r["layer_cycles"])) for r in case) for case in data["runs"])
-    return Observations(runs, data["sim_cycles"], data["failure"], data["failed_case"])
+    return Observations(runs, data["sim_cycles"], data["failure"], data["failed_case"],
+                        data["seconds"])

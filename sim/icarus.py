@@ -24,8 +24,7 @@ from cocotb_tools.runner import Icarus
 import prunefab.hw
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
-from prunefab.sim.bench import PLAN_ENV
-from prunefab.sim.cases import BenchPlan, Observations, read_observations, write_plan
+from prunefab.sim.cases import PLAN_ENV, BenchPlan, Observations, read_observations, write_plan
 
 BUILD_ENV = "PRUNEFAB_SIM_BUILD"
 TIMESCALE = ("1ns", "1ps")
