@@ -197,9 +197,14 @@ class EngineBench:
 
     async def _read_maps(self, board: Scoreboard, maps: list) -> None:
         """At each conv layer's end, read its output feature map out of the activation banks."""
-        banks = [getattr(self.dut, f"act{b}") for b in range(BANKS)]
+        try:
+            banks = [getattr(self.dut, f"act{b}") for b in range(BANKS)]
+            layer_end = self.dut.layer_end
+        except AttributeError:
+            raise BenchFailure("cannot read feature maps back: the design has no act0..act15 "
+                               "memories or layer_end wire at its top level") from None
         for fmap in board.output_maps():
-            await RisingEdge(self.dut.layer_end)
+            await RisingEdge(layer_end)
             await ReadOnly()
             out = np.zeros((fmap.channels, fmap.height, fmap.width), dtype=np.uint8)
             for c in range(fmap.channels):

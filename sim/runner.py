@@ -205,7 +205,7 @@ def format_report(result: SimulationResult | NetworkReport) -> str:
              for row in rows]
     if isinstance(result, SimulationResult):
         n = len(result.runs)
-        lines.insert(0, f"{n} image{'s' if n != 1 else ''} ({result.images_source}) on {result.backend}: "
+        lines.insert(0, f"{n} image{'s' if n != 1 else ''}, {result.images_source}, on {result.backend}: "
                         f"logits and every layer's cycle counter equal the reference and the cycle model")
         lines.append(f"simulated {result.sim_cycles} cycles in {result.seconds:.2f} s "
                      f"({result.cycles_per_second:,.0f} cycles/s)")

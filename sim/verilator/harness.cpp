@@ -63,11 +63,11 @@ struct Engine {
     void tick() {
         top->clk = 1;
         top->eval();
-        ctx->timeInc(5);
+        ctx->timeInc(5000);   // a 10 ns clock, in the default 1 ps precision
         dump();
         top->clk = 0;
         top->eval();
-        ctx->timeInc(5);
+        ctx->timeInc(5000);   // a 10 ns clock, in the default 1 ps precision
         dump();
         ++cycles;
     }
