@@ -47,8 +47,9 @@ class LoadDriver:
     def __init__(self, dut, rng: np.random.Generator, stall: float):
         self.dut, self.rng, self.stall = dut, rng, stall
 
-    async def send(self, words) -> None:
-        """Offer each word until it is taken; returns just after the last one's clock edge."""
+    async def send(self, words, timeout_cycles: int) -> None:
+        """Offer each word until it is taken; returns just after the last one's clock edge.
+        Fails when ready stays low for `timeout_cycles`."""
         dut = self.dut
         for w in words:
             idle = _geometric(self.rng, self.stall)
@@ -63,7 +64,10 @@ class LoadDriver:
                     await RisingEdge(dut.clk)
                     break
                 # ready is ~busy, a register's output: it can rise only after a clock edge.
-                await RisingEdge(dut.i_load__ready)
+                try:
+                    await with_timeout(RisingEdge(dut.i_load__ready), timeout_cycles * CLOCK_NS, "ns")
+                except cocotb.triggers.SimTimeoutError:
+                    raise BenchFailure(f"i_load.ready stayed low for {timeout_cycles} cycles") from None
         dut.i_load__valid.value = 0
 
 
@@ -100,12 +104,16 @@ class LogitMonitor:
                     self.arrived.set()
             dut.o_logits__ready.value = int(self.rng.random() >= self.stall)
 
-    async def collect(self, n: int, timeout_cycles: int) -> list[int]:
+    async def collect(self, n: int, timeout_cycles: int, what: str) -> list[int]:
         """The next n logits (waits for them)."""
         self.expect = n
         if len(self.values) < n:
             self.arrived.clear()
-            await with_timeout(self.arrived.wait(), timeout_cycles * CLOCK_NS, "ns")
+            try:
+                await with_timeout(self.arrived.wait(), timeout_cycles * CLOCK_NS, "ns")
+            except cocotb.triggers.SimTimeoutError:
+                raise BenchFailure(f"{what}: only {len(self.values)} of {n} logits arrived within "
+                                   f"{timeout_cycles} cycles") from None
         out, self.values[:] = self.values[:n], self.values[n:]
         return out
 
@@ -172,16 +180,17 @@ class EngineBench:
                  (ready low) until the run is done
         """
         if not loaded:
-            await self.driver.send(board.program.image_words(board.images[index]))
-        budget = 2 * sum(board.layer_cycles) + 1000
+            await self.driver.send(board.program.image_words(board.images[index]), board.budget)
+        budget = board.budget
         maps: list[np.ndarray] = []
         reader = cocotb.start_soon(self._read_maps(board, maps)) if snapshot else None
         await self.start()
         feeder = None
         if preload is not None:
-            feeder = cocotb.start_soon(self.driver.send(board.program.image_words(board.images[preload])))
+            feeder = cocotb.start_soon(self.driver.send(
+                board.program.image_words(board.images[preload]), board.budget))
         await self.wait_done(budget, f"{board.name} image {index}")
-        logits = await self.monitor.collect(board.program.classes, budget)
+        logits = await self.monitor.collect(board.program.classes, budget, f"{board.name} image {index}")
         if reader is not None:
             await reader
         total, mac, per_layer = await self.counters(len(board.program.layers))
@@ -215,11 +224,11 @@ class EngineBench:
             maps.append(out)
 
     async def load_program(self, board: Scoreboard) -> None:
-        await self.driver.send(board.loaded.load_words())
+        await self.driver.send(board.loaded.load_words(), board.budget)
 
     async def interrupt(self, board: Scoreboard) -> None:
         """Start image 0, reset part-way through, and check the engine came back idle."""
-        await self.driver.send(board.program.image_words(board.images[0]))
+        await self.driver.send(board.program.image_words(board.images[0]), board.budget)
         await self.start()
         await ClockCycles(self.dut.clk, int(self.rng.integers(1, max(sum(board.layer_cycles), 2))))
         await self.reset()

@@ -32,6 +32,11 @@ class Scoreboard:
         self.mac_cycles = sum(plan.pixels * sum(plan.group_steps) for plan in self.program.layers)
 
     @property
+    def budget(self) -> int:
+        """Cycles any wait of the bench may take: twice the predicted run, and some."""
+        return 2 * sum(self.layer_cycles) + 1000
+
+    @property
     def layer_names(self) -> list[str]:
         return [plan.name for plan in self.program.layers]
 
