@@ -181,7 +181,7 @@ class EngineBench:
         """
         if not loaded:
             await self.driver.send(board.program.image_words(board.images[index]), board.budget)
-        budget = board.budget
+        budget, what = board.budget, f"{board.name} image {index}"
         maps: list[np.ndarray] = []
         reader = cocotb.start_soon(self._read_maps(board, maps)) if snapshot else None
         await self.start()
@@ -189,15 +189,14 @@ class EngineBench:
         if preload is not None:
             feeder = cocotb.start_soon(self.driver.send(
                 board.program.image_words(board.images[preload]), board.budget))
-        await self.wait_done(budget, f"{board.name} image {index}")
-        logits = await self.monitor.collect(board.program.classes, budget, f"{board.name} image {index}")
+        await self.wait_done(budget, what)
+        logits = await self.monitor.collect(board.program.classes, budget, what)
         if reader is not None:
             await reader
         total, mac, per_layer = await self.counters(len(board.program.layers))
         await ReadOnly()
         if self.dut.o_logits__valid.value:
-            raise BenchFailure(f"{board.name} image {index}: the engine offers more than "
-                               f"{board.program.classes} logits")
+            raise BenchFailure(f"{what}: the engine offers more than {board.program.classes} logits")
         await RisingEdge(self.dut.clk)
         if feeder is not None:
             await feeder

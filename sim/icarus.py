@@ -80,7 +80,10 @@ class _Icarus(Icarus):
 
     def _test_command(self):
         cmds = super()._test_command()
-        fmt = "-none" if self.waves_path is None else ("-vcd" if self.waves_path.suffix == ".vcd" else "-fst")
+        if self.waves_path is None:
+            fmt = "-none"
+        else:
+            fmt = "-vcd" if self.waves_path.suffix == ".vcd" else "-fst"
         return [[a for a in cmd if a not in ("-none", "-fst")] + [fmt] for cmd in cmds]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from prunefab.hw.config import EngineConfig
+from prunefab.hw.cycles import issue_cycles
 from prunefab.hw.loader import FeatureMap, Program, pack_network
 from prunefab.sim.cases import Case, ImageRun
 from prunefab.sim.cycle_model import program_cycles
@@ -29,7 +30,7 @@ class Scoreboard:
                                 else pack_network(config, case.loaded))
         self.logits = reference.run(case.net, self.images)
         self.layer_cycles = program_cycles(self.program)
-        self.mac_cycles = sum(plan.pixels * sum(plan.group_steps) for plan in self.program.layers)
+        self.mac_cycles = sum(issue_cycles(plan) for plan in self.program.layers)
 
     @property
     def budget(self) -> int:

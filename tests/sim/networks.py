@@ -27,7 +27,8 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
           attempt: int):
     convs = cfg.max_layers - 1
     if kind == "one-channel":
-        shape, channels = (1, int(rng.integers(2, cfg.max_height + 1)), int(rng.integers(2, cfg.max_width + 1))), (1,) * int(rng.integers(1, convs + 1))
+        shape = (1, int(rng.integers(2, cfg.max_height + 1)), int(rng.integers(2, cfg.max_width + 1)))
+        channels = (1,) * int(rng.integers(1, convs + 1))
         classes = 1
     elif kind == "max-size":
         # The largest conv layer (max_channels x max_height x max_width out); pooled so the

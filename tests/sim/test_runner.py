@@ -38,10 +38,12 @@ def test_artifact_and_design_folder_on_icarus_with_waves(tmp_path):
     text = format_report(result)
     lines = text.splitlines()
     assert lines[0].startswith("2 images, given, on icarus")
-    assert [line.split()[0] for line in lines[1:7]] == ["layer", "conv0", "conv1", "linear", "total", "simulated"]
+    assert [line.split()[0] for line in lines[1:7]] == \
+        ["layer", "conv0", "conv1", "linear", "total", "simulated"]
     conv0 = result.report.layers[0]
     assert lines[2].split() == ["conv0", str(conv0.cycles), f"{100 * conv0.mac_utilisation:.1f}%",
-                                str(conv0.zero_skip_limit), str(conv0.dense_cycles), f"{conv0.speedup:.2f}x"]
+                                str(conv0.zero_skip_limit), str(conv0.dense_cycles),
+                                f"{conv0.speedup:.2f}x"]
 
 
 @needs_verilator
@@ -61,7 +63,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     net, images = _network()
     with pytest.raises(SimulationError, match="unknown backend 'modelsim'; use one of icarus, verilator"):
         simulate_rtl(net, CONFIGS["p4-small"], images, backend="modelsim")
-    with pytest.raises(SimulationError, match=r"images must be uint8 \[N, 2, 6, 6\], not uint8 \[2, 1, 6, 6\]"):
+    wrong_shape = r"images must be uint8 \[N, 2, 6, 6\], not uint8 \[2, 1, 6, 6\]"
+    with pytest.raises(SimulationError, match=wrong_shape):
         simulate_rtl(net, CONFIGS["p4-small"], images[:, :1])
     with pytest.raises(SimulationError, match="cannot read the engine configuration"):
         simulate_rtl(net, tmp_path / "missing.json", images)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from prunefab.hw.cycles import issue_cycles
 from prunefab.hw.loader import pack_network
 from prunefab.hw.reference_net import reference_shaped_network
 from prunefab.sim.cycle_model import dense_network, program_cycles
@@ -24,7 +25,7 @@ def _check(program, net, images, run):
     for r in run.runs:
         assert list(r.layer_cycles) == cycles
         assert r.total_cycles == sum(cycles)
-        assert r.mac_cycles == sum(p.pixels * sum(p.group_steps) for p in program.layers)
+        assert r.mac_cycles == sum(issue_cycles(p) for p in program.layers)
 
 
 def test_reference_network_and_its_dense_baseline(tmp_path):
