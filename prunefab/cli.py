@@ -15,8 +15,10 @@ def _errors() -> tuple[type[Exception], ...]:
     from prunefab.sw.models import UnmappableModel
     from prunefab.sw.qnet import NetworkError
     from prunefab.sw.train import CheckpointError
+    from prunefab.sim.icarus import SimulationError
+    from prunefab.sim.runner import RtlMismatch
     return (ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
-            TypeError)
+            TypeError, SimulationError, RtlMismatch)
 
 
 def _seed(args) -> None:
@@ -180,6 +182,15 @@ def cmd_eval(args) -> None:
     print(layer_table(ev))
 
 
+def cmd_sim(args) -> None:
+    from prunefab.sim.runner import format_report, simulate_rtl
+    config = args.config
+    if not Path(config).is_dir():
+        config = _engine_config(config)
+    result = simulate_rtl(args.artifact, config, args.images, waves=args.waves, backend=args.backend)
+    print(format_report(result))
+
+
 def cmd_demo(args) -> None:
     from prunefab.sw.demo import run_demo
     run_demo(methods=args.methods.split(","), flops_cut=args.flops_cut, budget=_budget(args),
@@ -246,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", type=int, default=None, help="test images to use (default all)")
     sp.add_argument("--float-only", action="store_true", help="skip quantization for a checkpoint")
     sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("sim", help="cycle-accurate RTL simulation of an artifact on an engine")
+    sp.add_argument("--artifact", required=True, help="the network (.pfab)")
+    sp.add_argument("--config", default="icebreaker",
+                    help="engine preset, config.json or a folder written by gen (default icebreaker)")
+    sp.add_argument("--images", type=int, default=1,
+                    help="first N Fashion-MNIST test images (random images for other shapes)")
+    sp.add_argument("--waves", help="write a waveform of the run (.vcd)")
+    sp.add_argument("--backend", choices=["icarus", "verilator"], default="icarus",
+                    help="icarus (cocotb bench) or verilator (fast C++ harness)")
+    sp.set_defaults(func=cmd_sim)
 
     sp = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, every method, one table")
     common(sp)

@@ -82,3 +82,18 @@ def test_gen_writes_design_and_config(tmp_path, capsys):
     assert "module prunefab_engine" in (tmp_path / "design" / "prunefab_engine.v").read_text()
     back = EngineConfig.from_json((tmp_path / "design" / "config.json").read_text())
     assert back.lanes == 3 and back.max_channels == 4
+
+
+def test_sim_prints_per_layer_table(tmp_path, capsys):
+    import numpy as np
+    from prunefab.hw.config import EngineConfig
+    from prunefab.sw.synthetic import Pattern, random_network
+    net = random_network(np.random.default_rng(3), (1, 6, 6), (4,), (True,), classes=3,
+                         patterns=Pattern.KERNEL_ELEMENTS)
+    artifact.save(net, tmp_path / "net.pfab")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(EngineConfig(lanes=4, max_channels=4, max_height=8, max_width=8, act_depth=64,
+                                weight_depth=64, param_depth=16, max_layers=3).to_json())
+    assert run("sim", "--artifact", tmp_path / "net.pfab", "--config", cfg, "--images", 2) == 0
+    out = capsys.readouterr().out
+    assert "zero-skip limit" in out and "conv0" in out and "equal the reference" in out
