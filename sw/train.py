@@ -122,7 +122,7 @@ def load_checkpoint(path: str | os.PathLike):
                             tuple(config["pools"]), config["num_classes"])
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # any defect of an untrusted file becomes one line
-        raise CheckpointError(f"{path}: not a prunefab checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a prunefab checkpoint ({first})") from None
     model.eval()
     return model, extra
