@@ -1,6 +1,6 @@
 """IndexDecoder: gives each lane the activation its nonzero weight's element index names."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,13 +9,16 @@ from prunefab.hw.layouts import operand_layout, window_layout
 
 
 class IndexDecoder(wiring.Component):
-    """Decodes the element-index stream: lane l gets window[position[l]] beside weight[l].
+    """Decodes the element-index stream: lane l gets window[bank[l]] (0 in the padding) beside
+    weight[l].
 
     Only nonzero weights are stored, each with its 4-bit kernel position, so a zero weight
-    never reaches a lane and costs no cycle.  One register stage.
+    never reaches a lane and costs no cycle.  The WindowFetch has already turned each lane's
+    position into the bank holding its pixel, so this is the only crossbar: one 16:1 byte
+    select per lane.  One register stage.
 
     Ports:
-      i_stream: In(stream of window_layout): P weights, P positions, 16 candidate activations
+      i_stream: In(stream of window_layout): P weights, P (bank, inside), the 16 banks' words
       o_stream: Out(stream of operand_layout): P (weight, activation) pairs, flags and tag unchanged
     """
 
@@ -37,5 +40,6 @@ class IndexDecoder(wiring.Component):
             m.d.sync += [o.valid.eq(i.valid), o.payload.weight.eq(i.payload.weight),
                          o.payload.flags.eq(i.payload.flags), o.payload.tag.eq(i.payload.tag)]
             for lane in range(self.config.lanes):
-                m.d.sync += o.payload.act[lane].eq(i.payload.window[i.payload.position[lane]])
+                m.d.sync += o.payload.act[lane].eq(
+                    Mux(i.payload.inside[lane], i.payload.window[i.payload.bank[lane]], 0))
         return m

@@ -128,14 +128,18 @@ def request_layout(cfg: EngineConfig) -> data.StructLayout:
 
 
 def window_layout(cfg: EngineConfig) -> data.StructLayout:
-    """WindowFetch -> IndexDecoder: the step and 16 candidate activations.
+    """WindowFetch -> IndexDecoder: the step's weights, where each lane's activation is, and the
+    16 banks' words.
 
-    window[p] for p < 9 is the zero-padded activation at kernel position p (conv); for the
-    classifier window[b] is bank b's word at the step's address.
+    bank[l]:   the bank holding lane l's activation (conv: the bank of the window pixel at the
+               lane's kernel position; classifier: the step's position field)
+    inside[l]: 0 when that pixel lies in the zero padding (the lane's activation is 0)
+    window[b]: bank b's word at the address the step needed from it
     """
     return data.StructLayout({
         "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
-        "position": data.ArrayLayout(unsigned(POSITION_BITS), cfg.lanes),
+        "bank": data.ArrayLayout(unsigned(4), cfg.lanes),
+        "inside": data.ArrayLayout(unsigned(1), cfg.lanes),
         "window": data.ArrayLayout(unsigned(8), BANKS),
         "flags": flags_layout(),
         "tag": vector_tag_layout(cfg),

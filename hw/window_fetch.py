@@ -6,21 +6,25 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import BANK_ROWS, BANKS, EngineConfig
 from prunefab.hw.layouts import request_layout, window_layout
-from prunefab.sw.qnet import KERNEL, KERNEL_ELEMENTS
+from prunefab.sw.qnet import KERNEL
 
 
 class WindowFetch(wiring.Component):
-    """Turns a step request into the step plus its zero-padded 3x3 window, in one bank read.
+    """Turns a step request into the step plus, per lane, the bank holding its activation.
 
     The activation memory is 16 banks indexed by (y mod 4, x mod 4), so the 9 pixels of any
-    window lie in 9 distinct banks and are read in the same cycle.  Two pipeline stages: the
-    bank read (synchronous memory), then the bank-to-position crossbar with the padding mask.
+    window lie in 9 distinct banks and are read in the same cycle.  Rather than routing banks to
+    the 9 kernel positions and then positions to lanes (two crossbars), each lane's position is
+    turned into its bank and padding bit while the read is in flight, and the IndexDecoder does
+    the one lane-level select.  Two pipeline stages: the bank read (synchronous memory), then the
+    banks' words registered (so no crossbar follows the memory's clock-to-output directly).
 
     Ports:
       i_stream:  In(stream of request_layout): step word, pixel (y, x), flags, vector tag
-      o_stream:  Out(stream of window_layout): window[p] = activation at kernel position p, or
-                 0 outside the in_h x in_w map; in classifier mode window[b] = bank b's word at
-                 the step's address
+      o_stream:  Out(stream of window_layout): the weights; bank[l] and inside[l], where lane l's
+                 activation is (conv: the pixel at its kernel position around (y, x), inside the
+                 in_h x in_w map or not; classifier: bank = the lane's position field, inside);
+                 window[b] = bank b's word
       linear:    In(1), classifier mode (layer constant)
       in_h, in_w: In, the input feature map's size (layer constant)
       pitch_in:  In, log2 of the input's bank row pitch (layer constant)
@@ -82,34 +86,38 @@ class WindowFetch(wiring.Component):
                 b = br * BANK_ROWS + bc
                 m.d.comb += self.rd_addr[b].eq(Mux(self.linear, req.step.addr, req.step.addr + rq + cq))
 
-        # Stage 1: the read is in flight; keep the step, and per position its bank and mask.
+        # Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
+        # mod 4 are the bank.  Positions 9..15 never occur in conv steps.
+        lane_bank = Signal(data.ArrayLayout(4, cfg.lanes))
+        lane_inside = Signal(cfg.lanes)
+        for lane in range(cfg.lanes):
+            pos = req.step.position[lane]
+            with m.If(self.linear):
+                m.d.comb += [lane_bank[lane].eq(pos), lane_inside[lane].eq(1)]
+            with m.Else():
+                with m.Switch(pos):
+                    for ky in range(KERNEL):
+                        for kx in range(KERNEL):
+                            with m.Case(ky * KERNEL + kx):
+                                m.d.comb += [lane_bank[lane].eq(Cat(col_r[kx], row_r[ky])),
+                                             lane_inside[lane].eq(row_in[ky] & col_in[kx])]
+
+        # Stage 1: the read is in flight; keep the step and each lane's bank and padding bit.
         s1 = Signal(window_layout(cfg))
         s1_valid = Signal()
-        s1_bank = Signal(data.ArrayLayout(4, KERNEL_ELEMENTS))
-        s1_inside = Signal(KERNEL_ELEMENTS)
         with m.If(en):
             m.d.sync += [
                 s1_valid.eq(i.valid),
-                s1.weight.eq(req.step.weight), s1.position.eq(req.step.position),
+                s1.weight.eq(req.step.weight), s1.bank.eq(lane_bank), s1.inside.eq(lane_inside),
                 s1.flags.eq(req.flags), s1.tag.eq(req.tag),
             ]
-            for ky in range(KERNEL):
-                for kx in range(KERNEL):
-                    p = ky * KERNEL + kx
-                    m.d.sync += [s1_bank[p].eq(Cat(col_r[kx], row_r[ky])),
-                                 s1_inside[p].eq(row_in[ky] & col_in[kx])]
 
-        # Stage 2: route banks to kernel positions, zero the padding.
+        # Stage 2: the banks' words, registered beside the step.
         with m.If(en):
             m.d.sync += [
                 o.valid.eq(s1_valid),
-                o.payload.weight.eq(s1.weight), o.payload.position.eq(s1.position),
-                o.payload.flags.eq(s1.flags), o.payload.tag.eq(s1.tag),
+                o.payload.weight.eq(s1.weight), o.payload.bank.eq(s1.bank),
+                o.payload.inside.eq(s1.inside), o.payload.flags.eq(s1.flags),
+                o.payload.tag.eq(s1.tag), o.payload.window.eq(self.rd_data),
             ]
-            for b in range(BANKS):
-                if b < KERNEL_ELEMENTS:
-                    conv = Mux(s1_inside[b], self.rd_data[s1_bank[b]], 0)
-                else:
-                    conv = 0
-                m.d.sync += o.payload.window[b].eq(Mux(self.linear, self.rd_data[b], conv))
         return m

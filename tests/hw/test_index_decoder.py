@@ -12,14 +12,16 @@ from .streams import run_stream_bench
 
 
 def decode_model(step: dict) -> dict:
-    """Lane l's activation is window[position[l]]; everything else passes through."""
-    return {"weight": step["weight"], "act": [step["window"][p] for p in step["position"]],
+    """Lane l's activation is window[bank[l]], or 0 in the padding; the rest passes through."""
+    act = [step["window"][b] if inside else 0 for b, inside in zip(step["bank"], step["inside"])]
+    return {"weight": step["weight"], "act": act,
             "flags": step["flags"], "tag": step["tag"]}
 
 
 def random_window_word(rng: random.Random, cfg) -> dict:
     return {"weight": [rng.randint(-127, 127) for _ in range(cfg.lanes)],
-            "position": [rng.randrange(16) for _ in range(cfg.lanes)],
+            "bank": [rng.randrange(16) for _ in range(cfg.lanes)],
+            "inside": [rng.randrange(2) for _ in range(cfg.lanes)],
             "window": [rng.randrange(256) for _ in range(16)],
             "flags": {k: rng.randrange(2) for k in ("first", "last", "pool_first", "pool_last")},
             "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(cfg.act_depth),
