@@ -178,12 +178,14 @@ def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
                          cwd=work, capture_output=True, text=True)
     if log.returncode != 0:
         raise RuntimeError(f"yosys failed for {target}: {log.stderr[-2000:]}")
-    pnr = subprocess.run([_tool(t.nextpnr), *t.args, "--json", f"{SHELL_NAME}.json",
-                          "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json"],
-                         cwd=work, capture_output=True, text=True)
-    (work / "nextpnr.log").write_text(pnr.stderr + pnr.stdout)
-    report = parse_nextpnr_log(pnr.stderr + pnr.stdout)
+    # The log goes straight to a file, so a run of several minutes can be watched.
+    with open(work / "nextpnr.log", "w") as log_file:
+        pnr = subprocess.run([_tool(t.nextpnr), *t.args, "--json", f"{SHELL_NAME}.json",
+                              "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json"],
+                             cwd=work, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    text = (work / "nextpnr.log").read_text()
+    report = parse_nextpnr_log(text)
     if pnr.returncode != 0 and not report.fmax_mhz:
-        tail = "\n".join(l for l in pnr.stderr.splitlines() if "ERROR" in l) or pnr.stderr[-1500:]
+        tail = "\n".join(line for line in text.splitlines() if "ERROR" in line) or text[-1500:]
         raise RuntimeError(f"nextpnr failed for {target}: {tail}")
     return report

