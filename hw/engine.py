@@ -8,13 +8,12 @@ from prunefab.hw.config import ACC_BITS, BANKS, LOAD_DATA_BITS, EngineConfig
 from prunefab.hw.index_decoder import IndexDecoder
 from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
                                  LOAD_TARGET_PARAMS, LOAD_TARGET_WEIGHTS, descriptor_layout,
-                                 load_layout, operand_layout, param_layout, step_layout)
+                                 load_layout, param_layout, step_layout)
 from prunefab.hw.mac_array import MacArray
 from prunefab.hw.pool import MaxPool
 from prunefab.hw.requantizer import Requantizer
 from prunefab.hw.sequencer import Sequencer
 from prunefab.hw.serializer import ChannelSerializer
-from prunefab.hw.skid import SkidBuffer
 from prunefab.hw.window_fetch import WindowFetch
 
 COUNTER_BITS = 32
@@ -23,8 +22,8 @@ COUNTER_BITS = 32
 class Engine(wiring.Component):
     """The zero-skipping sparse convolution accelerator.
 
-    Sequencer -> WindowFetch -> IndexDecoder -> SkidBuffer -> MacArray -> MaxPool ->
-    ChannelSerializer -> Requantizer -> writer (activation banks, or the logit FIFO for the classifier).
+    Sequencer -> WindowFetch -> IndexDecoder -> MacArray -> MaxPool -> ChannelSerializer ->
+    Requantizer -> writer (activation banks, or the logit FIFO for the classifier).
 
     Ports:
       i_load:   In(stream of load_layout): writes the weight, parameter and descriptor memories
@@ -80,10 +79,6 @@ class Engine(wiring.Component):
         m.submodules.sequencer = seq = Sequencer(cfg)
         m.submodules.fetch = fetch = WindowFetch(cfg)
         m.submodules.decoder = dec = IndexDecoder(cfg)
-        # The MacArray stalls when a finished pixel meets a full MaxPool; the skid buffer stops
-        # that back-pressure at a register instead of running on through the IndexDecoder, the
-        # WindowFetch and the sequencer to the weight memory in the same cycle.
-        m.submodules.skid = skid = SkidBuffer(operand_layout(cfg))
         m.submodules.mac = mac = MacArray(cfg)
         m.submodules.pool = pool = MaxPool(cfg)
         m.submodules.serializer = ser = ChannelSerializer(cfg)
@@ -92,8 +87,7 @@ class Engine(wiring.Component):
 
         wiring.connect(m, seq.o_stream, fetch.i_stream)
         wiring.connect(m, fetch.o_stream, dec.i_stream)
-        wiring.connect(m, dec.o_stream, skid.i_stream)
-        wiring.connect(m, skid.o_stream, mac.i_stream)
+        wiring.connect(m, dec.o_stream, mac.i_stream)
         wiring.connect(m, mac.o_stream, pool.i_stream)
         wiring.connect(m, pool.o_stream, ser.i_stream)
         wiring.connect(m, ser.o_stream, rq.i_stream)

@@ -8,9 +8,7 @@ from prunefab.hw.config import EngineConfig
 from prunefab.hw.index_decoder import IndexDecoder
 from prunefab.hw.mac_array import MacArray
 from prunefab.hw.pool import MaxPool
-from prunefab.hw.layouts import operand_layout
 from prunefab.hw.requantizer import Requantizer
-from prunefab.hw.skid import SkidBuffer
 
 from .formal import StreamProtocolSpec, prove, yosys_binary
 
@@ -25,7 +23,6 @@ pytestmark = pytest.mark.skipif(yosys_binary() is None, reason="no yosys on PATH
     (MacArray, 2, lambda p: p.flags.last),
     (MaxPool, 1, lambda p: p.pool_last),
     (Requantizer, 6, lambda p: 1),
-    (lambda cfg: SkidBuffer(operand_layout(cfg)), 1, lambda p: 1),
 ])
 def test_stream_rules_hold(block, in_flight, emits):
     result = prove(StreamProtocolSpec(block(TINY), in_flight, emits), depth=12)
