@@ -11,11 +11,15 @@ line: a call either returns the device's answer or raises.
 
 from __future__ import annotations
 
+import struct
 import time
+from dataclasses import dataclass
 
 from prunefab.boards.protocol import (LENGTH_LIMIT, RESEND_AT_ONCE, RESPONSE_FLAG, Command,
                                       ErrorCode, Frame, FrameError, FrameParser, Identity,
                                       encode_frame)
+
+CHUNK = struct.Struct("<II")      # LOAD and INFER chunk header: offset, total (load words)
 
 
 class LinkError(RuntimeError):
@@ -151,3 +155,100 @@ def _name(cmd: int) -> str:
     except ValueError:
         return f"command 0x{cmd:02x}"
 
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine's verbs (docs/protocol.md, "Engine")
+
+@dataclass(frozen=True)
+class Counters:
+    """The engine's performance counters after its last run."""
+
+    total_cycles: int
+    mac_cycles: int
+    layer_cycles: tuple[int, ...]       # one per layer slot of the engine (unused slots: 0)
+
+
+class EngineBoard:
+    """A board running `EngineAdapter`: load a network, infer images, read the counters.
+
+        board = EngineBoard(Link(serial.serial_for_url(url)))
+        board.load(board.program(net))
+        logits, cycles = board.infer(image)
+
+    The engine's configuration comes from IDENTIFY, so the host packs a network for exactly
+    the engine the bitstream holds and refuses one it cannot run.
+    """
+
+    def __init__(self, link: Link):
+        from prunefab.boards.engine_link import config_json, load_word_bytes
+        from prunefab.hw.config import EngineConfig
+        self.link = link
+        identity = link.identify()
+        try:
+            self.config = EngineConfig.from_json(identity.config_json.decode())
+        except (ValueError, TypeError) as e:
+            raise LinkError(f"the device is not a prunefab engine: {e}") from None
+        if config_json(self.config) != identity.config_json:
+            raise LinkError("the device's configuration JSON is not in this host's form; "
+                            "host and bitstream come from different versions")
+        self.word_bytes = load_word_bytes(self.config)
+        self.chunk_words = (identity.max_payload - CHUNK.size) // self.word_bytes
+        if self.chunk_words < 1:
+            raise LinkError(f"the device's max payload of {identity.max_payload} bytes cannot carry "
+                            f"one {self.word_bytes}-byte load word; rebuild with a larger max_payload")
+        self._program = None
+
+    def program(self, net):
+        """Pack `net` for this board's engine; EngineLimitError (one line) when it cannot run it."""
+        from prunefab.hw.config import EngineLimitError
+        from prunefab.hw.loader import pack_network
+        try:
+            return pack_network(self.config, net)
+        except EngineLimitError as e:
+            raise EngineLimitError(f"the board's engine cannot run this network: {e}") from None
+
+    def load(self, program) -> None:
+        """Write a packed network (`Program`) into the engine."""
+        if program.config != self.config:
+            raise ValueError("program was packed for another engine configuration; "
+                             "pack it with EngineBoard.program(net)")
+        self._program = None
+        self._send(Command.LOAD, program.load_words())
+        self._program = program
+
+    def infer(self, image) -> tuple[tuple[int, ...], int]:
+        """Run one uint8 image [C, H, W]; returns (logits in class order, engine cycles)."""
+        program = self._program
+        if program is None:
+            raise LinkError("INFER: no network loaded on this board; call load() first")
+        answer = self._send(Command.INFER, program.image_words(image))
+        expect = 4 * (1 + program.classes)
+        if len(answer) != expect:
+            raise LinkError(f"INFER: answer of {len(answer)} bytes, expected {expect} "
+                            f"(cycles and {program.classes} logits); host and bitstream disagree")
+        cycles, *logits = struct.unpack(f"<I{program.classes}i", answer)
+        return tuple(logits), cycles
+
+    def read_counters(self) -> Counters:
+        """Cycles of the last run: total, MAC steps and each layer's."""
+        n = 2 + self.config.max_layers
+        answer = self.link.request(Command.READ_COUNTERS)
+        if len(answer) != 4 * n:
+            raise LinkError(f"READ_COUNTERS: answer of {len(answer)} bytes, expected {4 * n}; "
+                            f"host and bitstream disagree")
+        total, mac, *layers = struct.unpack(f"<{n}I", answer)
+        return Counters(total, mac, tuple(layers))
+
+    def _send(self, cmd: int, words: list[int]) -> bytes:
+        """Send load words in chunks; the answer to the last chunk."""
+        answer = b""
+        for start in range(0, len(words), self.chunk_words):
+            chunk = words[start:start + self.chunk_words]
+            payload = CHUNK.pack(start, len(words)) + b"".join(
+                w.to_bytes(self.word_bytes, "little") for w in chunk)
+            answer = self.link.request(cmd, payload)
+            if start + len(chunk) < len(words) and answer:
+                raise LinkError(f"{_name(cmd)}: device answered a middle chunk with {len(answer)} "
+                                f"bytes; host and bitstream disagree")
+        return answer
