@@ -1,0 +1,149 @@
+"""Board top-levels: the engine behind the UART link, clocked from a PLL.
+
+    top = BoardTop(BOARDS["icebreaker"], EngineConfig.icebreaker())
+    BOARDS["icebreaker"].platform().build(top, ...)      # prunefab.boards.build does this
+
+Clock plan (docs/boards.md): the iCEBreaker's 12 MHz oscillator drives the iCE40's PLL
+(SB_PLL40_PAD) to 30 MHz; the ULX3S's 25 MHz oscillator drives an ECP5 EHXPLLL to 100 MHz.  The
+design runs in the PLL's clock and is held in reset until the PLL locks.  Both boards talk to
+the host through their FTDI UART at 1 Mbaud (`BAUD`), so a bit is a whole number of cycles.
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib.cdc import ResetSynchronizer
+
+from prunefab.boards.engine_link import EngineAdapter
+from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, UARTLink
+from prunefab.hw.config import EngineConfig
+
+BAUD = 1_000_000
+BYTE_TIMEOUT_BYTES = 4          # a partial frame is dropped after four byte times of silence
+
+
+@dataclass(frozen=True)
+class PLL:
+    """A PLL setting: input and output frequency and the divider parameters that give them."""
+
+    in_mhz: float
+    out_mhz: float
+    params: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """A board the engine is built for.
+
+    name:       the name `build` and the CLI know it by
+    platform:   "module:class" of its amaranth-boards platform
+    family:     "ice40" or "ecp5"
+    clock:      the oscillator's resource name
+    pll:        how the design clock is made from the oscillator
+    preset:     the EngineConfig preset for this board
+    capacity:   the device's LUT, FF, DSP, BRAM and SPRAM counts
+    """
+
+    name: str
+    platform: str
+    family: str
+    clock: str
+    pll: PLL
+    preset: str
+    capacity: dict
+
+    @property
+    def freq_hz(self) -> float:
+        return self.pll.out_mhz * 1e6
+
+    @property
+    def cycles_per_bit(self) -> int:
+        return round(self.freq_hz / BAUD)
+
+    def config(self) -> EngineConfig:
+        return getattr(EngineConfig, self.preset)()
+
+    def make_platform(self):
+        import importlib
+        module, cls = self.platform.split(":")
+        return getattr(importlib.import_module(module), cls)()
+
+
+BOARDS = {
+    "icebreaker": BoardSpec(
+        "icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "clk12",
+        # f_vco = 12 MHz * (DIVF + 1) / (DIVR + 1) = 960 MHz; f_out = f_vco / 2**DIVQ = 30 MHz
+        PLL(12.0, 30.0, (("DIVR", 0), ("DIVF", 79), ("DIVQ", 5), ("FILTER_RANGE", 1))),
+        "icebreaker",
+        {"lut": 5280, "ff": 5280, "dsp": 8, "bram": 30, "spram": 4}),
+    "ulx3s-85f": BoardSpec(
+        "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25",
+        # f_out = 25 MHz * CLKFB_DIV / CLKI_DIV = 100 MHz; f_vco = f_out * CLKOP_DIV = 600 MHz
+        PLL(25.0, 100.0, (("CLKI_DIV", 1), ("CLKFB_DIV", 4), ("CLKOP_DIV", 6),
+                          ("CLKOP_CPHASE", 2), ("CLKOP_FPHASE", 0))),
+        "ecp5_85f",
+        {"lut": 83640, "ff": 83640, "dsp": 156, "bram": 208, "spram": 0}),
+}
+
+
+def board_spec(name: str) -> BoardSpec:
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown board {name!r}; choose one of {', '.join(sorted(BOARDS))}") from None
+
+
+class BoardTop(Elaboratable):
+    """The engine, its link adapter and the UART link, on a board's pins and PLL clock.
+
+    board:        a BoardSpec (BOARDS[...])
+    config:       the engine to generate
+    max_payload:  the link's max payload
+    """
+
+    def __init__(self, board: BoardSpec, config: EngineConfig, *,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD):
+        if not isinstance(board, BoardSpec):
+            raise TypeError(f"BoardTop needs a BoardSpec, not {board!r}")
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"BoardTop needs an EngineConfig, not {config!r}")
+        self.board = board
+        self.config = config
+        n = board.cycles_per_bit
+        self.link = UARTLink(EngineAdapter(config, max_payload=max_payload), cycles_per_bit=n,
+                             max_payload=max_payload, byte_timeout=BYTE_TIMEOUT_BYTES * 10 * n)
+
+    def elaborate(self, platform):
+        m = Module()
+        board = self.board
+        m.domains.sync = ClockDomain("sync")
+        clk = Signal(name="pll_clk")
+        locked = Signal(name="pll_locked")
+        params = {f"p_{k}": v for k, v in board.pll.params}
+        if board.family == "ice40":
+            # the oscillator's pin is the PLL's own input pad: no buffer between them
+            pad = platform.request(board.clock, 0, dir="-")
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", **params,
+                i_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        else:
+            clk_in = platform.request(board.clock, 0)
+            m.submodules.pll = Instance(
+                "EHXPLLL", p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED",
+                p_STDBY_ENABLE="DISABLED", p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+                p_CLKOP_ENABLE="ENABLED", p_FEEDBK_PATH="CLKOP", **params,
+                a_FREQUENCY_PIN_CLKI=f"{board.pll.in_mhz:g}",
+                a_FREQUENCY_PIN_CLKOP=f"{board.pll.out_mhz:g}",
+                i_CLKI=clk_in.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
+                i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=clk, o_LOCK=locked)
+        m.d.comb += ClockSignal("sync").eq(clk)
+        platform.add_clock_constraint(clk, board.freq_hz)
+        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+
+        uart = platform.request("uart", 0)
+        m.submodules.link = self.link
+        m.d.comb += [self.link.rx.eq(uart.rx.i), uart.tx.o.eq(self.link.tx)]
+        return m
