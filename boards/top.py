@@ -11,8 +11,8 @@ the host through their FTDI UART at 1 Mbaud (`BAUD`), so a bit is a whole number
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth.lib import io
 
 from prunefab.boards.engine_link import EngineAdapter
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, UARTLink
@@ -31,6 +31,26 @@ class PLL:
     params: tuple[tuple[str, object], ...]
 
 
+def ice40_pll_mhz(pll: PLL) -> tuple[float, float]:
+    """SB_PLL40 with SIMPLE feedback: (output, VCO) in MHz.  iCE40 sysCLOCK PLL guide:
+    f_vco = f_in * (DIVF + 1) / (DIVR + 1), f_out = f_vco / 2**DIVQ."""
+    p = dict(pll.params)
+    vco = pll.in_mhz * (p["DIVF"] + 1) / (p["DIVR"] + 1)
+    return vco / 2 ** p["DIVQ"], vco
+
+
+def ecp5_pll_mhz(pll: PLL) -> tuple[float, float]:
+    """EHXPLLL fed back from CLKOP: (output, VCO) in MHz.  ECP5 sysCLOCK guide (TN1263):
+    f_out = f_in * CLKFB_DIV / CLKI_DIV, f_vco = f_out * CLKOP_DIV."""
+    p = dict(pll.params)
+    out = pll.in_mhz * p["CLKFB_DIV"] / p["CLKI_DIV"]
+    return out, out * p["CLKOP_DIV"]
+
+
+PLL_OUTPUT = {"ice40": ice40_pll_mhz, "ecp5": ecp5_pll_mhz}
+VCO_RANGE_MHZ = {"ice40": (533, 1066), "ecp5": (400, 800)}
+
+
 @dataclass(frozen=True)
 class BoardSpec:
     """A board the engine is built for.
@@ -41,7 +61,8 @@ class BoardSpec:
     clock:      the oscillator's resource name
     pll:        how the design clock is made from the oscillator
     preset:     the EngineConfig preset for this board
-    capacity:   the device's LUT, FF, DSP, BRAM and SPRAM counts
+    capacity:   the device's LUT, FF, DSP, BRAM and SPRAM counts (and the iCE40's logic
+                cells, each one LUT4 and one flip-flop)
     """
 
     name: str
@@ -51,6 +72,15 @@ class BoardSpec:
     pll: PLL
     preset: str
     capacity: dict
+
+    def __post_init__(self):
+        if self.family not in PLL_OUTPUT:
+            raise ValueError(f"board {self.name}: unknown family {self.family!r}")
+        got, vco = PLL_OUTPUT[self.family](self.pll)
+        low, high = VCO_RANGE_MHZ[self.family]
+        if abs(got - self.pll.out_mhz) > 1e-6 or not low <= vco <= high:
+            raise ValueError(f"board {self.name}: the PLL settings give {got:g} MHz (VCO {vco:g} "
+                             f"MHz, allowed {low}-{high}), not the {self.pll.out_mhz:g} MHz stated")
 
     @property
     def freq_hz(self) -> float:
@@ -75,7 +105,7 @@ BOARDS = {
         # f_vco = 12 MHz * (DIVF + 1) / (DIVR + 1) = 960 MHz; f_out = f_vco / 2**DIVQ = 30 MHz
         PLL(12.0, 30.0, (("DIVR", 0), ("DIVF", 79), ("DIVQ", 5), ("FILTER_RANGE", 1))),
         "icebreaker",
-        {"lut": 5280, "ff": 5280, "dsp": 8, "bram": 30, "spram": 4}),
+        {"lut": 5280, "ff": 5280, "lc": 5280, "dsp": 8, "bram": 30, "spram": 4}),
     "ulx3s-85f": BoardSpec(
         "ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "clk25",
         # f_out = 25 MHz * CLKFB_DIV / CLKI_DIV = 100 MHz; f_vco = f_out * CLKOP_DIV = 600 MHz
@@ -128,22 +158,38 @@ class BoardTop(Elaboratable):
                 i_PACKAGEPIN=pad.io, i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBAL=clk, o_LOCK=locked)
         else:
-            clk_in = platform.request(board.clock, 0)
+            clk_in = io.Buffer("i", platform.request(board.clock, 0, dir="-"))
+            m.submodules.clk_in = clk_in
             m.submodules.pll = Instance(
                 "EHXPLLL", p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED",
                 p_STDBY_ENABLE="DISABLED", p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
                 p_CLKOP_ENABLE="ENABLED", p_FEEDBK_PATH="CLKOP", **params,
                 a_FREQUENCY_PIN_CLKI=f"{board.pll.in_mhz:g}",
                 a_FREQUENCY_PIN_CLKOP=f"{board.pll.out_mhz:g}",
+                # loop filter settings ecppll writes for every configuration
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2",
                 i_CLKI=clk_in.i, i_CLKFB=clk, i_RST=0, i_STDBY=0,
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
                 i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clk, o_LOCK=locked)
         m.d.comb += ClockSignal("sync").eq(clk)
         platform.add_clock_constraint(clk, board.freq_hz)
-        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        # Reset: held from configuration (the flip-flops' initial value) until two PLL cycles
+        # after lock.  Plain synchronous flip-flops rather than amaranth's ResetSynchronizer:
+        # its asynchronous-reset flip-flops stop yosys' ECP5 ABC9 mapping with an internal
+        # assertion (yosys 0.70), and the design's own resets are synchronous anyway.
+        m.domains.pll = ClockDomain("pll", reset_less=True)
+        m.d.comb += ClockSignal("pll").eq(clk)
+        held = Signal(2, init=0b11, name="reset_held")
+        m.d.pll += held.eq(Cat(~locked, held[0]))
+        m.d.comb += ResetSignal("sync").eq(held[1])
 
-        uart = platform.request("uart", 0)
+        # Only rx and tx are used; the other lines of a board's UART (flow control) stay unbuffered.
+        lines = platform.lookup("uart", 0).ios
+        uart = platform.request("uart", 0, dir={line.name: "-" for line in lines})
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
         m.submodules.link = self.link
-        m.d.comb += [self.link.rx.eq(uart.rx.i), uart.tx.o.eq(self.link.tx)]
+        m.d.comb += [self.link.rx.eq(rx.i), tx.o.eq(self.link.tx)]
         return m

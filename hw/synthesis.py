@@ -21,13 +21,21 @@ from pathlib import Path
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
 
+# ECP5 LUT mapping with the classic ABC mapper: synth_ecp5's ABC9 step (yosys 0.70) stops on the
+# engine with an internal assertion in ABC_OPS_REINTEGRATE, with or without DSPs, carry chains or
+# LUT RAM.  The script is synth_ecp5's own with that one step replaced; the caller appends
+# `-top NAME` (and `-json FILE`) to the second part.
+ECP5_SYNTH = ("synth_ecp5 -run begin:map_luts",
+              "techmap -map +/lattice/latches_map.v; abc -dress -lut 4:7; clean; "
+              "synth_ecp5 -run map_cells:")
+
 FAMILIES = {
     # The weight memory is asked for as "huge" RAM: yosys would otherwise spend EBR on it,
     # which the 16 activation banks need.
     "ice40": (f"setattr -set ram_style \"huge\" {TOP_NAME}/weights; synth_ice40 -dsp -spram", {
         "lut": ["SB_LUT4"], "carry": ["SB_CARRY"], "ff": ["SB_DFF"], "dsp": ["SB_MAC16"],
         "ebr": ["SB_RAM40_4K"], "spram": ["SB_SPRAM256KA"]}),
-    "ecp5": ("synth_ecp5", {
+    "ecp5": ("; ".join(ECP5_SYNTH), {
         "lut": ["LUT4"], "carry": ["CCU2C"], "ff": ["TRELLIS_FF"], "dsp": ["MULT18X18D", "MULT9X9D", "ALU54B"],
         "ebr": ["DP16KD", "PDPW16KD"], "lutram": ["TRELLIS_DPR16X4"]}),
 }
@@ -47,8 +55,15 @@ def yosys() -> str:
 
 
 def parse_stat(text: str, groups: dict[str, list[str]]) -> dict[str, int]:
-    """Cell counts from the last `stat` of a yosys log, summed into groups by name prefix."""
-    tail = text[text.rfind("Number of cells"):] if "Number of cells" in text else text
+    """Cell counts from the last `stat` of a yosys log, summed into groups by name prefix.
+
+    Reads the whole-design totals: the "design hierarchy" part when there is one (yosys 0.70
+    prints each module's local counts before it, which would count every cell twice)."""
+    tail = text[text.rfind("Printing statistics"):] if "Printing statistics" in text else text
+    if "=== design hierarchy ===" in tail:
+        tail = tail[tail.rfind("=== design hierarchy ==="):]
+    if "Number of cells" in tail:
+        tail = tail[tail.rfind("Number of cells"):]
     cells: dict[str, int] = {}
     for count, name in re.findall(r"^\s+(\d+)\s+(?:\S+\s+)?\$?([A-Za-z_][A-Za-z0-9_$]*)\s*$", tail, re.M):
         cells[name] = cells.get(name, 0) + int(count)

@@ -17,7 +17,8 @@ def _errors() -> tuple[type[Exception], ...]:
     from prunefab.sw.train import CheckpointError
     from prunefab.sim.icarus import SimulationError
     from prunefab.sim.runner import RtlMismatch
-    return (ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
+    from prunefab.boards.build import BuildError
+    return (BuildError, ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
             TypeError, SimulationError, RtlMismatch)
 
 
@@ -197,6 +198,24 @@ def cmd_demo(args) -> None:
              seed=args.seed, out_dir=Path(args.out), data_name=args.data)
 
 
+def cmd_build(args) -> None:
+    from prunefab.boards.build import BuildError, build
+    from prunefab.boards.fit import choose
+    choice = choose(args.board, lanes=args.lanes)
+    print(choice.note, flush=True)
+    try:
+        report = build(args.board, choice.config.lanes, args.out, program=args.program,
+                       seed=args.seed)
+    except BuildError as e:
+        if e.report is not None:               # the figures, then the one-line error
+            print(e.report.summary())
+            print(f"wrote {e.report.out_dir / 'build_report.json'}")
+        raise
+    print(report.summary())
+    print(f"wrote {report.bitstream} and {report.out_dir / 'build_report.json'}"
+          + ("; programmed the board" if report.programmed else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunefab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -268,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=["icarus", "verilator"], default="icarus",
                     help="icarus (cocotb bench) or verilator (fast C++ harness)")
     sp.set_defaults(func=cmd_sim)
+
+    from prunefab.boards.top import BOARDS
+    sp = sub.add_parser("build", help="build a board's bitstream: fit, synthesize, place and route, report")
+    sp.add_argument("--board", required=True, choices=sorted(BOARDS))
+    sp.add_argument("--lanes", type=int, help="MAC lanes (default: the most that fit the board)")
+    sp.add_argument("--out", help="output directory (default build/BOARD)")
+    sp.add_argument("--seed", type=int, default=1, help="place-and-route seed (default 1)")
+    sp.add_argument("--program", action="store_true",
+                    help="program the board after a good build (openFPGALoader or iceprog)")
+    sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, every method, one table")
     common(sp)

@@ -76,3 +76,34 @@ def test_place_and_route_names_the_targets(tmp_path):
 def test_small_engine_places_and_routes_on_the_up5k(tmp_path, small_config):
     report = place_and_route(small_config, "ice40up5k", tmp_path)
     assert report.cells["ICESTORM_LC"].used > 0 and report.fmax_mhz
+
+
+YOSYS_070_STAT = """5.5. Printing statistics.
+
+=== top ===
+
+        +----------Local Count, excluding submodules.
+        |
+      181 cells
+      108   DP16KD
+    26237 submodules
+    12822   LUT4
+    10122   TRELLIS_FF
+
+=== design hierarchy ===
+
+        +----------Count including submodules.
+        |
+      181 top
+      181 cells
+      108   DP16KD
+    12822   LUT4
+    10122   TRELLIS_FF
+
+5.6. Executing CHECK pass (checking for obvious problems).
+"""
+
+
+def test_parse_stat_counts_yosys_070_totals_once():
+    stats = parse_stat(YOSYS_070_STAT, {"lut": ["LUT4"], "ff": ["TRELLIS_FF"], "ebr": ["DP16KD"]})
+    assert (stats["lut"], stats["ff"], stats["ebr"]) == (12822, 10122, 108)

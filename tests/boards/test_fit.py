@@ -1,0 +1,86 @@
+"""The resource estimate and the lane choice: refusals name the resource and the limit, auto-fit
+picks the most lanes that fit, memories are counted as yosys maps them."""
+
+import dataclasses
+
+import pytest
+
+from prunefab.boards import fit as F
+from prunefab.boards.top import BOARDS
+from prunefab.hw.config import EngineConfig
+
+
+def test_blocks_takes_the_cheapest_shape():
+    assert F.blocks(8, 512, F.BRAM_SHAPES["ice40"]) == 1
+    assert F.blocks(56, 128, F.BRAM_SHAPES["ice40"]) == 4          # 4 x 16 bits, 256 deep
+    assert F.blocks(396, 4096, F.BRAM_SHAPES["ecp5"]) == 88        # 22 x 18 bits x 4 x 1024
+    assert F.blocks(106, 4096, (F.SPRAM_SHAPE,)) == 7
+
+
+def test_ecp5_block_ram_matches_what_yosys_maps():
+    # synth_ecp5 of the 32-lane board top maps 16 activation banks, 88 weight blocks,
+    # 2 PDPW16KD for the parameters, the link's two buffers and the identity ROM to DP16KD;
+    # the 12-word descriptors and 32-word logit FIFO go to LUT RAM.
+    est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
+    assert est.bram == 16 + 88 + 2 + 2 + 1
+    assert est.dsp == 32 + F.REQUANTIZER_DSPS
+
+
+def test_refusal_names_the_resource_and_a_lane_count_that_fits():
+    with pytest.raises(F.FitError) as e:
+        F.fit("ulx3s-85f", lanes=200)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("ulx3s-85f: 200 lanes do not fit (")
+    assert "DSP ~202 of 156" in msg
+    best = int(msg.rsplit("--lanes ", 1)[1].split()[0])
+    assert F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=best), "ulx3s-85f").fits
+    assert not F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=best + 1), "ulx3s-85f").fits
+
+
+def test_auto_fit_takes_the_preset_when_it_fits():
+    choice = F.choose("ulx3s-85f")
+    assert choice.config == EngineConfig.ecp5_85f() and choice.config.lanes >= 32
+    assert choice.note.startswith("ulx3s-85f: 32 lanes fit the estimate (LUT ~")
+
+
+def test_auto_fit_picks_fewer_lanes_and_says_why():
+    spec = BOARDS["ulx3s-85f"]
+    big = dataclasses.replace(spec.config(), lanes=160)    # more multipliers and block RAM than exist
+    choice = F.choose(spec, big)
+    p = choice.config.lanes
+    assert choice.estimate.fits and p < 160
+    assert not F.estimate(dataclasses.replace(big, lanes=p + 1), spec).fits
+    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~162 of 156, BRAM ~")
+    assert f"); building {p} (LUT ~" in choice.note and "\n" not in choice.note
+
+
+def test_icebreaker_refusal_is_one_line_naming_a_limit():
+    try:
+        choice = F.choose("icebreaker")
+    except F.FitError as e:
+        msg = str(e)
+        assert "\n" not in msg and msg.startswith("icebreaker: even 1 lane does not fit (")
+        assert " of " in msg
+    else:
+        assert choice.estimate.fits and choice.config.lanes >= 1
+    with pytest.raises(F.FitError, match=r"^icebreaker: 64 lanes do not fit \(.*DSP ~66 of 8.*\); "):
+        F.fit("icebreaker", lanes=64)
+
+
+def test_ice40_counts_the_weight_memory_in_spram():
+    cfg = dataclasses.replace(EngineConfig.icebreaker(), lanes=4)
+    est = F.estimate(cfg, "icebreaker")
+    assert est.spram == -(-cfg.step_bits // 16)
+    assert est.lc is not None and "LC ~" in est.summary()
+
+
+@pytest.mark.parametrize("lanes", [0, -3, 2.5, True, "4"])
+def test_bad_lane_counts_are_refused_in_one_line(lanes):
+    with pytest.raises(F.FitError, match=r"^ulx3s-85f: lane count must be a positive integer, not "):
+        F.fit("ulx3s-85f", lanes=lanes)
+
+
+def test_unknown_board():
+    with pytest.raises(ValueError, match=r"^unknown board 'ulx3s'; choose one of icebreaker, ulx3s-85f$"):
+        F.estimate(EngineConfig.ecp5_85f(), "ulx3s")

@@ -1,0 +1,111 @@
+"""Board tops: both boards elaborate to RTLIL with their PLL, pins and clock constraint; the PLL
+settings give the stated frequencies; only the identity ROM keeps initial contents."""
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunefab.boards.build import NAME, _overrides
+from prunefab.boards.top import BAUD, BOARDS, PLL, BoardTop, board_spec, ecp5_pll_mhz, ice40_pll_mhz
+from prunefab.hw.config import EngineConfig
+
+SMALL = EngineConfig(lanes=2, max_height=10, max_width=10, max_channels=8, max_layers=4,
+                     max_classes=8, act_depth=128, weight_depth=256, param_depth=32)
+
+
+@pytest.fixture(scope="module", params=sorted(BOARDS))
+def plan(request):
+    spec = BOARDS[request.param]
+    platform = spec.make_platform()
+    return spec, platform.prepare(BoardTop(spec, SMALL), name=NAME, **_overrides(spec, 7))
+
+
+def test_board_top_emits_rtlil_with_pll_pins_and_clock(plan):
+    spec, plan = plan
+    il = plan.files[f"{NAME}.il"]
+    il = il if isinstance(il, str) else il.decode()
+    primitive = "SB_PLL40_PAD" if spec.family == "ice40" else "EHXPLLL"
+    cell = re.search(rf"cell \\{primitive} .*?\n  end", il, re.S)
+    assert cell, f"no {primitive} in the {spec.name} top"
+    for key, value in spec.pll.params:
+        assert re.search(rf"parameter \\{key} {value}\b", cell.group(0)), key
+    constraints = plan.files[f"{NAME}.pcf" if spec.family == "ice40" else f"{NAME}.lpf"]
+    assert re.search(r"pll_clk\S* (30\.0|100000000\.0 HZ)", constraints)
+    assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
+    script = plan.files[f"build_{NAME}.sh"]
+    assert "--seed 7" in script and "--timing-allow-fail" in script
+    assert ("--router router2" in script) == (spec.family == "ecp5")
+
+
+def test_only_the_identity_rom_keeps_its_contents(plan):
+    # The build deletes every $meminit_v2 but the identity ROM's (SPRAM cannot be initialized,
+    # the engine's memories are written at run time); a second ROM would silently lose its data.
+    spec, plan = plan
+    il = plan.files[f"{NAME}.il"]
+    il = il if isinstance(il, str) else il.decode()
+    nonzero = set()
+    for cell in re.findall(r"cell \$meminit_v2 .*?\n  end", il, re.S):
+        memid = re.search(r'parameter \\MEMID "\\\\(\w+)"', cell).group(1)
+        data = re.search(r"connect \\DATA (\d+)'([01x]+)", cell).group(2)
+        if "1" in data:
+            nonzero.add(memid)
+    assert nonzero == {"identity"}
+    assert "r:MEMID=*identity %d" in plan.files[f"{NAME}.ys"]
+
+
+def test_pll_settings_give_the_stated_clocks():
+    ice, ecp = BOARDS["icebreaker"], BOARDS["ulx3s-85f"]
+    assert ice40_pll_mhz(ice.pll) == (30.0, 960.0)
+    assert ecp5_pll_mhz(ecp.pll) == (100.0, 600.0)
+    assert ice.cycles_per_bit == 30 and ecp.cycles_per_bit == 100
+    for spec in BOARDS.values():
+        assert spec.freq_hz == spec.cycles_per_bit * BAUD       # whole cycles per UART bit
+
+
+def test_a_pll_that_does_not_give_its_clock_is_refused():
+    spec = BOARDS["icebreaker"]
+    wrong = PLL(12.0, 30.0, (("DIVR", 0), ("DIVF", 79), ("DIVQ", 4), ("FILTER_RANGE", 1)))
+    with pytest.raises(ValueError, match=r"^board icebreaker: the PLL settings give 60 MHz .*not the 30 MHz stated$"):
+        dataclasses.replace(spec, pll=wrong)
+    slow_vco = PLL(12.0, 30.0, (("DIVR", 0), ("DIVF", 19), ("DIVQ", 3), ("FILTER_RANGE", 1)))
+    with pytest.raises(ValueError, match=r"VCO 240 MHz, allowed 533-1066"):
+        dataclasses.replace(spec, pll=slow_vco)
+
+
+def _tool(name):
+    beside = Path(sys.executable).parent / name       # installed in this environment
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+@pytest.mark.skipif(not _tool("yowasp-icepll"), reason="no yowasp-icepll")
+def test_ice40_pll_matches_icepll():
+    out = subprocess.run([_tool("yowasp-icepll"), "-i", "12", "-o", "30"], capture_output=True,
+                         text=True, timeout=120).stdout
+    found = {k: int(v) for k, v in re.findall(r"^(DIVR|DIVF|DIVQ|FILTER_RANGE):\s+(\d+)", out, re.M)}
+    assert found == {k: v for k, v in BOARDS["icebreaker"].pll.params}
+
+
+@pytest.mark.skipif(not _tool("yowasp-ecppll"), reason="no yowasp-ecppll")
+def test_ecp5_pll_matches_ecppll(tmp_path):
+    subprocess.run([_tool("yowasp-ecppll"), "-i", "25", "-o", "100", "-f", "pll.v"], cwd=tmp_path,
+                   capture_output=True, timeout=120, check=True)
+    verilog = (tmp_path / "pll.v").read_text()
+    found = {k: int(v) for k, v in re.findall(r"\.(CLKI_DIV|CLKFB_DIV|CLKOP_DIV|CLKOP_CPHASE|CLKOP_FPHASE)\((\d+)\)", verilog)}
+    assert found == {k: v for k, v in BOARDS["ulx3s-85f"].pll.params}
+
+
+def test_unknown_board_is_one_line():
+    with pytest.raises(ValueError, match=r"^unknown board 'de10'; choose one of icebreaker, ulx3s-85f$"):
+        board_spec("de10")
+
+
+def test_board_top_checks_its_arguments():
+    with pytest.raises(TypeError, match="BoardSpec"):
+        BoardTop("icebreaker", SMALL)
+    with pytest.raises(TypeError, match="EngineConfig"):
+        BoardTop(BOARDS["icebreaker"], {"lanes": 2})
