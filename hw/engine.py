@@ -122,7 +122,7 @@ class Engine(wiring.Component):
         word = load.payload
         m.d.comb += load.ready.eq(~seq.busy)
         widest = max(cfg.step_bits, cfg.param_bits, cfg.descriptor_bits)
-        staging = Signal(cfg.slices(widest) * LOAD_DATA_BITS)
+        staging = Signal(cfg.slices(widest) * LOAD_DATA_BITS, reset_less=True)
         commit = Signal()
         commit_target = Signal(2)
         commit_addr = Signal(cfg.load_addr_bits)

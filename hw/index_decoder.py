@@ -35,11 +35,13 @@ class IndexDecoder(wiring.Component):
         m = Module()
         i, o = self.i_stream, self.o_stream
         en = Signal()
+        out = Signal(operand_layout(self.config), reset_less=True)   # only `valid` needs a reset
+        m.d.comb += o.payload.eq(out)
         m.d.comb += [en.eq(~o.valid | o.ready), i.ready.eq(en)]
         with m.If(en):
-            m.d.sync += [o.valid.eq(i.valid), o.payload.weight.eq(i.payload.weight),
-                         o.payload.flags.eq(i.payload.flags), o.payload.tag.eq(i.payload.tag)]
+            m.d.sync += [o.valid.eq(i.valid), out.weight.eq(i.payload.weight),
+                         out.flags.eq(i.payload.flags), out.tag.eq(i.payload.tag)]
             for lane in range(self.config.lanes):
-                m.d.sync += o.payload.act[lane].eq(
+                m.d.sync += out.act[lane].eq(
                     Mux(i.payload.inside[lane], i.payload.window[i.payload.bank[lane]], 0))
         return m

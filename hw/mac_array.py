@@ -35,10 +35,14 @@ class MacArray(wiring.Component):
         i, o = self.i_stream, self.o_stream
 
         s1_valid = Signal()
-        s1_flags = Signal(flags_layout())
-        s1_tag = Signal(vector_tag_layout(self.config))
-        prod = Signal(data.ArrayLayout(signed(17), P))
-        acc = Signal(data.ArrayLayout(signed(ACC_BITS), P))
+        # Data registers have no reset (only the valid bits need one): on the iCE40 a flip-flop
+        # with its own reset cannot share a logic block with one that has none or another.
+        s1_flags = Signal(flags_layout(), reset_less=True)
+        s1_tag = Signal(vector_tag_layout(self.config), reset_less=True)
+        prod = Signal(data.ArrayLayout(signed(17), P), reset_less=True)
+        acc = Signal(data.ArrayLayout(signed(ACC_BITS), P), reset_less=True)
+        out = Signal(accumulator_layout(self.config), reset_less=True)
+        m.d.comb += o.payload.eq(out)
 
         # The running sum including this step's product; `first` drops the previous pixel's sum.
         total = Signal(data.ArrayLayout(signed(ACC_BITS), P))
@@ -60,9 +64,9 @@ class MacArray(wiring.Component):
                 for lane in range(P):
                     m.d.sync += acc[lane].eq(total[lane])
                     with m.If(s1_flags.last):
-                        m.d.sync += o.payload.acc[lane].eq(total[lane])
+                        m.d.sync += out.acc[lane].eq(total[lane])
                 with m.If(s1_flags.last):
-                    m.d.sync += [o.valid.eq(1), o.payload.tag.eq(s1_tag),
-                                 o.payload.pool_first.eq(s1_flags.pool_first),
-                                 o.payload.pool_last.eq(s1_flags.pool_last)]
+                    m.d.sync += [o.valid.eq(1), out.tag.eq(s1_tag),
+                                 out.pool_first.eq(s1_flags.pool_first),
+                                 out.pool_last.eq(s1_flags.pool_last)]
         return m

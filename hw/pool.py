@@ -35,7 +35,9 @@ class MaxPool(wiring.Component):
         m = Module()
         P = self.config.lanes
         i, o = self.i_stream, self.o_stream
-        best = Signal(data.ArrayLayout(signed(ACC_BITS), P))
+        best = Signal(data.ArrayLayout(signed(ACC_BITS), P), reset_less=True)
+        out = Signal(accumulator_layout(self.config, with_pool_flags=False), reset_less=True)
+        m.d.comb += o.payload.eq(out)
         new = Signal(data.ArrayLayout(signed(ACC_BITS), P))
         for lane in range(P):
             v = i.payload.acc[lane]
@@ -48,5 +50,5 @@ class MaxPool(wiring.Component):
         with m.If(i.valid & i.ready):
             m.d.sync += best.eq(new)
             with m.If(i.payload.pool_last):
-                m.d.sync += [o.valid.eq(1), o.payload.acc.eq(new), o.payload.tag.eq(i.payload.tag)]
+                m.d.sync += [o.valid.eq(1), out.acc.eq(new), out.tag.eq(i.payload.tag)]
         return m

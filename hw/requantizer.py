@@ -41,19 +41,22 @@ class Requantizer(wiring.Component):
 
         # Sideband travelling with each stage: raw flag, destination, the sum (for raw), shift.
         def stage(n):
-            return (Signal(name=f"v{n}"), Signal(requant_out_layout(cfg), name=f"side{n}"),
-                    Signal(unsigned(8), name=f"shift{n}"))
+            # Only the valid bits need a reset; data registers have none.
+            return (Signal(name=f"v{n}"), Signal(requant_out_layout(cfg), name=f"side{n}", reset_less=True),
+                    Signal(unsigned(8), name=f"shift{n}", reset_less=True))
 
         v1, side1, sh1 = stage(1)
-        total = Signal(signed(ACC_BITS + 1))
-        mult1 = Signal(unsigned(16))
-        prod2 = Signal(signed(ACC_BITS + 17))
+        total = Signal(signed(ACC_BITS + 1), reset_less=True)
+        mult1 = Signal(unsigned(16), reset_less=True)
+        prod2 = Signal(signed(ACC_BITS + 17), reset_less=True)
         v2, side2, sh2 = stage(2)
-        prod3 = Signal(signed(ACC_BITS + 17))
+        prod3 = Signal(signed(ACC_BITS + 17), reset_less=True)
         v3, side3, sh3 = stage(3)
-        rounded = Signal(signed(ACC_BITS + 18))
+        rounded = Signal(signed(ACC_BITS + 18), reset_less=True)
         v4, side4, sh4 = stage(4)
-        shifted = Signal(signed(ACC_BITS + 18))
+        shifted = Signal(signed(ACC_BITS + 18), reset_less=True)
+        out = Signal(requant_out_layout(cfg), reset_less=True)
+        m.d.comb += o.payload.eq(out)
         v5, side5, _ = stage(5)
 
         with m.If(en):
@@ -69,8 +72,8 @@ class Requantizer(wiring.Component):
                          sh4.eq(sh3), side4.eq(side3)]
             m.d.sync += [v5.eq(v4), shifted.eq(rounded >> sh4), side5.eq(side4)]
             clamped = Mux(shifted < 0, 0, Mux(shifted > 255, 255, shifted))
-            m.d.sync += [o.valid.eq(v5), o.payload.raw.eq(side5.raw),
-                         o.payload.dest_bank.eq(side5.dest_bank),
-                         o.payload.dest_addr.eq(side5.dest_addr),
-                         o.payload.value.eq(Mux(side5.raw, side5.value, clamped))]
+            m.d.sync += [o.valid.eq(v5), out.raw.eq(side5.raw),
+                         out.dest_bank.eq(side5.dest_bank),
+                         out.dest_addr.eq(side5.dest_addr),
+                         out.value.eq(Mux(side5.raw, side5.value, clamped))]
         return m

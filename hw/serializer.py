@@ -45,12 +45,14 @@ class ChannelSerializer(wiring.Component):
         i, o = self.i_stream, self.o_stream
 
         busy = Signal()
-        vec = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.lanes))
-        lane = Signal(range(cfg.lanes + 1))
-        n_lanes = Signal(range(cfg.lanes + 1))
-        addr = Signal(cfg.act_addr_bits)
-        bank = Signal(4)
-        pidx = Signal(cfg.param_addr_bits)
+        # Data registers have no reset (only `busy` and `valid` need one).
+        vec = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.lanes), reset_less=True)
+        lane = Signal(range(cfg.lanes + 1), reset_less=True)
+        n_lanes = Signal(range(cfg.lanes + 1), reset_less=True)
+        addr = Signal(cfg.act_addr_bits, reset_less=True)
+        bank = Signal(4, reset_less=True)
+        pidx = Signal(cfg.param_addr_bits, reset_less=True)
+        out = Signal(requant_in_layout(cfg), reset_less=True)
 
         en = Signal()
         finishing = Signal()
@@ -60,6 +62,8 @@ class ChannelSerializer(wiring.Component):
             i.ready.eq(~busy | finishing),
             self.param_en.eq(en),
             self.param_addr.eq(pidx + lane),
+            o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw),
+            o.payload.dest_bank.eq(out.dest_bank), o.payload.dest_addr.eq(out.dest_addr),
             o.payload.bias.eq(self.param_data.bias),
             o.payload.mult.eq(self.param_data.mult),
             o.payload.shift.eq(self.param_data.shift),
@@ -67,10 +71,10 @@ class ChannelSerializer(wiring.Component):
         with m.If(en):
             m.d.sync += [
                 o.valid.eq(busy),
-                o.payload.acc.eq(vec[lane]),
-                o.payload.raw.eq(self.raw),
-                o.payload.dest_bank.eq(bank),
-                o.payload.dest_addr.eq(addr),
+                out.acc.eq(vec[lane]),
+                out.raw.eq(self.raw),
+                out.dest_bank.eq(bank),
+                out.dest_addr.eq(addr),
             ]
             with m.If(busy):
                 m.d.sync += [lane.eq(lane + 1), addr.eq(addr + self.plane_out)]
