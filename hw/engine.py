@@ -1,6 +1,8 @@
 """Engine: the whole accelerator, with its memories, loader port and performance counters."""
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,6 +19,32 @@ from prunefab.hw.serializer import ChannelSerializer
 from prunefab.hw.window_fetch import WindowFetch
 
 COUNTER_BITS = 32
+
+# Loads happen only while idle and a layer never reads what it writes (ping-pong feature maps;
+# descriptors and parameters are written before a run), so a read never meets a write to the
+# same word.  Saying so (yosys's `no_rw_check`, honoured where it merges a read port's output
+# register) spares the logic that would emulate read-before-write on block RAM that lacks it:
+# a register of the write data and a bypass multiplexer on every read port.
+NO_RW_CHECK = {"no_rw_check": 1}
+
+
+@dataclass(frozen=True)
+class _ReadPort:
+    addr: Signal
+    en: Signal
+    data: Signal
+
+
+def _unchecked_read_port(m: Module, mem: memory.Memory, name: str) -> _ReadPort:
+    """A synchronous read port of `mem` (data one cycle after `en`, held while `en` is low),
+    made of an asynchronous port and a register so that yosys merges the two and applies the
+    memory's `no_rw_check`."""
+    port = mem.read_port(domain="comb")
+    en = Signal(name=f"{name}_rd_en")
+    data = Signal(mem.shape, name=f"{name}_rd_data", reset_less=True)
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return _ReadPort(port.addr, en, data)
 
 
 class Engine(wiring.Component):
@@ -61,18 +89,19 @@ class Engine(wiring.Component):
 
         # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
         m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
-        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth, init=[])
+        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth,
+                                                   init=[], attrs=NO_RW_CHECK)
         m.submodules.descriptors = dmem = memory.Memory(
-            shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[])
+            shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[], attrs=NO_RW_CHECK)
         banks = []
         for b in range(BANKS):
-            bank = memory.Memory(shape=8, depth=cfg.act_depth, init=[])
+            bank = memory.Memory(shape=8, depth=cfg.act_depth, init=[], attrs=NO_RW_CHECK)
             m.submodules[f"act{b}"] = bank
             banks.append(bank)
         w_wr, p_wr, d_wr = wmem.write_port(), pmem.write_port(), dmem.write_port()
         w_rd = wmem.read_port()
-        p_rd, d_rd = pmem.read_port(), dmem.read_port()
-        a_rd = [bank.read_port() for bank in banks]
+        p_rd, d_rd = _unchecked_read_port(m, pmem, "params"), _unchecked_read_port(m, dmem, "descriptors")
+        a_rd = [_unchecked_read_port(m, bank, f"act{b}") for b, bank in enumerate(banks)]
         a_wr = [bank.write_port() for bank in banks]
 
         # -- the pipeline ----------------------------------------------------------------------
@@ -117,36 +146,31 @@ class Engine(wiring.Component):
         ]
         wiring.connect(m, logits.r_stream, wiring.flipped(self.o_logits))
 
-        # -- loader: 32-bit slices gathered, the word written when its last slice arrives -------
+        # -- loader: 32-bit slices gathered; the word is written in the cycle its last slice
+        # arrives, from the slices held so far and that last one --------------------------------
         load = self.i_load
         word = load.payload
         m.d.comb += load.ready.eq(~seq.busy)
         widest = max(cfg.step_bits, cfg.param_bits, cfg.descriptor_bits)
-        staging = Signal(cfg.slices(widest) * LOAD_DATA_BITS, reset_less=True)
-        commit = Signal()
-        commit_target = Signal(2)
-        commit_addr = Signal(cfg.load_addr_bits)
+        held = cfg.slices(widest) - 1
+        staging = Signal(max(held, 1) * LOAD_DATA_BITS, reset_less=True)
         loading = load.valid & load.ready
-        m.d.sync += commit.eq(0)
         with m.If(loading):
             with m.Switch(word.slice):
-                for s in range(cfg.slices(widest)):
+                for s in range(held):
                     with m.Case(s):
                         m.d.sync += staging.word_select(s, LOAD_DATA_BITS).eq(word.data)
-            last_slice = {LOAD_TARGET_WEIGHTS: cfg.slices(cfg.step_bits) - 1,
-                          LOAD_TARGET_PARAMS: cfg.slices(cfg.param_bits) - 1,
-                          LOAD_TARGET_DESCRIPTORS: cfg.slices(cfg.descriptor_bits) - 1}
-            for target, last in last_slice.items():
-                with m.If((word.target == target) & (word.slice == last)):
-                    m.d.sync += [commit.eq(1), commit_target.eq(target), commit_addr.eq(word.addr)]
-        for port, target in ((w_wr, LOAD_TARGET_WEIGHTS), (p_wr, LOAD_TARGET_PARAMS),
-                             (d_wr, LOAD_TARGET_DESCRIPTORS)):
-            m.d.comb += [port.addr.eq(commit_addr), port.data.eq(staging),
-                         port.en.eq(commit & (commit_target == target))]
+        for port, target, bits in ((w_wr, LOAD_TARGET_WEIGHTS, cfg.step_bits),
+                                   (p_wr, LOAD_TARGET_PARAMS, cfg.param_bits),
+                                   (d_wr, LOAD_TARGET_DESCRIPTORS, cfg.descriptor_bits)):
+            last = cfg.slices(bits) - 1
+            m.d.comb += [port.addr.eq(word.addr),
+                         port.data.eq(Cat(staging[:last * LOAD_DATA_BITS], word.data)),
+                         port.en.eq(loading & (word.target == target) & (word.slice == last))]
         # The weight memory's read and write ports share one address (loads happen only while
         # idle), so it maps onto single-port RAM such as the iCE40UP5K's SPRAM.
         w_addr = Signal(cfg.weight_addr_bits)
-        m.d.comb += [w_addr.eq(Mux(seq.busy, seq.w_addr, commit_addr)),
+        m.d.comb += [w_addr.eq(Mux(seq.busy, seq.w_addr, word.addr)),
                      w_rd.addr.eq(w_addr), w_wr.addr.eq(w_addr),
                      w_rd.en.eq(seq.w_en & ~w_wr.en)]
 

@@ -1,10 +1,10 @@
 """Requantizer: bias, (acc * M + 2^(s-1)) >> s, clamp to 0..255 (ReLU), per docs/arithmetic.md."""
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from prunefab.hw.config import ACC_BITS, EngineConfig
+from prunefab.hw.config import ACC_BITS, MULT_BITS, SHIFT_BITS, EngineConfig
 from prunefab.hw.layouts import requant_in_layout, requant_out_layout
 
 STAGES = 6
@@ -15,8 +15,9 @@ class Requantizer(wiring.Component):
 
     1. sum = acc + bias          2. product = sum * M (registered: the DSP's output register)
     3. product pipelined again   4. + 2^(s-1)     5. arithmetic >> s     6. clamp to 0..255
-    Each stage is one register so no path holds more than one adder or shifter; in raw mode
-    (the classifier) the sum passes through unrequantized.
+    Each stage is one register so no path holds more than one adder or shifter.  In raw mode
+    (the classifier) the sum takes the same stages with M = 1 and s = 0, so it leaves
+    unrequantized and unclamped.
 
     Ports:
       i_stream: In(stream of requant_in_layout): acc, bias, M, s, raw, destination
@@ -39,41 +40,48 @@ class Requantizer(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~o.valid | o.ready), i.ready.eq(en)]
 
-        # Sideband travelling with each stage: raw flag, destination, the sum (for raw), shift.
+        # Sideband travelling with each stage: raw flag, destination and shift.  The classifier's
+        # raw sum takes the same path with M = 1 and s = 0 (2^(s-1) is then 0), so no copy of the
+        # sum travels beside the product.
+        side_layout = data.StructLayout({"raw": 1, "dest_bank": 4, "dest_addr": cfg.act_addr_bits})
+
         def stage(n):
             # Only the valid bits need a reset; data registers have none.
-            return (Signal(name=f"v{n}"), Signal(requant_out_layout(cfg), name=f"side{n}", reset_less=True),
-                    Signal(unsigned(8), name=f"shift{n}", reset_less=True))
+            return (Signal(name=f"v{n}"), Signal(side_layout, name=f"side{n}", reset_less=True),
+                    Signal(unsigned(SHIFT_BITS), name=f"shift{n}", reset_less=True))
 
+        product_bits = ACC_BITS + 1 + MULT_BITS
         v1, side1, sh1 = stage(1)
         total = Signal(signed(ACC_BITS + 1), reset_less=True)
-        mult1 = Signal(unsigned(16), reset_less=True)
-        prod2 = Signal(signed(ACC_BITS + 17), reset_less=True)
+        mult1 = Signal(unsigned(MULT_BITS), reset_less=True)
+        prod2 = Signal(signed(product_bits), reset_less=True)
         v2, side2, sh2 = stage(2)
-        prod3 = Signal(signed(ACC_BITS + 17), reset_less=True)
+        prod3 = Signal(signed(product_bits), reset_less=True)
         v3, side3, sh3 = stage(3)
-        rounded = Signal(signed(ACC_BITS + 18), reset_less=True)
+        rounded = Signal(signed(product_bits + 1), reset_less=True)
         v4, side4, sh4 = stage(4)
-        shifted = Signal(signed(ACC_BITS + 18), reset_less=True)
+        shifted = Signal(signed(product_bits + 1), reset_less=True)
         out = Signal(requant_out_layout(cfg), reset_less=True)
         m.d.comb += o.payload.eq(out)
         v5, side5, _ = stage(5)
 
         with m.If(en):
             p = i.payload
-            m.d.sync += [v1.eq(i.valid), total.eq(p.acc + p.bias), mult1.eq(p.mult), sh1.eq(p.shift),
+            # M < 2^15 and 1 <= s <= 47 (docs/arithmetic.md): the fields' upper bits are unused.
+            m.d.sync += [v1.eq(i.valid), total.eq(p.acc + p.bias),
+                         mult1.eq(Mux(p.raw, 1, p.mult[:MULT_BITS])),
+                         sh1.eq(Mux(p.raw, 0, p.shift[:SHIFT_BITS])),
                          side1.raw.eq(p.raw), side1.dest_bank.eq(p.dest_bank),
                          side1.dest_addr.eq(p.dest_addr)]
-            m.d.sync += [v2.eq(v1), prod2.eq(total * mult1), sh2.eq(sh1), side2.eq(side1),
-                         side2.value.eq(total)]
+            m.d.sync += [v2.eq(v1), prod2.eq(total * mult1), sh2.eq(sh1), side2.eq(side1)]
             m.d.sync += [v3.eq(v2), prod3.eq(prod2), sh3.eq(sh2), side3.eq(side2)]
-            # shift >= 1 by the arithmetic's rules, so 2^(s-1) is a one-hot constant shifted.
-            m.d.sync += [v4.eq(v3), rounded.eq(prod3 + (Const(1, ACC_BITS + 17) << (sh3 - 1)[:6])[:ACC_BITS + 17]),
+            # 2^(s-1) is a one-hot constant shifted; for s = 0 the shift runs off the top (0).
+            m.d.sync += [v4.eq(v3), rounded.eq(prod3 + (Const(1, product_bits) << (sh3 - 1)[:SHIFT_BITS])[:product_bits]),
                          sh4.eq(sh3), side4.eq(side3)]
             m.d.sync += [v5.eq(v4), shifted.eq(rounded >> sh4), side5.eq(side4)]
             clamped = Mux(shifted < 0, 0, Mux(shifted > 255, 255, shifted))
             m.d.sync += [o.valid.eq(v5), out.raw.eq(side5.raw),
                          out.dest_bank.eq(side5.dest_bank),
                          out.dest_addr.eq(side5.dest_addr),
-                         out.value.eq(Mux(side5.raw, side5.value, clamped))]
+                         out.value.eq(Mux(side5.raw, shifted[:ACC_BITS], clamped))]
         return m
