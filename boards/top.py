@@ -146,8 +146,8 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         board = self.board
-        m.domains.sync = ClockDomain("sync")
-        clk = Signal(name="pll_clk")
+        m.domains.sync = sync = ClockDomain("sync")
+        clk = sync.clk               # the PLL drives the domain's clock net itself
         locked = Signal(name="pll_locked")
         params = {f"p_{k}": v for k, v in board.pll.params}
         if board.family == "ice40":
@@ -173,8 +173,9 @@ class BoardTop(Elaboratable):
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0, i_PHASESTEP=0,
                 i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clk, o_LOCK=locked)
-        m.d.comb += ClockSignal("sync").eq(clk)
-        platform.add_clock_constraint(clk, board.freq_hz)
+        # No constraint on the PLL's output: nextpnr derives it from the oscillator's (which the
+        # platform sets) and the PLL's dividers, whereas a net name given here need not survive
+        # synthesis (nextpnr then ignores it with a warning).
         # Reset: held from configuration (the flip-flops' initial value) until two PLL cycles
         # after lock.  Plain synchronous flip-flops rather than amaranth's ResetSynchronizer:
         # its asynchronous-reset flip-flops stop yosys' ECP5 ABC9 mapping with an internal

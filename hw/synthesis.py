@@ -147,7 +147,7 @@ class PlaceRouteReport:
 
 
 _UTIL = re.compile(r"^Info:\s+([A-Za-z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
-_FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz(?: \((?:PASS|FAIL) at ([\d.]+) MHz\))?", re.M)
+_FMAX = re.compile(r"^(?:Info|Warning): Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz(?: \((?:PASS|FAIL) at ([\d.]+) MHz\))?", re.M)
 
 
 def parse_nextpnr_log(text: str) -> PlaceRouteReport:

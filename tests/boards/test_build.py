@@ -21,9 +21,9 @@ Info: 	               SB_GB:     8/    8   100%
 Info: 	        ICESTORM_PLL:     1/    2    50%
 Info: 	        ICESTORM_DSP:     6/    8    75%
 Info: 	      ICESTORM_SPRAM:     4/    4   100%
-Info: Max frequency for clock 'pll_clk$glb_clk': 27.00 MHz (FAIL at 30.00 MHz)
+Info: Max frequency for clock 'clk$glb_clk': 27.00 MHz (FAIL at 30.00 MHz)
 Info: Routing..
-Info: Max frequency for clock 'pll_clk$glb_clk': {fmax} MHz ({verdict} at 30.00 MHz)
+{level}: Max frequency for clock 'clk$glb_clk': {fmax} MHz ({verdict} at 30.00 MHz)
 """
 ICE40_RPT = """2.50. Printing statistics.
 
@@ -43,7 +43,9 @@ Info: 	          MULT18X18D:      34/    156    21%
 Info: 	             EHXPLLL:       1/      4    25%
 Info: 	          TRELLIS_FF:   10122/  83640    12%
 Info: 	        TRELLIS_COMB:   16000/  83640    19%
-Info: Max frequency for clock '$glbnet$pll_clk': 48.30 MHz (FAIL at 100.00 MHz)
+Info: Max frequency for clock '$glbnet$clk': 36.65 MHz (FAIL at 100.00 MHz)
+Info: Running router2...
+Warning: Max frequency for clock '$glbnet$clk': 48.30 MHz (FAIL at 100.00 MHz)
 """
 
 
@@ -60,7 +62,7 @@ def _config(board, lanes):
 
 
 def test_ice40_report_counts_cells_luts_and_flip_flops(tmp_path):
-    out = _logs(tmp_path, ICE40_TIM.format(lc=4100, fmax="31.20", verdict="PASS"), ICE40_RPT,
+    out = _logs(tmp_path, ICE40_TIM.format(lc=4100, fmax="31.20", verdict="PASS", level="Info"), ICE40_RPT,
                 "prunefab.bin")
     report = B.read_report(BOARDS["icebreaker"], _config("icebreaker", 4), out, seconds=95.0)
     assert list(report.resources) == ["lut", "ff", "lc", "dsp", "bram", "spram"]
@@ -90,7 +92,7 @@ def test_missed_timing_says_by_how_much(tmp_path):
 
 
 def test_design_that_does_not_fit_the_device_says_by_how_much(tmp_path):
-    tim = ICE40_TIM.format(lc=5796, fmax="0", verdict="FAIL").split("Info: Max")[0] + \
+    tim = ICE40_TIM.format(lc=5796, fmax="0", verdict="FAIL", level="Warning").split("Info: Max")[0] + \
         "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'ICESTORM_LC'\n"
     out = _logs(tmp_path, tim, ICE40_RPT)
     report = B.read_report(BOARDS["icebreaker"], _config("icebreaker", 4), out, failed=True)
@@ -107,8 +109,9 @@ def test_tool_failure_gives_its_first_error_line(tmp_path):
 
 
 def test_design_clock_is_the_pll_output():
-    assert B._design_clock_fmax({"clk25_0__io": 400.0, "$glbnet$pll_clk": 81.5}) == 81.5
-    assert B._design_clock_fmax({}) is None
+    assert B._design_clock_fmax({"clk25_0__io": 400.0, "$glbnet$clk": 81.5}, "clk25") == 81.5
+    assert B._design_clock_fmax({"clk$glb_clk": 31.5}, "clk12") == 31.5
+    assert B._design_clock_fmax({}, "clk12") is None
 
 
 def test_tool_environment_keeps_what_is_set():
