@@ -203,6 +203,7 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
     overrides = _overrides(spec, seed)
     if pack_only:
         overrides["nextpnr_opts"] += " --pack-only"
+        env[FAMILY_TOOLS[spec.family][2]] = "true"      # nothing placed, nothing to pack
     plan = platform.prepare(BoardTop(spec, config), name=NAME, **overrides)
     _write(out / "config.json", config.to_json())
     start = time.monotonic()
@@ -211,8 +212,10 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         failed = False
     except subprocess.CalledProcessError:
         failed = True
-    if pack_only:           # the packer's figures are all there is; the bitstream step fails
+    if pack_only:           # the packer's figures are all there is; no bitstream of unplaced cells
         failed = not (out / f"{NAME}.tim").exists()
+        for suffix in (".asc", ".bin", ".config", ".bit", ".svf"):
+            (out / f"{NAME}{suffix}").unlink(missing_ok=True)
     report = read_report(spec, config, out, seed=seed, seconds=time.monotonic() - start,
                          failed=failed)
     _write(out / REPORT, report.to_json())

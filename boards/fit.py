@@ -38,15 +38,15 @@ SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA
 # Memories at most this deep go to logic instead of a block: ECP5 LUT RAM (TRELLIS_DPR16X4), on
 # the iCE40 flip-flops and LUTs (counted in the logic lines).
 LOGIC_MEMORY_DEPTH = {"ice40": 0, "ecp5": 32}
+ROMS = {"identity"}              # ECP5: yosys builds ROMs from LUTs; the iCE40 puts them in EBR
 
-# Logic: used = base + per_lane * lanes, per family and resource.  Provisional until
-# bench/bench_fit.py calibrates them on board-top builds: LUT and FF from the engine's synthesis
-# counts in docs/hardware.md (iCE40 P=8: 5246 LUT, 3698 FF; ECP5 P=32: 10557 LUT, 9326 FF; one
-# line through both) plus about 900 LUT and 450 FF for the link; iCE40 logic cells from the
-# 4-lane engine's 5796 cells in nextpnr, with about 300 per lane and 600 for the link.
+# Logic: used = base + per_lane * lanes, per family and resource: least-squares lines through
+# packed builds of the board top (`bench/bench_fit.py --run icebreaker:1,2,4,8
+# ulx3s-85f:8,16,32 --pack-only --lines`) on main at 6d2e08b.  Largest residuals: iCE40 logic
+# cells 1 %, ECP5 LUT 0.5 %.  Re-run and update when the gateware changes.
 LOGIC = {
-    "ice40": {"lut": (3475 + 900, 221), "ff": (1822 + 450, 235), "lc": (5796 - 4 * 300 + 600, 300)},
-    "ecp5": {"lut": (3475 + 900, 221), "ff": (1822 + 450, 235)},
+    "ice40": {"lut": (3584, 323), "ff": (2083, 218), "lc": (4808, 525)},
+    "ecp5": {"lut": (5418, 338), "ff": (2397, 231)},
 }
 REQUANTIZER_DSPS = 2             # the 32x16 requantization product
 # Place and route needs some free logic to legalise and close timing.
@@ -121,8 +121,8 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
     for name, width, depth in memories(config, max_payload):
         if fam == "ice40" and name == "weights":
             spram += blocks(width, depth, (SPRAM_SHAPE,))
-        elif depth <= LOGIC_MEMORY_DEPTH[fam]:
-            continue                    # LUT RAM or flip-flops, inside the logic lines
+        elif depth <= LOGIC_MEMORY_DEPTH[fam] or (fam == "ecp5" and name in ROMS):
+            continue                    # LUT RAM, LUTs or flip-flops: inside the logic lines
         elif fam == "ecp5" and name == "params":
             bram += blocks(width, depth, BRAM_SHAPES[fam] + (ECP5_WIDE,))
         else:
