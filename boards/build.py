@@ -169,9 +169,9 @@ def _write(path: Path, text: str) -> None:
 
 def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | None = None,
           program: bool = False, *, seed: int = 1, check_fit: bool = True,
-          pack_only: bool = False) -> BuildReport:
+          pack_only: bool = False, config: EngineConfig | None = None) -> BuildReport:
     """Build `board`'s bitstream in `out_dir` (default build/<board>) with `lanes` lanes (None:
-    the most that fit).
+    the most that fit), starting from `config` (default: the board's preset).
 
     Raises FitError before synthesis when the estimate does not fit, BuildError when the tools
     are missing or fail, the design does not fit the device or the clock is missed; returns the
@@ -182,9 +182,9 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
     """
     spec = board_spec(board)
     if check_fit or lanes is None:
-        config = fit(spec, lanes=lanes)
+        config = fit(spec, config, lanes=lanes)
     else:
-        config = dataclasses.replace(spec.config(), lanes=lanes)
+        config = dataclasses.replace(config or spec.config(), lanes=lanes)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     out = Path(out_dir if out_dir is not None else Path("build") / spec.name)

@@ -6,12 +6,12 @@ that fits.
     fit("icebreaker", lanes=8)          -> FitError: one line, which resource and by how much
     choose("icebreaker")                -> Choice: the config, its estimate and a one-line note
 
-Memories are counted as yosys maps them (`memory_libmap`, checked against its log): each memory
-of the engine (16 activation banks, weights, parameters, descriptors, the logit FIFO) and of the
-link (receive and transmit buffers, the identity ROM) takes `ceil(width / w) * ceil(depth / d)`
-blocks of the cheapest primitive shape (w, d) that its ports allow; the iCE40 puts the weight
-memory in SPRAM (it is asked for as "huge" RAM), and memories too shallow for a block go to
-logic.  Multipliers: one per lane plus the requantizer's.  Logic (LUT, FF and, on the iCE40,
+Memories are counted as yosys maps them (`memory_libmap`'s costs, checked against its log): each
+memory of the engine (16 activation banks, weights, parameters, descriptors, the logit FIFO) and
+of the link (receive and transmit buffers, the identity ROM) goes to block RAM, LUT RAM or
+logic, whichever costs least, a block RAM taking `ceil(width / w) * ceil(depth / d)` primitives
+of the cheapest shape (w, d); the iCE40 puts the weight memory in SPRAM (it is asked for as
+"huge" RAM).  Multipliers: one per lane plus the requantizer's.  Logic (LUT, FF and, on the iCE40,
 logic cells) is linear in the lane count (`LOGIC` says where each line comes from);
 `bench/bench_fit.py` compares the estimate with build reports.
 """
@@ -27,18 +27,21 @@ from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.hw.config import ACC_BITS, BANKS, EngineConfig
 
-# Block RAM shapes (width, depth) of each primitive, as yosys' memory_libmap uses them.
+# How yosys' memory_libmap maps a memory: the cheapest of block RAM, LUT RAM and logic, with the
+# costs of its library files (share/ice40/brams.txt: SB_RAM40_4K 64; share/lattice/
+# brams_16kd.txt: DP16KD and PDPW16KD 128; lutrams_trellis.txt: TRELLIS_DPR16X4 4) and its
+# default logic costs (1 per RAM bit, 1/16 per ROM bit); on a tie, block RAM.  Every memory here
+# has one write and one read port, so the ECP5 may use PDPW16KD's 36-bit width.
 BRAM_SHAPES = {
     "ice40": ((16, 256), (8, 512), (4, 1024), (2, 2048)),                    # SB_RAM40_4K
-    "ecp5": ((18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),     # DP16KD
+    "ecp5": ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),   # (P)DP16KD
 }
-# ECP5: a memory with one write and one read port may use PDPW16KD's 36-bit width.
-ECP5_WIDE = (36, 512)
-SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA
-# Memories at most this deep go to logic instead of a block: ECP5 LUT RAM (TRELLIS_DPR16X4), on
-# the iCE40 flip-flops and LUTs (counted in the logic lines).
-LOGIC_MEMORY_DEPTH = {"ice40": 0, "ecp5": 32}
-ROMS = {"identity"}              # ECP5: yosys builds ROMs from LUTs; the iCE40 puts them in EBR
+BRAM_COST = {"ice40": 64, "ecp5": 128}
+LUTRAM = {"ecp5": ((4, 16), 4)}  # TRELLIS_DPR16X4: shape, cost; the iCE40 has none
+LOGIC_COST = {"ram": 1.0, "rom": 1 / 16}
+SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA, where the iCE40's weight memory is asked to go
+ROMS = {"identity"}
+
 
 # Logic: used = base + per_lane * lanes, per family and resource: least-squares lines through
 # packed builds of the board top (`bench/bench_fit.py --run icebreaker:1,2,4,8
@@ -100,6 +103,19 @@ def blocks(width: int, depth: int, shapes) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in shapes)
 
 
+def memory_mapping(family: str, width: int, depth: int, *, rom: bool = False) -> tuple[str, int]:
+    """("bram" | "lutram" | "logic", primitives) as memory_libmap would choose for a memory."""
+    n = blocks(width, depth, BRAM_SHAPES[family])
+    options = [("bram", n, n * BRAM_COST[family])]
+    if family in LUTRAM and not rom:        # LUT RAM is not used for ROMs (prune_rom)
+        shape, cost = LUTRAM[family]
+        m = blocks(width, depth, (shape,))
+        options.append(("lutram", m, m * cost))
+    options.append(("logic", width * depth, width * depth * LOGIC_COST["rom" if rom else "ram"]))
+    kind, count, _ = min(options, key=lambda o: o[2])      # the first of equal costs
+    return kind, count
+
+
 def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[tuple[str, int, int]]:
     """(name, width, depth) of every memory of the board top."""
     identity = len(identity_payload(config_json(config), max_payload))
@@ -121,12 +137,10 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
     for name, width, depth in memories(config, max_payload):
         if fam == "ice40" and name == "weights":
             spram += blocks(width, depth, (SPRAM_SHAPE,))
-        elif depth <= LOGIC_MEMORY_DEPTH[fam] or (fam == "ecp5" and name in ROMS):
-            continue                    # LUT RAM, LUTs or flip-flops: inside the logic lines
-        elif fam == "ecp5" and name == "params":
-            bram += blocks(width, depth, BRAM_SHAPES[fam] + (ECP5_WIDE,))
         else:
-            bram += blocks(width, depth, BRAM_SHAPES[fam])
+            kind, count = memory_mapping(fam, width, depth, rom=name in ROMS)
+            if kind == "bram":
+                bram += count               # LUT RAM and logic are inside the logic lines
     logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}
     return Estimate(spec.name, fam, config.lanes, logic["lut"], logic["ff"], logic.get("lc"),
                     config.lanes + REQUANTIZER_DSPS, bram, spram, dict(spec.capacity))

@@ -12,6 +12,7 @@ from prunefab.boards import build as B
 from prunefab.boards.fit import FitError, estimate
 from prunefab.boards.top import BOARDS
 from prunefab.cli import main
+from prunefab.hw.config import EngineConfig
 
 ICE40_TIM = """Info: Device utilisation:
 Info: 	         ICESTORM_LC:  {lc}/ 5280    77%
@@ -190,12 +191,31 @@ def test_cli_build_prints_the_report_and_fails_on_missed_timing(tmp_path, capsys
     assert json.loads((tmp_path / "build_report.json").read_text())["seed"] == 3
 
 
-# -- real builds (minutes; `make test-slow` or `make bitstreams`) ----------------------------------
+SMALL = EngineConfig(lanes=1, max_height=10, max_width=10, max_channels=8, max_layers=4,
+                     max_classes=8, act_depth=128, weight_depth=256, param_depth=32)
+
 
 def _have_tools(family):
     env = B.tool_environment()
     return all(shutil.which(env[v], path=env.get("PATH")) for v in B.FAMILY_TOOLS[family])
 
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_small_board_top_synthesizes_and_packs(board, tmp_path):
+    """The real tools on a small engine's board top, up to nextpnr's packer (seconds): the flow
+    runs, and the estimate's memories and multipliers are what the tools made."""
+    if not _have_tools(BOARDS[board].family):
+        pytest.skip("no toolchain")
+    report = B.build(board, 1, tmp_path, config=SMALL, check_fit=False, pack_only=True)
+    assert report.error is None and report.bitstream is None and report.fmax_mhz is None
+    for res in ("dsp", "bram", "spram"):
+        if res in report.resources:
+            assert report.resources[res].used == getattr(report.estimate, res), res
+    assert report.resources["lut"].used > 1000
+    assert json.loads((tmp_path / B.REPORT).read_text())["lanes"] == 1
+
+
+# -- real builds (minutes; `make test-slow` or `make bitstreams`) ----------------------------------
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_tools("ice40"), reason="no iCE40 toolchain")

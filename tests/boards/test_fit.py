@@ -13,7 +13,7 @@ from prunefab.hw.config import EngineConfig
 def test_blocks_takes_the_cheapest_shape():
     assert F.blocks(8, 512, F.BRAM_SHAPES["ice40"]) == 1
     assert F.blocks(56, 128, F.BRAM_SHAPES["ice40"]) == 4          # 4 x 16 bits, 256 deep
-    assert F.blocks(396, 4096, F.BRAM_SHAPES["ecp5"]) == 88        # 22 x 18 bits x 4 x 1024
+    assert F.blocks(396, 4096, F.BRAM_SHAPES["ecp5"]) == 88        # 11 x 36 bits x 8 x 512
     assert F.blocks(106, 4096, (F.SPRAM_SHAPE,)) == 7
 
 
@@ -84,3 +84,15 @@ def test_bad_lane_counts_are_refused_in_one_line(lanes):
 def test_unknown_board():
     with pytest.raises(ValueError, match=r"^unknown board 'ulx3s'; choose one of icebreaker, ulx3s-85f$"):
         F.estimate(EngineConfig.ecp5_85f(), "ulx3s")
+
+
+def test_memory_mapping_follows_yosys_costs():
+    # as synth_ice40 / synth_ecp5 mapped them on real board tops
+    assert F.memory_mapping("ice40", 96, 8) == ("bram", 6)              # descriptors, 8 layers
+    assert F.memory_mapping("ice40", 71, 4) == ("logic", 284)           # descriptors, 4 layers
+    assert F.memory_mapping("ice40", 8, 177, rom=True) == ("bram", 1)   # identity ROM
+    assert F.memory_mapping("ecp5", 8, 177, rom=True)[0] == "logic"
+    assert F.memory_mapping("ecp5", 8, 2048) == ("bram", 1)             # activation bank
+    assert F.memory_mapping("ecp5", 8, 128) == ("lutram", 16)           # a small one
+    assert F.memory_mapping("ecp5", 8, 256) == ("bram", 1)              # link buffer: a tie
+    assert F.memory_mapping("ecp5", 56, 512) == ("bram", 2)             # parameters, PDPW16KD
