@@ -172,9 +172,14 @@ def _tool(name: str) -> str:
 
 
 def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
-                    freq_mhz: float | None = None, seed: int = 1) -> PlaceRouteReport:
+                    freq_mhz: float | None = None, seed: int = 1,
+                    route: bool = True) -> PlaceRouteReport:
     """Synthesize `config`'s engine in a `SynthesisShell` and place and route it on `target`
-    (a key of TARGETS); returns nextpnr's utilisation and Fmax.  Takes minutes."""
+    (a key of TARGETS); returns nextpnr's utilisation and Fmax.  Takes minutes.
+
+    route=False stops after placement: the Fmax is then nextpnr's estimate, and the critical
+    path it prints (in `nextpnr.log`) shows where to pipeline without waiting for the router.
+    """
     from amaranth.back import rtlil
 
     from prunefab.hw.shell import SHELL_NAME, SynthesisShell
@@ -196,7 +201,8 @@ def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
     # The log goes straight to a file, so a run of several minutes can be watched.
     with open(work / "nextpnr.log", "w") as log_file:
         pnr = subprocess.run([_tool(t.nextpnr), *t.args, "--json", f"{SHELL_NAME}.json",
-                              "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json"],
+                              "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json",
+                              "--detailed-timing-report", *(() if route else ("--no-route",))],
                              cwd=work, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     text = (work / "nextpnr.log").read_text()
     report = parse_nextpnr_log(text)
