@@ -2,6 +2,7 @@
 
     python bench/synth.py [--preset icebreaker|ecp5_85f] [--family ice40|ecp5|both] [--json out.json]
     python bench/synth.py --pnr [--family ...] [--keep DIR]     # nextpnr: post-route cells and Fmax
+    python bench/synth.py --pnr --no-route ...                  # placement estimate, minutes faster
 
 Synthesis takes a minute per family; place and route takes several (run one at a time).
 """
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", choices=("icebreaker", "ecp5_85f"), default=None)
     ap.add_argument("--family", choices=("ice40", "ecp5", "both"), default="both")
     ap.add_argument("--pnr", action="store_true", help="place and route with nextpnr")
+    ap.add_argument("--no-route", action="store_true",
+                    help="with --pnr: stop after placement (Fmax is nextpnr's estimate)")
+    ap.add_argument("--router", choices=("router1", "router2"), help="with --pnr: nextpnr's router")
     ap.add_argument("--lanes", type=int, help="override the preset's lane count")
     ap.add_argument("--keep", help="work in this folder (logs, netlists) instead of a temporary one")
     ap.add_argument("--json")
@@ -39,7 +43,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.keep) / family if args.keep else Path(tmp)
             if args.pnr:
-                pnr = place_and_route(cfg, PNR_TARGET[family], work)
+                pnr = place_and_route(cfg, PNR_TARGET[family], work, route=not args.no_route,
+                                      router=args.router)
                 report[f"{PNR_TARGET[family]}/{preset}"] = {
                     "cells": {n: dataclasses.asdict(c) for n, c in pnr.cells.items()},
                     "fmax_mhz": pnr.fmax_mhz, "target_mhz": pnr.target_mhz}

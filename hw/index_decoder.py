@@ -37,7 +37,9 @@ class IndexDecoder(wiring.Component):
         en = Signal()
         out = Signal(operand_layout(self.config), reset_less=True)   # only `valid` needs a reset
         m.d.comb += o.payload.eq(out)
-        m.d.comb += [en.eq(~o.valid | o.ready), i.ready.eq(en)]
+        # Lock-step like the WindowFetch: moves exactly when the consumer is ready (which must
+        # not wait for valid), so the stall signal passes through without a gate.
+        m.d.comb += [en.eq(o.ready), i.ready.eq(en)]
         with m.If(en):
             m.d.sync += [o.valid.eq(i.valid), out.weight.eq(i.payload.weight),
                          out.flags.eq(i.payload.flags), out.tag.eq(i.payload.tag)]

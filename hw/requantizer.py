@@ -8,14 +8,18 @@ from prunefab.hw.config import ACC_BITS, MULT_BITS, SHIFT_BITS, EngineConfig
 from prunefab.hw.layouts import requant_in_layout, requant_out_layout
 
 STAGES = 6
+LOW_BITS = 17   # the sum's low part: unsigned, so it fits an 18x18 signed multiplier
 
 
 class Requantizer(wiring.Component):
     """A six-stage pipeline, one value per cycle.
 
-    1. sum = acc + bias          2. product = sum * M (registered: the DSP's output register)
-    3. product pipelined again   4. + 2^(s-1)     5. arithmetic >> s     6. clamp to 0..255
-    Each stage is one register so no path holds more than one adder or shifter.  In raw mode
+    1. sum = acc + bias
+    2. the two partial products sum[:17] * M and sum[17:] * M (one 18x18 multiplier each)
+    3. product = (high << 17) + low                            4. + 2^(s-1)
+    5. arithmetic >> s                                         6. clamp to 0..255
+    Each stage is one register so no path holds more than one multiplier, adder or shifter
+    (a 33x15 product in one cycle would be two multipliers and a wide adder).  In raw mode
     (the classifier) the sum takes the same stages with M = 1 and s = 0, so it leaves
     unrequantized and unclamped.
 
@@ -54,7 +58,8 @@ class Requantizer(wiring.Component):
         v1, side1, sh1 = stage(1)
         total = Signal(signed(ACC_BITS + 1), reset_less=True)
         mult1 = Signal(unsigned(MULT_BITS), reset_less=True)
-        prod2 = Signal(signed(product_bits), reset_less=True)
+        low2 = Signal(unsigned(LOW_BITS + MULT_BITS), reset_less=True)
+        high2 = Signal(signed(ACC_BITS + 1 - LOW_BITS + MULT_BITS), reset_less=True)
         v2, side2, sh2 = stage(2)
         prod3 = Signal(signed(product_bits), reset_less=True)
         v3, side3, sh3 = stage(3)
@@ -73,8 +78,9 @@ class Requantizer(wiring.Component):
                          sh1.eq(Mux(p.raw, 0, p.shift[:SHIFT_BITS])),
                          side1.raw.eq(p.raw), side1.dest_bank.eq(p.dest_bank),
                          side1.dest_addr.eq(p.dest_addr)]
-            m.d.sync += [v2.eq(v1), prod2.eq(total * mult1), sh2.eq(sh1), side2.eq(side1)]
-            m.d.sync += [v3.eq(v2), prod3.eq(prod2), sh3.eq(sh2), side3.eq(side2)]
+            m.d.sync += [v2.eq(v1), low2.eq(total[:LOW_BITS] * mult1),
+                         high2.eq(total[LOW_BITS:].as_signed() * mult1), sh2.eq(sh1), side2.eq(side1)]
+            m.d.sync += [v3.eq(v2), prod3.eq((high2 << LOW_BITS) + low2), sh3.eq(sh2), side3.eq(side2)]
             # 2^(s-1) is a one-hot constant shifted; for s = 0 the shift runs off the top (0).
             m.d.sync += [v4.eq(v3), rounded.eq(prod3 + (Const(1, product_bits) << (sh3 - 1)[:SHIFT_BITS])[:product_bits]),
                          sh4.eq(sh3), side4.eq(side3)]

@@ -119,31 +119,35 @@ class Sequencer(wiring.Component):
                              dx.eq(0), at_first.eq(1), n_written.eq(0),
                              o.valid.eq(1), state.eq(SequencerState.ISSUE)]
             with m.Case(SequencerState.ISSUE):
+                # The word on w_data picks the next address, so `last` (a memory output) must
+                # reach the weight memory's address in the same cycle: everything else that
+                # decides it is computed from registers, leaving one 2:1 select after `last`.
+                more_pixels = Signal()
+                m.d.comb += more_pixels.eq((d.pool & ~(dy & dx)) | (x0 + step < d.sweep_w) |
+                                           (y0 + step < d.sweep_h))
+                # The address does not wait for `ready` (only the read enable does), so the
+                # pipeline's stall ends at the memory's enable, not at its address.
+                next_addr = Signal(cfg.weight_addr_bits)
+                m.d.comb += [next_addr.eq(Mux(self.w_data.last & more_pixels, gstart, ptr + 1)),
+                             self.w_addr.eq(next_addr)]
                 with m.If(o.ready):
                     m.d.comb += self.w_en.eq(1)
-                    next_addr = Signal(cfg.weight_addr_bits)
-                    m.d.comb += self.w_addr.eq(next_addr)
                     m.d.sync += [ptr.eq(next_addr), at_first.eq(self.w_data.last)]
-                    with m.If(~self.w_data.last):
-                        m.d.comb += next_addr.eq(ptr + 1)
-                    with m.Elif(d.pool & ~(dy & dx)):
-                        # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
-                        m.d.comb += next_addr.eq(gstart)
-                        m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
-                    with m.Elif(x0 + step < d.sweep_w):
-                        m.d.comb += next_addr.eq(gstart)
-                        m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step)]
-                    with m.Elif(y0 + step < d.sweep_h):
-                        m.d.comb += next_addr.eq(gstart)
-                        m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step)]
-                    with m.Else():
-                        # The group is done: the next group's words follow this one's.
-                        m.d.comb += next_addr.eq(ptr + 1)
-                        m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
-                                     remaining.eq(remaining - P), pidx.eq(pidx + P),
-                                     gbase.eq(gbase + d.group_stride)]
-                        with m.If(remaining <= P):
-                            m.d.sync += [o.valid.eq(0), state.eq(SequencerState.DRAIN)]
+                    with m.If(self.w_data.last):
+                        with m.If(d.pool & ~(dy & dx)):
+                            # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
+                            m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
+                        with m.Elif(x0 + step < d.sweep_w):
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step)]
+                        with m.Elif(y0 + step < d.sweep_h):
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step)]
+                        with m.Else():
+                            # The group is done: the next group's words follow this one's.
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
+                                         remaining.eq(remaining - P), pidx.eq(pidx + P),
+                                         gbase.eq(gbase + d.group_stride)]
+                            with m.If(remaining <= P):
+                                m.d.sync += [o.valid.eq(0), state.eq(SequencerState.DRAIN)]
             with m.Case(SequencerState.DRAIN):
                 with m.If(n_written == d.n_outputs):
                     m.d.comb += self.layer_end.eq(1)

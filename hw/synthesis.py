@@ -173,12 +173,13 @@ def _tool(name: str) -> str:
 
 def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
                     freq_mhz: float | None = None, seed: int = 1,
-                    route: bool = True) -> PlaceRouteReport:
+                    route: bool = True, router: str | None = None) -> PlaceRouteReport:
     """Synthesize `config`'s engine in a `SynthesisShell` and place and route it on `target`
     (a key of TARGETS); returns nextpnr's utilisation and Fmax.  Takes minutes.
 
     route=False stops after placement: the Fmax is then nextpnr's estimate, and the critical
     path it prints (in `nextpnr.log`) shows where to pipeline without waiting for the router.
+    router picks nextpnr's router ("router1", "router2"); None keeps nextpnr's default.
     """
     from amaranth.back import rtlil
 
@@ -202,7 +203,8 @@ def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
     with open(work / "nextpnr.log", "w") as log_file:
         pnr = subprocess.run([_tool(t.nextpnr), *t.args, "--json", f"{SHELL_NAME}.json",
                               "--freq", f"{freq:g}", "--seed", str(seed), "--report", "report.json",
-                              "--detailed-timing-report", *(() if route else ("--no-route",))],
+                              "--detailed-timing-report", *(() if route else ("--no-route",)),
+                              *(("--router", router) if router else ())],
                              cwd=work, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     text = (work / "nextpnr.log").read_text()
     report = parse_nextpnr_log(text)

@@ -54,9 +54,12 @@ class WindowFetch(wiring.Component):
         i, o = self.i_stream, self.o_stream
         req = i.payload
 
-        # Global pipeline enable: both stages move whenever the output register is free.
+        # Lock-step pipeline: both stages move exactly when the consumer is ready, so i.ready is
+        # o.ready itself and the engine's one stall signal reaches every stage without passing
+        # through a gate per stage.  (A bubble is not squeezed out; the sequencer never makes one
+        # within a layer.)  The consumer must not wait for valid before raising ready.
         en = Signal()
-        m.d.comb += [en.eq(~o.valid | o.ready), i.ready.eq(en), self.rd_en.eq(en)]
+        m.d.comb += [en.eq(o.ready), i.ready.eq(en), self.rd_en.eq(en)]
 
         # Per kernel row/column offset k (0..2): the coordinate y + k - 1 and whether it is inside.
         def axis(coord, size):
