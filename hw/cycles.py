@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from prunefab.hw.loader import LayerPlan, Program
 
-# Descriptor read (2) + WindowFetch (2) + IndexDecoder (1) + MacArray (2) + MaxPool (1) +
+# Descriptor read (2) + WindowFetch (3) + IndexDecoder (1) + MacArray (2) + MaxPool (1) +
 # ChannelSerializer (1) + Requantizer (6) + write/drain check (1): measured by
 # tests/hw/test_engine.py::test_layer_cycles_follow_the_model.
-PIPELINE_DEPTH = 16
+PIPELINE_DEPTH = 17
 
 
 def issue_cycles(plan: LayerPlan) -> int:

@@ -88,7 +88,8 @@ class Sequencer(wiring.Component):
         req = o.payload
         m.d.comb += [
             req.step.eq(self.w_data),
-            req.y.eq(y0 + dy), req.x.eq(x0 + dx),
+            # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
+            req.y.eq(y0 | dy), req.x.eq(x0 | dx),
             req.flags.first.eq(at_first),
             req.flags.last.eq(self.w_data.last),
             req.flags.pool_first.eq(~dy & ~dx),

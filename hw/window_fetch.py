@@ -1,6 +1,6 @@
 """WindowFetch: reads the 3x3 activation window (or one classifier input) a step needs."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,8 +16,9 @@ class WindowFetch(wiring.Component):
     window lie in 9 distinct banks and are read in the same cycle.  Rather than routing banks to
     the 9 kernel positions and then positions to lanes (two crossbars), each lane's position is
     turned into its bank and padding bit while the read is in flight, and the IndexDecoder does
-    the one lane-level select.  Two pipeline stages: the bank read (synchronous memory), then the
-    banks' words registered (so no crossbar follows the memory's clock-to-output directly).
+    the one lane-level select.  Three pipeline stages: the request and its per-pixel bank
+    offsets registered, the bank read (synchronous memory), then the banks' words registered
+    (so no adder chain precedes and no crossbar follows the memories directly).
 
     Ports:
       i_stream:  In(stream of request_layout): step word, pixel (y, x), flags, vector tag
@@ -54,7 +55,7 @@ class WindowFetch(wiring.Component):
         i, o = self.i_stream, self.o_stream
         req = i.payload
 
-        # Lock-step pipeline: both stages move exactly when the consumer is ready, so i.ready is
+        # Lock-step pipeline: all three stages move exactly when the consumer is ready, so i.ready is
         # o.ready itself and the engine's one stall signal reaches every stage without passing
         # through a gate per stage.  (A bubble is not squeezed out; the sequencer never makes one
         # within a layer.)  The consumer must not wait for valid before raising ready.
@@ -75,19 +76,18 @@ class WindowFetch(wiring.Component):
         row_in, row_q, row_r = axis(req.y, self.in_h)
         col_in, col_q, col_r = axis(req.x, self.in_w)
 
-        # Bank (br, bc) serves the window row whose coordinate is br mod 4 (at most one does).
-        for br in range(BANK_ROWS):
-            rq = Signal(cfg.act_addr_bits, name=f"rq{br}")
-            for k in range(KERNEL):
-                with m.If(row_r[k] == br):
-                    m.d.comb += rq.eq(row_q[k] << self.pitch_in)
-            for bc in range(BANK_ROWS):
-                cq = Signal(cfg.act_addr_bits, name=f"cq{bc}")
+        # Bank row br serves the window row whose coordinate is br mod 4 (at most one does), at
+        # word offset quotient << pitch; bank column bc likewise at offset quotient.  The
+        # classifier reads every bank at the step's address (both offsets 0).
+        row_off = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS))
+        col_off = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS))
+        with m.If(~self.linear):
+            for r in range(BANK_ROWS):
                 for k in range(KERNEL):
-                    with m.If(col_r[k] == bc):
-                        m.d.comb += cq.eq(col_q[k])
-                b = br * BANK_ROWS + bc
-                m.d.comb += self.rd_addr[b].eq(Mux(self.linear, req.step.addr, req.step.addr + rq + cq))
+                    with m.If(row_r[k] == r):
+                        m.d.comb += row_off[r].eq(row_q[k] << self.pitch_in)
+                    with m.If(col_r[k] == r):
+                        m.d.comb += col_off[r].eq(col_q[k])
 
         # Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
         # mod 4 are the bank.  Positions 9..15 never occur in conv steps.
@@ -105,15 +105,31 @@ class WindowFetch(wiring.Component):
                                 m.d.comb += [lane_bank[lane].eq(Cat(col_r[kx], row_r[ky])),
                                              lane_inside[lane].eq(row_in[ky] & col_in[kx])]
 
-        # Stage 1: the read is in flight; keep the step and each lane's bank and padding bit.
+        # Stage 0: the request and its per-pixel offsets registered, so each bank address is
+        # an adder after registers (the step word arrives straight from the weight memory and
+        # the offsets are several adders, selects and a shift after the sequencer's counters).
+        s0 = Signal(window_layout(cfg))
+        s0_valid = Signal()
+        s0_addr = Signal(cfg.act_addr_bits)
+        s0_row_off = Signal.like(row_off)
+        s0_col_off = Signal.like(col_off)
+        with m.If(en):
+            m.d.sync += [
+                s0_valid.eq(i.valid), s0_addr.eq(req.step.addr),
+                s0_row_off.eq(row_off), s0_col_off.eq(col_off),
+                s0.weight.eq(req.step.weight), s0.bank.eq(lane_bank), s0.inside.eq(lane_inside),
+                s0.flags.eq(req.flags), s0.tag.eq(req.tag),
+            ]
+        for br in range(BANK_ROWS):
+            for bc in range(BANK_ROWS):
+                m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(
+                    s0_addr + s0_row_off[br] + s0_col_off[bc])
+
+        # Stage 1: the read is in flight.
         s1 = Signal(window_layout(cfg))
         s1_valid = Signal()
         with m.If(en):
-            m.d.sync += [
-                s1_valid.eq(i.valid),
-                s1.weight.eq(req.step.weight), s1.bank.eq(lane_bank), s1.inside.eq(lane_inside),
-                s1.flags.eq(req.flags), s1.tag.eq(req.tag),
-            ]
+            m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0)]
 
         # Stage 2: the banks' words, registered beside the step.
         with m.If(en):

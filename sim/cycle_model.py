@@ -3,9 +3,11 @@
 `prunefab.hw.cycles` gives the closed form `max(issue, serial) + overhead`, exact when issuing
 step words is the bottleneck.  When a pixel has fewer steps than its group has lanes, the single
 requantizer is the bottleneck and back-pressure ripples up the pipeline, so this module replays
-the pipeline's handshakes register by register (Sequencer -> WindowFetch (2 stages) ->
+the pipeline's handshakes register by register (Sequencer -> WindowFetch (3 stages) ->
 IndexDecoder -> MacArray (2 stages) -> MaxPool -> ChannelSerializer -> Requantizer (6 stages) ->
-writer) from the program's step stream.  The replay is exact in every case; where the closed form
+writer) from the program's step stream.  The stages before the MacArray move in lock-step with
+it (one stall signal), and nothing after the ChannelSerializer ever waits (the writer is always
+ready).  The replay is exact in every case; where the closed form
 is exact too, the two agree (tests/sim/test_cycle_model.py).
 
 A layer's count runs from its descriptor read to the cycle the sequencer sees its last output
@@ -47,7 +49,7 @@ def layer_cycles(plan: LayerPlan, lanes: int) -> int:
     seq_done = False
 
     # Pipeline registers: a stage's valid bit and the payload fields timing depends on.
-    wf1 = wf2 = dec = None                  # step payloads (None: no valid step)
+    wf0 = wf1 = wf2 = dec = None            # step payloads (None: no valid step)
     mac_s1 = None
     mac_o_valid, mac_o_pool_last, mac_o_lanes = False, False, 0
     pool_o_valid, pool_o_lanes = False, 0
@@ -77,8 +79,7 @@ def layer_cycles(plan: LayerPlan, lanes: int) -> int:
         ser_ready = (not ser_busy) or ser_lane == ser_lanes - 1
         pool_ready = not (mac_o_pool_last and pool_o_valid and not ser_ready)
         mac_stall = mac_s1 is not None and mac_s1[0] and mac_o_valid and not pool_ready
-        dec_en = dec is None or not mac_stall
-        wf_en = wf2 is None or dec_en
+        front_en = not mac_stall            # WindowFetch, IndexDecoder and the sequencer
 
         # -- register updates ----------------------------------------------------------------
         written += rq[-1]
@@ -100,11 +101,11 @@ def layer_cycles(plan: LayerPlan, lanes: int) -> int:
             if mac_s1 is not None and mac_s1[0]:
                 mac_o_valid, mac_o_pool_last, mac_o_lanes = True, mac_s1[1], mac_s1[2]
             mac_s1 = dec
-        if dec_en:
+        if front_en:
             dec = wf2
-        if wf_en:
             wf2 = wf1
-            wf1 = cur
+            wf1 = wf0
+            wf0 = cur
             cur = None
         cycle += 1
 
