@@ -79,8 +79,16 @@ class Sequencer(wiring.Component):
         at_first = Signal()
         n_written = Signal(range(cfg.max_outputs + 1))
         state = Signal(SequencerState)
+        # Whether x0 / y0 have a next block in the sweep, kept beside them so the next weight
+        # address needs no comparison after the memory's `last` bit.
+        x_more = Signal()
+        y_more = Signal()
+        # The descriptor memory always reads the next layer's descriptor (layer 0 while idle),
+        # so its address is a register.
+        next_layer = Signal(cfg.layer_bits)
 
-        m.d.comb += [self.busy.eq(state != SequencerState.IDLE), self.desc_addr.eq(self.layer_index)]
+        m.d.comb += [self.busy.eq(state != SequencerState.IDLE), self.desc_addr.eq(next_layer),
+                     self.desc_en.eq(1)]
 
         # The request: the word on w_data and the pixel it applies to.
         oy = Mux(d.pool, y0 >> 1, y0)
@@ -108,24 +116,25 @@ class Sequencer(wiring.Component):
 
         with m.Switch(state):
             with m.Case(SequencerState.IDLE):
+                m.d.sync += next_layer.eq(0)
                 with m.If(self.start):
-                    m.d.comb += [self.desc_en.eq(1), self.desc_addr.eq(0)]
                     m.d.sync += [self.layer_index.eq(0), state.eq(SequencerState.DESCRIPTOR)]
             with m.Case(SequencerState.DESCRIPTOR):
-                m.d.sync += [d.eq(self.desc_data), state.eq(SequencerState.PRIME)]
+                m.d.sync += [d.eq(self.desc_data), next_layer.eq(self.layer_index + 1),
+                             state.eq(SequencerState.PRIME)]
             with m.Case(SequencerState.PRIME):
                 m.d.comb += [self.w_addr.eq(d.w_base), self.w_en.eq(1)]
                 m.d.sync += [ptr.eq(d.w_base), gstart.eq(d.w_base), remaining.eq(d.out_channels),
                              pidx.eq(d.param_base), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
                              dx.eq(0), at_first.eq(1), n_written.eq(0),
+                             x_more.eq(step < d.sweep_w), y_more.eq(step < d.sweep_h),
                              o.valid.eq(1), state.eq(SequencerState.ISSUE)]
             with m.Case(SequencerState.ISSUE):
                 # The word on w_data picks the next address, so `last` (a memory output) must
                 # reach the weight memory's address in the same cycle: everything else that
                 # decides it is computed from registers, leaving one 2:1 select after `last`.
                 more_pixels = Signal()
-                m.d.comb += more_pixels.eq((d.pool & ~(dy & dx)) | (x0 + step < d.sweep_w) |
-                                           (y0 + step < d.sweep_h))
+                m.d.comb += more_pixels.eq((d.pool & ~(dy & dx)) | x_more | y_more)
                 # The address does not wait for `ready` (only the read enable does), so the
                 # pipeline's stall ends at the memory's enable, not at its address.
                 next_addr = Signal(cfg.weight_addr_bits)
@@ -138,13 +147,17 @@ class Sequencer(wiring.Component):
                         with m.If(d.pool & ~(dy & dx)):
                             # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
                             m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
-                        with m.Elif(x0 + step < d.sweep_w):
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step)]
-                        with m.Elif(y0 + step < d.sweep_h):
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step)]
+                        with m.Elif(x_more):
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step),
+                                         x_more.eq(x0 + 2 * step < d.sweep_w)]
+                        with m.Elif(y_more):
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step),
+                                         x_more.eq(step < d.sweep_w),
+                                         y_more.eq(y0 + 2 * step < d.sweep_h)]
                         with m.Else():
                             # The group is done: the next group's words follow this one's.
                             m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
+                                         x_more.eq(step < d.sweep_w), y_more.eq(step < d.sweep_h),
                                          remaining.eq(remaining - P), pidx.eq(pidx + P),
                                          gbase.eq(gbase + d.group_stride)]
                             with m.If(remaining <= P):
@@ -155,7 +168,6 @@ class Sequencer(wiring.Component):
                     with m.If(d.linear):
                         m.d.sync += state.eq(SequencerState.IDLE)
                     with m.Else():
-                        m.d.comb += [self.desc_en.eq(1), self.desc_addr.eq(self.layer_index + 1)]
                         m.d.sync += [self.layer_index.eq(self.layer_index + 1),
                                      state.eq(SequencerState.DESCRIPTOR)]
         return m

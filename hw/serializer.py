@@ -45,23 +45,25 @@ class ChannelSerializer(wiring.Component):
         i, o = self.i_stream, self.o_stream
 
         busy = Signal()
-        # Data registers have no reset (only `busy` and `valid` need one).
+        # Data registers have no reset (only `busy` and `valid` need one).  The vector shifts
+        # down one lane per value, so the value leaving is always lane 0 (no P:1 select);
+        # `last_lane` is registered, so the ready the MaxPool sees is one gate after registers.
         vec = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.lanes), reset_less=True)
-        lane = Signal(range(cfg.lanes + 1), reset_less=True)
-        n_lanes = Signal(range(cfg.lanes + 1), reset_less=True)
+        left = Signal(range(cfg.lanes), reset_less=True)     # lanes after the one leaving now
+        last_lane = Signal(reset_less=True)
         addr = Signal(cfg.act_addr_bits, reset_less=True)
         bank = Signal(4, reset_less=True)
-        pidx = Signal(cfg.param_addr_bits, reset_less=True)
+        param_addr = Signal(cfg.param_addr_bits, reset_less=True)
         out = Signal(requant_in_layout(cfg), reset_less=True)
 
         en = Signal()
         finishing = Signal()
         m.d.comb += [
             en.eq(~o.valid | o.ready),
-            finishing.eq(busy & en & (lane == n_lanes - 1)),
+            finishing.eq(busy & en & last_lane),
             i.ready.eq(~busy | finishing),
             self.param_en.eq(en),
-            self.param_addr.eq(pidx + lane),
+            self.param_addr.eq(param_addr),
             o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw),
             o.payload.dest_bank.eq(out.dest_bank), o.payload.dest_addr.eq(out.dest_addr),
             o.payload.bias.eq(self.param_data.bias),
@@ -71,17 +73,20 @@ class ChannelSerializer(wiring.Component):
         with m.If(en):
             m.d.sync += [
                 o.valid.eq(busy),
-                out.acc.eq(vec[lane]),
+                out.acc.eq(vec[0]),
                 out.raw.eq(self.raw),
                 out.dest_bank.eq(bank),
                 out.dest_addr.eq(addr),
             ]
             with m.If(busy):
-                m.d.sync += [lane.eq(lane + 1), addr.eq(addr + self.plane_out)]
+                m.d.sync += [vec.eq(vec.as_value() >> ACC_BITS), left.eq(left - 1),
+                             last_lane.eq(left == 1), param_addr.eq(param_addr + 1),
+                             addr.eq(addr + self.plane_out)]
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
         with m.If(i.valid & i.ready):
             tag = i.payload.tag
-            m.d.sync += [busy.eq(1), vec.eq(i.payload.acc), lane.eq(0), n_lanes.eq(tag.n_lanes),
-                         addr.eq(tag.dest_addr), bank.eq(tag.dest_bank), pidx.eq(tag.param_index)]
+            m.d.sync += [busy.eq(1), vec.eq(i.payload.acc), left.eq(tag.n_lanes - 1),
+                         last_lane.eq(tag.n_lanes == 1), addr.eq(tag.dest_addr),
+                         bank.eq(tag.dest_bank), param_addr.eq(tag.param_index)]
         return m

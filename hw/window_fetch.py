@@ -89,12 +89,42 @@ class WindowFetch(wiring.Component):
                     with m.If(col_r[k] == r):
                         m.d.comb += col_off[r].eq(col_q[k])
 
+        # Stage 0: the request, its per-pixel bank offsets and the window's row and column
+        # residues and padding bits registered, so each bank address is an adder after
+        # registers (the step word arrives straight from the weight memory and the offsets are
+        # several adders, selects and a shift after the sequencer's counters).
+        # Only the valid bits need a reset; data registers have none.
+        s0 = Signal(window_layout(cfg), reset_less=True)   # bank: each lane's kernel position
+        s0_valid = Signal()
+        s0_addr = Signal(cfg.act_addr_bits, reset_less=True)
+        s0_row_off = Signal.like(row_off, reset_less=True)
+        s0_col_off = Signal.like(col_off, reset_less=True)
+        s0_row_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
+        s0_col_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
+        s0_row_in = Signal(KERNEL, reset_less=True)
+        s0_col_in = Signal(KERNEL, reset_less=True)
+        with m.If(en):
+            m.d.sync += [
+                s0_valid.eq(i.valid), s0_addr.eq(req.step.addr),
+                s0_row_off.eq(row_off), s0_col_off.eq(col_off),
+                s0.weight.eq(req.step.weight), s0.bank.eq(req.step.position),
+                s0.flags.eq(req.flags), s0.tag.eq(req.tag),
+            ]
+            for k in range(KERNEL):
+                m.d.sync += [s0_row_r[k].eq(row_r[k]), s0_col_r[k].eq(col_r[k]),
+                             s0_row_in[k].eq(row_in[k]), s0_col_in[k].eq(col_in[k])]
+        for br in range(BANK_ROWS):
+            for bc in range(BANK_ROWS):
+                m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(
+                    s0_addr + s0_row_off[br] + s0_col_off[bc])
+
         # Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
-        # mod 4 are the bank.  Positions 9..15 never occur in conv steps.
+        # mod 4 are the bank.  Positions 9..15 never occur in conv steps.  Computed from stage 0's
+        # registers while the read is in flight.
         lane_bank = Signal(data.ArrayLayout(4, cfg.lanes))
         lane_inside = Signal(cfg.lanes)
         for lane in range(cfg.lanes):
-            pos = req.step.position[lane]
+            pos = s0.bank[lane]
             with m.If(self.linear):
                 m.d.comb += [lane_bank[lane].eq(pos), lane_inside[lane].eq(1)]
             with m.Else():
@@ -102,34 +132,15 @@ class WindowFetch(wiring.Component):
                     for ky in range(KERNEL):
                         for kx in range(KERNEL):
                             with m.Case(ky * KERNEL + kx):
-                                m.d.comb += [lane_bank[lane].eq(Cat(col_r[kx], row_r[ky])),
-                                             lane_inside[lane].eq(row_in[ky] & col_in[kx])]
+                                m.d.comb += [lane_bank[lane].eq(Cat(s0_col_r[kx], s0_row_r[ky])),
+                                             lane_inside[lane].eq(s0_row_in[ky] & s0_col_in[kx])]
 
-        # Stage 0: the request and its per-pixel offsets registered, so each bank address is
-        # an adder after registers (the step word arrives straight from the weight memory and
-        # the offsets are several adders, selects and a shift after the sequencer's counters).
-        s0 = Signal(window_layout(cfg))
-        s0_valid = Signal()
-        s0_addr = Signal(cfg.act_addr_bits)
-        s0_row_off = Signal.like(row_off)
-        s0_col_off = Signal.like(col_off)
-        with m.If(en):
-            m.d.sync += [
-                s0_valid.eq(i.valid), s0_addr.eq(req.step.addr),
-                s0_row_off.eq(row_off), s0_col_off.eq(col_off),
-                s0.weight.eq(req.step.weight), s0.bank.eq(lane_bank), s0.inside.eq(lane_inside),
-                s0.flags.eq(req.flags), s0.tag.eq(req.tag),
-            ]
-        for br in range(BANK_ROWS):
-            for bc in range(BANK_ROWS):
-                m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(
-                    s0_addr + s0_row_off[br] + s0_col_off[bc])
-
-        # Stage 1: the read is in flight.
-        s1 = Signal(window_layout(cfg))
+        # Stage 1: the read is in flight; each lane's bank and padding bit.
+        s1 = Signal(window_layout(cfg), reset_less=True)
         s1_valid = Signal()
         with m.If(en):
-            m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0)]
+            m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1.bank.eq(lane_bank),
+                         s1.inside.eq(lane_inside)]
 
         # Stage 2: the banks' words, registered beside the step.
         with m.If(en):
