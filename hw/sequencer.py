@@ -86,6 +86,9 @@ class Sequencer(wiring.Component):
         # The descriptor memory always reads the next layer's descriptor (layer 0 while idle),
         # so its address is a register.
         next_layer = Signal(cfg.layer_bits)
+        # n_written == n_outputs, registered from the counter's next value (same cycle, shorter
+        # path into the state machine).
+        all_written = Signal()
 
         m.d.comb += [self.busy.eq(state != SequencerState.IDLE), self.desc_addr.eq(next_layer),
                      self.desc_en.eq(1)]
@@ -108,8 +111,9 @@ class Sequencer(wiring.Component):
             req.tag.n_lanes.eq(Mux(remaining > P, P, remaining)),
         ]
 
-        with m.If(self.written):
-            m.d.sync += n_written.eq(n_written + 1)
+        n_written_next = Signal.like(n_written)
+        m.d.comb += n_written_next.eq(n_written + self.written)
+        m.d.sync += [n_written.eq(n_written_next), all_written.eq(n_written_next == d.n_outputs)]
 
         step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
         m.d.comb += step.eq(Mux(d.pool, 2, 1))
@@ -126,7 +130,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.w_addr.eq(d.w_base), self.w_en.eq(1)]
                 m.d.sync += [ptr.eq(d.w_base), gstart.eq(d.w_base), remaining.eq(d.out_channels),
                              pidx.eq(d.param_base), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
-                             dx.eq(0), at_first.eq(1), n_written.eq(0),
+                             dx.eq(0), at_first.eq(1), n_written.eq(0), all_written.eq(0),
                              x_more.eq(step < d.sweep_w), y_more.eq(step < d.sweep_h),
                              o.valid.eq(1), state.eq(SequencerState.ISSUE)]
             with m.Case(SequencerState.ISSUE):
@@ -163,7 +167,7 @@ class Sequencer(wiring.Component):
                             with m.If(remaining <= P):
                                 m.d.sync += [o.valid.eq(0), state.eq(SequencerState.DRAIN)]
             with m.Case(SequencerState.DRAIN):
-                with m.If(n_written == d.n_outputs):
+                with m.If(all_written):
                     m.d.comb += self.layer_end.eq(1)
                     with m.If(d.linear):
                         m.d.sync += state.eq(SequencerState.IDLE)

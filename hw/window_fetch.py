@@ -89,15 +89,15 @@ class WindowFetch(wiring.Component):
                     with m.If(col_r[k] == r):
                         m.d.comb += col_off[r].eq(col_q[k])
 
-        # Stage 0: the request, its per-pixel bank offsets and the window's row and column
-        # residues and padding bits registered, so each bank address is an adder after
-        # registers (the step word arrives straight from the weight memory and the offsets are
-        # several adders, selects and a shift after the sequencer's counters).
+        # Stage 0: the request, each bank row's base address (step address + row offset), each
+        # bank column's offset and the window's row and column residues and padding bits
+        # registered, so each bank address is one adder after registers (the step word arrives
+        # straight from the weight memory and the offsets are several adders, selects and a
+        # shift after the sequencer's counters).
         # Only the valid bits need a reset; data registers have none.
         s0 = Signal(window_layout(cfg), reset_less=True)   # bank: each lane's kernel position
         s0_valid = Signal()
-        s0_addr = Signal(cfg.act_addr_bits, reset_less=True)
-        s0_row_off = Signal.like(row_off, reset_less=True)
+        s0_row_base = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS), reset_less=True)
         s0_col_off = Signal.like(col_off, reset_less=True)
         s0_row_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
         s0_col_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
@@ -105,18 +105,18 @@ class WindowFetch(wiring.Component):
         s0_col_in = Signal(KERNEL, reset_less=True)
         with m.If(en):
             m.d.sync += [
-                s0_valid.eq(i.valid), s0_addr.eq(req.step.addr),
-                s0_row_off.eq(row_off), s0_col_off.eq(col_off),
+                s0_valid.eq(i.valid), s0_col_off.eq(col_off),
                 s0.weight.eq(req.step.weight), s0.bank.eq(req.step.position),
                 s0.flags.eq(req.flags), s0.tag.eq(req.tag),
             ]
+            for br in range(BANK_ROWS):
+                m.d.sync += s0_row_base[br].eq(req.step.addr + row_off[br])
             for k in range(KERNEL):
                 m.d.sync += [s0_row_r[k].eq(row_r[k]), s0_col_r[k].eq(col_r[k]),
                              s0_row_in[k].eq(row_in[k]), s0_col_in[k].eq(col_in[k])]
         for br in range(BANK_ROWS):
             for bc in range(BANK_ROWS):
-                m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(
-                    s0_addr + s0_row_off[br] + s0_col_off[bc])
+                m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(s0_row_base[br] + s0_col_off[bc])
 
         # Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
         # mod 4 are the bank.  Positions 9..15 never occur in conv steps.  Computed from stage 0's
