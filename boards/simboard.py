@@ -8,22 +8,60 @@ decoded back into bytes, so the host talks to the gateware exactly as to a real 
 simulation only runs while there is something to do (bytes on a line, `busy` high); when the
 link is quiet it waits for the socket without advancing simulated time.  `LineFaults` flips
 bits and drops bytes on the way, in both directions.
+
+Two backends run the same top: "amaranth" (Amaranth's Python simulator; no build, slow, for
+small unit tests) and "verilator" (the top emitted to Verilog, compiled with
+`verilator/board.cpp` and cached by the Verilog's hash; about a million cycles a second, for
+whole networks).  The socket, the fault injection and the byte streams are shared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import random
 import socket
+import struct
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from amaranth.sim import Simulator
 
 from prunefab.boards.link import UARTLink
 
 CLOCK_PERIOD = 1e-6     # simulated seconds per cycle; only the cycle counts matter
+BACKENDS = ("amaranth", "verilator")
+BOARD_TOP = "prunefab_board"
+BOARD_HARNESS = Path(__file__).parent / "verilator" / "board.cpp"
+_STATS = struct.Struct("<Qd")       # the harness's 'C' packet: cycles, seconds simulating
+
+
+def board_harness(top: UARTLink) -> Path:
+    """The Verilator harness of `top` (verilator/board.cpp), built on first use.
+
+    The top is emitted to Verilog (this elaborates it: give each call a fresh top) and the build
+    is cached in a design folder named by the Verilog's hash, so any change to the gateware or
+    its parameters builds anew and an unchanged top is never rebuilt.
+    """
+    from amaranth.back import verilog
+
+    from prunefab.sim.icarus import emitted
+    from prunefab.sim.verilator import build_harness
+
+    if not isinstance(top, UARTLink):
+        raise TypeError(f"Simulated board needs a UARTLink, not {top!r}")
+    text = verilog.convert(top, name=BOARD_TOP)
+    key = "board-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def emit(tmp: Path) -> list[Path]:
+        path = tmp / f"{BOARD_TOP}.v"
+        path.write_text(text)
+        return [path]
+
+    return build_harness(emitted(key, emit, f"{BOARD_TOP}.v"), BOARD_TOP, BOARD_HARNESS)
 
 
 @dataclass(frozen=True)
@@ -40,6 +78,21 @@ class LineFaults:
             rate = getattr(self, name)
             if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
                 raise ValueError(f"LineFaults.{name} must be a probability in [0, 1), not {rate!r}")
+
+    @classmethod
+    def parse(cls, spec: str) -> "LineFaults":
+        """Faults from "flip=0.01,drop=0.005,seed=1" (any of the three; the CLI's --faults)."""
+        names = {"flip": "flip_rate", "drop": "drop_rate", "seed": "seed"}
+        values = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in names:
+                raise ValueError(f"line faults {spec!r}: {part!r} is not flip=P, drop=P or seed=N")
+            try:
+                values[names[key.strip()]] = int(value) if key.strip() == "seed" else float(value)
+            except ValueError:
+                raise ValueError(f"line faults {spec!r}: {value!r} is not a number") from None
+        return cls(**values)
 
     def injector(self, stream: int) -> "_Injector":
         return _Injector(self, random.Random(self.seed * 2 + stream))
@@ -68,24 +121,41 @@ class SimulatedBoard:
 
     top:       the gateware (its application decides what the board does)
     faults:    line damage to inject, none by default
-    lifetime:  seconds after which the board stops by itself, whatever happens
+    response_faults: damage on the device -> host line only, when it should differ from `faults`
+    lifetime:  seconds after which the board stops by itself, whatever happens; None: never
+    backend:   "amaranth" or "verilator" (see the module's docstring); the Verilator harness is
+               built here, before the board starts
+
+    `cycles` counts the clock cycles simulated so far and `seconds` the time spent simulating
+    them (the Verilator backend updates both each time the board falls quiet).
     """
 
-    def __init__(self, top: UARTLink, *, faults: LineFaults = LineFaults(), lifetime: float = 120.0):
+    def __init__(self, top: UARTLink, *, faults: LineFaults = LineFaults(),
+                 response_faults: LineFaults | None = None, lifetime: float | None = 120.0,
+                 backend: str = "amaranth"):
         if not isinstance(top, UARTLink):
             raise TypeError(f"Simulated board needs a UARTLink, not {top!r}")
-        if not isinstance(faults, LineFaults):
-            raise TypeError(f"Faults must be LineFaults, not {faults!r}")
-        if not (isinstance(lifetime, (int, float)) and lifetime > 0):
+        for f in (faults, response_faults or faults):
+            if not isinstance(f, LineFaults):
+                raise TypeError(f"Faults must be LineFaults, not {f!r}")
+        if lifetime is not None and not (isinstance(lifetime, (int, float)) and lifetime > 0):
             raise ValueError(f"Lifetime must be a positive number of seconds, not {lifetime!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"Simulated board backend must be one of {', '.join(BACKENDS)}, "
+                             f"not {backend!r}")
         self.top = top
         self.faults = faults
-        self.lifetime = float(lifetime)
+        self.lifetime = None if lifetime is None else float(lifetime)
+        self.backend = backend
+        self.cycles_per_bit = top.cycles_per_bit
+        self.harness = board_harness(top) if backend == "verilator" else None
         self.to_device = faults.injector(0)
-        self.to_host = faults.injector(1)
+        self.to_host = (response_faults or faults).injector(1)
         self.cycles = 0
+        self.seconds = 0.0
         self.error: BaseException | None = None
         self._rx: queue.Queue[bytes] = queue.Queue()
+        self._proc: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
         self._conn_lock = threading.Lock()
@@ -94,15 +164,24 @@ class SimulatedBoard:
         self._listener.listen(1)
         self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
+        simulate = self._simulate if backend == "amaranth" else self._run_harness
         self._threads = [threading.Thread(target=self._serve, daemon=True, name="simboard-socket"),
-                         threading.Thread(target=self._simulate, daemon=True, name="simboard-sim")]
+                         threading.Thread(target=simulate, daemon=True, name="simboard-sim")]
+
+    @property
+    def cycles_per_second(self) -> float:
+        return self.cycles / self.seconds if self.seconds else 0.0
 
     @property
     def url(self) -> str:
         return f"socket://127.0.0.1:{self.port}"
 
     def start(self) -> "SimulatedBoard":
-        self._deadline = time.monotonic() + self.lifetime
+        self._deadline = None if self.lifetime is None else time.monotonic() + self.lifetime
+        if self.harness is not None:
+            self._proc = subprocess.Popen([str(self.harness), str(self.cycles_per_bit)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, bufsize=0)
         for t in self._threads:
             t.start()
         return self
@@ -112,9 +191,11 @@ class SimulatedBoard:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=5)
+        if self._proc is not None:
+            self._end_harness()
         self._listener.close()
         if self.error is not None:
-            raise RuntimeError(f"simulated board failed: {self.error!r}") from self.error
+            raise RuntimeError(f"simulated board failed: {self.error}") from self.error
 
     def __enter__(self) -> "SimulatedBoard":
         return self.start()
@@ -123,7 +204,8 @@ class SimulatedBoard:
         self.close()
 
     def _stopping(self) -> bool:
-        return self._stop.is_set() or time.monotonic() > self._deadline
+        return self._stop.is_set() or (self._deadline is not None and
+                                       time.monotonic() > self._deadline)
 
     # -- socket side ----------------------------------------------------------------------------
 
@@ -147,7 +229,7 @@ class SimulatedBoard:
                             break
                         data = self.to_device(data)
                         if data:
-                            self._rx.put(data)
+                            self._deliver(data)
                 finally:
                     with self._conn_lock:
                         self._conn = None
@@ -155,9 +237,25 @@ class SimulatedBoard:
         except BaseException as e:          # reported by close()
             self.error = e
             self._stop.set()
+        finally:
+            if self._proc is not None:
+                self._proc.stdin.close()    # the harness ends at the end of its input
 
-    def _send(self, byte: int) -> None:
-        data = self.to_host(bytes([byte]))
+    def _deliver(self, data: bytes) -> None:
+        """Bytes for the rx line."""
+        if self._proc is None:
+            self._rx.put(data)
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._proc.stdin.write(view):]
+        except (BrokenPipeError, ValueError):
+            pass                            # the harness has ended; _run_harness says why
+
+    def _send(self, data: bytes) -> None:
+        """Bytes from the tx line, to the host."""
+        data = self.to_host(data)
         with self._conn_lock:
             if self._conn is not None and data:
                 try:
@@ -200,7 +298,7 @@ class SimulatedBoard:
                     tx_timer = n - 1
                     if len(tx_bits) == 10:
                         if tx_bits[0] == 0 and tx_bits[9] == 1:
-                            self._send(sum(bit << k for k, bit in enumerate(tx_bits[1:9])))
+                            self._send(bytes([sum(bit << k for k, bit in enumerate(tx_bits[1:9]))]))
                         tx_timer = -1
                 else:
                     tx_timer -= 1
@@ -225,3 +323,51 @@ class SimulatedBoard:
         except BaseException as e:          # reported by close()
             self.error = e
             self._stop.set()
+
+    # -- Verilator backend --------------------------------------------------------------------
+
+    def _run_harness(self) -> None:
+        """Pass the harness's packets on: line bytes to the host, cycle counts to `cycles`."""
+        out = self._proc.stdout
+        try:
+            while True:
+                tag = out.read(1)
+                if not tag:
+                    break
+                if tag == b"D":
+                    n = _read_exactly(out, 1)[0]
+                    self._send(_read_exactly(out, n))
+                elif tag == b"C":
+                    self.cycles, self.seconds = _STATS.unpack(_read_exactly(out, _STATS.size))
+                else:
+                    raise RuntimeError(f"the board harness sent an unknown packet {tag!r}")
+            status = self._proc.wait()
+            if status != 0 or not self._stop.is_set() and not self._stopping():
+                why = self._proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError(why[-1] if why else f"the board harness ended with status {status}")
+        except BaseException as e:          # reported by close()
+            if self.error is None:
+                self.error = e
+            self._stop.set()
+
+    def _end_harness(self) -> None:
+        proc = self._proc
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            raise RuntimeError("the board harness ended inside a packet")
+        data += chunk
+    return data

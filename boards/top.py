@@ -123,6 +123,14 @@ def board_spec(name: str) -> BoardSpec:
         raise ValueError(f"unknown board {name!r}; choose one of {', '.join(sorted(BOARDS))}") from None
 
 
+def board_link(config: EngineConfig, *, cycles_per_bit: int,
+               max_payload: int = DEFAULT_MAX_PAYLOAD) -> UARTLink:
+    """What a board runs on its UART pins: the engine behind the link.  `BoardTop` puts it
+    behind a PLL; a simulated board runs it alone with a short bit period."""
+    return UARTLink(EngineAdapter(config, max_payload=max_payload), cycles_per_bit=cycles_per_bit,
+                    max_payload=max_payload, byte_timeout=BYTE_TIMEOUT_BYTES * 10 * cycles_per_bit)
+
+
 class BoardTop(Elaboratable):
     """The engine, its link adapter and the UART link, on a board's pins and PLL clock.
 
@@ -139,9 +147,8 @@ class BoardTop(Elaboratable):
             raise TypeError(f"BoardTop needs an EngineConfig, not {config!r}")
         self.board = board
         self.config = config
-        n = board.cycles_per_bit
-        self.link = UARTLink(EngineAdapter(config, max_payload=max_payload), cycles_per_bit=n,
-                             max_payload=max_payload, byte_timeout=BYTE_TIMEOUT_BYTES * 10 * n)
+        self.link = board_link(config, cycles_per_bit=board.cycles_per_bit,
+                               max_payload=max_payload)
 
     def elaborate(self, platform):
         m = Module()

@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cocotb_tools.runner import Icarus
@@ -61,16 +62,29 @@ def locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def design(config: EngineConfig, root: Path | None = None) -> Path:
-    """The folder of `config`'s generated Verilog, generating it when missing."""
-    folder = (root or build_root()) / design_key(config)
+def emitted(key: str, emit: Callable[[Path], Iterable[Path]], marker: str,
+            root: Path | None = None) -> Path:
+    """The folder `key` under the build root, filled by `emit(tmp)` when `marker` is missing.
+
+    `emit` writes its files into a temporary folder and returns their paths; they are moved in
+    with `marker` last, so a folder holding `marker` is complete.
+    """
+    folder = (root or build_root()) / key
     with locked(folder):
-        if not (folder / f"{TOP_NAME}.v").exists():
+        if not (folder / marker).exists():
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                paths = generate(config, tmp)
-                for p in (paths.config, paths.rtlil, paths.verilog):   # the Verilog last: it marks done
+                paths = sorted(emit(Path(tmp)), key=lambda p: p.name == marker)
+                for p in paths:
                     os.replace(p, folder / p.name)
     return folder
+
+
+def design(config: EngineConfig, root: Path | None = None) -> Path:
+    """The folder of `config`'s generated Verilog, generating it when missing."""
+    def emit(tmp: Path) -> list[Path]:
+        paths = generate(config, tmp)
+        return [paths.config, paths.rtlil, paths.verilog]
+    return emitted(design_key(config), emit, f"{TOP_NAME}.v", root)
 
 
 class _Icarus(Icarus):

@@ -35,17 +35,22 @@ def available() -> bool:
 
 def harness(config: EngineConfig, trace: bool = False) -> Path:
     """The compiled harness for `config` (built on first use)."""
+    return build_harness(design(config), TOP_NAME, HARNESS, trace=trace)
+
+
+def build_harness(folder: Path, top: str, source: Path, *, trace: bool = False) -> Path:
+    """Compile `folder/<top>.v` with the C++ harness `source` into `folder/verilator/harness`
+    (`verilator-trace/` with waveform support), unless it is there and newer than `source`."""
     if not available():
         raise SimulationError("verilator is not installed; install the verilator package or use "
                               "backend=\"icarus\"")
-    folder = design(config)
     build = folder / ("verilator-trace" if trace else "verilator")
     exe = build / "harness"
     with locked(build):
-        if not exe.exists() or exe.stat().st_mtime < HARNESS.stat().st_mtime:
-            cmd = ["verilator", "--cc", "--exe", "--build", *_FLAGS, "--top-module", TOP_NAME,
+        if not exe.exists() or exe.stat().st_mtime < source.stat().st_mtime:
+            cmd = ["verilator", "--cc", "--exe", "--build", *_FLAGS, "--top-module", top,
                    "-Mdir", str(build / "obj"), "-o", str(exe), "-j", "2",
-                   str(folder / f"{TOP_NAME}.v"), str(HARNESS)]
+                   str(folder / f"{top}.v"), str(source)]
             if trace:
                 cmd[4:4] = ["--trace", "-CFLAGS", "-DPRUNEFAB_TRACE"]
             done = subprocess.run(cmd, capture_output=True, text=True)
