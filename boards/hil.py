@@ -1,11 +1,11 @@
 """Hardware in the loop: run images on a board and compare every answer with the reference.
 
     report = run_hil("/dev/ttyUSB1", "net.pfab", images, labels)
-    report = run_hil(board.url, net, images)          # a SimulatedBoard (simulated_engine_board)
+    run = run_simulated_hil("icebreaker", "net.pfab", images, labels)   # a simulated board
 
 Each image's logits from the board are compared with `prunefab.sw.reference.run`; a difference
-in any bit is a mismatch.  An image the link could not carry (LinkError after its retries) is
-reported as such, never counted as an answer.
+in any bit is a mismatch.  An image the link could not carry (LinkError after its retries and
+attempts) is reported as such, never counted as an answer.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prunefab.boards.host import EngineBoard, Link, LinkError
-from prunefab.boards.link import UARTLink
+from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
+from prunefab.boards.top import BAUD, board_link, board_spec
 from prunefab.hw.config import EngineConfig
 from prunefab.sw import artifact, reference
 from prunefab.sw.qnet import QuantizedNetwork
 
-BAUD = 1_000_000            # the boards' line rate (boards/top.py)
+SIM_CYCLES_PER_BIT = 4      # a simulated board's bit period: the shortest the UART takes
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,12 @@ class HilReport:
 
     answered:    indices of the images the board answered
     mismatches:  indices of answered images whose logits differ from the reference (must be none)
-    link_errors: (index, one-line message) of images the link could not carry
+    link_errors: (index, one-line message) of images the link could not carry in any attempt
     cycles:      engine cycles per answered image (the board's own count)
-    wall_s:      seconds per answered image, host side (link transfer included)
+    wall_s:      seconds per answered image, host side (link transfer and failed attempts included)
+    load_s:      seconds to load the network
+    resends:     frames the host sent again (lost or damaged exchanges)
+    retried:     images (and loads) sent again from the start after the link gave up on them
     """
 
     images: int
@@ -47,6 +51,7 @@ class HilReport:
     reference_accuracy: float | None     # reference predictions vs the same labels
     load_s: float = 0.0
     resends: int = 0
+    retried: int = 0
     config: EngineConfig | None = field(default=None, repr=False)
 
     @property
@@ -55,30 +60,41 @@ class HilReport:
         return not self.mismatches and not self.link_errors and len(self.answered) == self.images
 
     def summary(self) -> str:
-        parts = [f"{len(self.answered)}/{self.images} images answered",
-                 f"{len(self.mismatches)} mismatches vs the reference"]
-        if self.link_errors:
-            parts.append(f"{len(self.link_errors)} link failures")
+        lines = [f"{len(self.answered)}/{self.images} images answered, "
+                 f"{len(self.mismatches)} mismatches vs the integer reference, "
+                 f"{len(self.link_errors)} link failures"]
         if self.accuracy is not None:
-            parts.append(f"accuracy {self.accuracy:.2%} (reference {self.reference_accuracy:.2%})")
+            lines.append(f"accuracy {self.accuracy:.2%} (reference {self.reference_accuracy:.2%}) "
+                         f"on the answered images")
         if self.cycles:
-            parts.append(f"{np.mean(self.cycles):.0f} cycles/image")
-            parts.append(f"{1e3 * np.mean(self.wall_s):.1f} ms/image wall")
-        parts.append(f"load {self.load_s:.2f} s, {self.resends} resends")
-        return "; ".join(parts)
+            lines.append(f"{np.mean(self.cycles):.0f} engine cycles/image, "
+                         f"{1e3 * np.mean(self.wall_s):.1f} ms/image wall")
+        lines.append(f"load {self.load_s:.2f} s; {self.resends} frames resent, "
+                     f"{self.retried} transfers restarted")
+        for k in self.mismatches[:5]:
+            lines.append(f"mismatch: image {k}")
+        for k, why in self.link_errors[:5]:
+            lines.append(f"link failure: image {k}: {why}")
+        return "\n".join(lines)
 
 
 def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np.ndarray,
             labels: np.ndarray | None = None, *, baudrate: int = BAUD, timeout: float = 2.0,
-            retries: int = 4) -> HilReport:
+            retries: int = 4, attempts: int = 3) -> HilReport:
     """Load `net` (a network or a .pfab path) on the board at `port_url`, run `images`
     (uint8 [N, C, H, W] or [N, H, W]) and compare every answer with the reference.
+
+    timeout, retries: the host link's response timeout and resends per exchange (docs/protocol.md)
+    attempts:         times the network, and each image, is sent from the start when the link
+                      gives up on it (LinkError); an image that fails them all is a link failure
 
     Raises EngineLimitError (one line) when the board's engine cannot run the network, and
     LinkError when the network itself cannot be loaded.
     """
     import serial
 
+    if not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be a positive integer, not {attempts!r}")
     if not isinstance(net, QuantizedNetwork):
         net = artifact.load(net)
     images = np.asarray(images)
@@ -91,18 +107,31 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         port = serial.serial_for_url(port_url, baudrate=baudrate)
     except (serial.SerialException, ValueError) as e:
         raise LinkError(f"cannot open {port_url}: {e}") from None
+    retried = 0
+
+    def persist(action):
+        """`action()`, sent again from the start while the link gives up on it."""
+        nonlocal retried
+        for attempt in range(attempts):
+            try:
+                return action()
+            except LinkError:
+                if attempt == attempts - 1:
+                    raise
+                retried += 1
+
     try:
         link = Link(port, timeout=timeout, retries=retries)
-        board = EngineBoard(link)
+        board = persist(lambda: EngineBoard(link))
         program = board.program(net)
         t0 = time.perf_counter()
-        board.load(program)
+        persist(lambda: board.load(program))
         load_s = time.perf_counter() - t0
         answered, mismatches, errors, cycles, wall, predictions = [], [], [], [], [], []
         for k, image in enumerate(images):
             t0 = time.perf_counter()
             try:
-                logits, n = board.infer(image)
+                logits, n = persist(lambda: board.infer(image))
             except LinkError as e:
                 errors.append((k, str(e)))
                 continue
@@ -121,14 +150,90 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         accuracy = float(np.mean(np.asarray(predictions) == truth))
         reference_accuracy = float(np.mean(np.argmax(expected[answered], axis=1) == truth))
     return HilReport(len(images), tuple(answered), tuple(mismatches), tuple(errors), tuple(cycles),
-                     tuple(wall), accuracy, reference_accuracy, load_s, resends, board.config)
+                     tuple(wall), accuracy, reference_accuracy, load_s, resends, retried,
+                     board.config)
 
 
-def simulated_engine_board(config: EngineConfig, *, cycles_per_bit: int = 4,
-                           max_payload: int = 256, faults: LineFaults = LineFaults(),
-                           lifetime: float = 600.0) -> SimulatedBoard:
-    """A SimulatedBoard running the engine behind the link (not started; use `with`)."""
-    from prunefab.boards.engine_link import EngineAdapter
-    top = UARTLink(EngineAdapter(config, max_payload=max_payload), cycles_per_bit=cycles_per_bit,
-                   max_payload=max_payload, byte_timeout=40 * cycles_per_bit)
-    return SimulatedBoard(top, faults=faults, lifetime=lifetime)
+def board_engine(board: str) -> tuple[EngineConfig, str | None]:
+    """The engine `prunefab build` makes for `board` (the most lanes that fit), and None; or,
+    when the resource estimate says even that does not fit, the board's preset and a one-line
+    note saying so (a simulated board has no resource limits)."""
+    from prunefab.boards.fit import FitError, fit
+    spec = board_spec(board)
+    try:
+        return fit(spec), None
+    except FitError as e:
+        return spec.config(), f"{e}; simulating the {spec.preset} preset as it is"
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A HIL run on a simulated board, with what the simulator did."""
+
+    report: HilReport
+    board: str
+    sim_cycles: int
+    sim_seconds: float
+    faults: LineFaults
+    flipped: int                # bytes damaged on the line, both ways
+    dropped: int                # bytes lost on the line, both ways
+    note: str | None = None
+
+    def summary(self) -> str:
+        cfg = self.report.config
+        head = f"simulated {self.board}" + (f" ({cfg.lanes} lanes)" if cfg else "")
+        rate = self.sim_cycles / self.sim_seconds if self.sim_seconds else 0.0
+        lines = [f"{head}: {self.sim_cycles} cycles simulated in {self.sim_seconds:.2f} s "
+                 f"({rate / 1e6:.2f} M cycles/s); line faults: {self.flipped} bytes flipped, "
+                 f"{self.dropped} dropped"]
+        if self.note:
+            lines.insert(0, f"note: {self.note}")
+        return "\n".join(lines + [self.report.summary()])
+
+
+def run_simulated_hil(board: str, net: QuantizedNetwork | str | os.PathLike, images: np.ndarray,
+                      labels: np.ndarray | None = None, *, faults: LineFaults = LineFaults(),
+                      timeout: float = 0.5, retries: int = 4, attempts: int = 3,
+                      backend: str = "verilator") -> SimulatedRun:
+    """`run_hil` against a simulated `board` (its engine from `board_engine`), started and
+    stopped here.  The timeout is short: a simulated exchange takes milliseconds, and a lost
+    byte costs one timeout."""
+    if not isinstance(net, QuantizedNetwork):
+        net = artifact.load(net)
+    config, note = board_engine(board)
+    sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
+    with sim:
+        report = run_hil(sim.url, net, images, labels, timeout=timeout, retries=retries,
+                         attempts=attempts)
+    return SimulatedRun(report, board, sim.cycles, sim.seconds, faults,
+                        sim.to_device.flipped + sim.to_host.flipped,
+                        sim.to_device.dropped + sim.to_host.dropped, note)
+
+
+def serve_simulated_board(board: str, *, faults: LineFaults = LineFaults(),
+                          announce=print, backend: str = "verilator") -> None:
+    """Serve a simulated `board` until interrupted (KeyboardInterrupt), announcing its URL."""
+    config, note = board_engine(board)
+    if note:
+        announce(f"note: {note}")
+    sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
+    with sim:
+        announce(f"simulated {board} ({config.lanes} lanes) serving on {sim.url}; Ctrl-C stops it")
+        try:
+            while sim.error is None:
+                time.sleep(0.2)
+        finally:
+            announce(f"{sim.cycles} cycles simulated in {sim.seconds:.2f} s")
+
+
+def simulated_engine_board(config: EngineConfig, *, cycles_per_bit: int = SIM_CYCLES_PER_BIT,
+                           max_payload: int = DEFAULT_MAX_PAYLOAD,
+                           faults: LineFaults = LineFaults(),
+                           response_faults: LineFaults | None = None,
+                           lifetime: float | None = 600.0, backend: str = "verilator"
+                           ) -> SimulatedBoard:
+    """A SimulatedBoard running a board's gateware (`board_link`: the engine behind the UART
+    link, as `BoardTop` has it) with a short bit period; not started: use `with`."""
+    top = board_link(config, cycles_per_bit=cycles_per_bit, max_payload=max_payload)
+    return SimulatedBoard(top, faults=faults, response_faults=response_faults, lifetime=lifetime,
+                          backend=backend)

@@ -18,8 +18,9 @@ def _errors() -> tuple[type[Exception], ...]:
     from prunefab.sim.icarus import SimulationError
     from prunefab.sim.runner import RtlMismatch
     from prunefab.boards.build import BuildError
+    from prunefab.boards.host import LinkError
     return (BuildError, ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
-            TypeError, SimulationError, RtlMismatch)
+            TypeError, SimulationError, RtlMismatch, LinkError)
 
 
 def _seed(args) -> None:
@@ -192,6 +193,39 @@ def cmd_sim(args) -> None:
     print(format_report(result))
 
 
+def cmd_hil(args) -> int:
+    from prunefab.boards import hil
+    from prunefab.boards.simboard import LineFaults
+    from prunefab.sw import artifact, data
+    if (args.port is None) == (args.simulate is None):
+        raise ValueError("give one of --port URL (a board) or --simulate BOARD (a simulated one)")
+    if args.faults and args.simulate is None:
+        raise ValueError("--faults applies to a simulated board (--simulate) only")
+    net = artifact.load(args.artifact)
+    test = data.load(args.dataset, "test").subset(args.images)
+    if test.shape != tuple(net.input_shape):
+        raise ValueError(f"{args.artifact}: the network takes {net.input_shape} images, "
+                         f"{args.dataset} has {test.shape}")
+    if args.simulate is not None:
+        faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
+        run = hil.run_simulated_hil(args.simulate, net, test.images, test.labels, faults=faults,
+                                    timeout=args.timeout or 0.5, retries=args.retries)
+        print(run.summary())
+        report = run.report
+    else:
+        report = hil.run_hil(args.port, net, test.images, test.labels,
+                             timeout=args.timeout or 2.0, retries=args.retries)
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_simboard(args) -> None:
+    from prunefab.boards.hil import serve_simulated_board
+    from prunefab.boards.simboard import LineFaults
+    faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
+    serve_simulated_board(args.board, faults=faults, announce=lambda line: print(line, flush=True))
+
+
 def cmd_demo(args) -> None:
     from prunefab.sw.demo import run_demo
     run_demo(methods=args.methods.split(","), flops_cut=args.flops_cut, budget=_budget(args),
@@ -298,6 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="program the board after a good build (openFPGALoader or iceprog)")
     sp.set_defaults(func=cmd_build)
 
+    sp = sub.add_parser("hil", help="run test images on a board (or a simulated one) and compare "
+                                    "every answer with the integer reference")
+    sp.add_argument("--port", help="the board's serial port or pyserial URL (socket://HOST:PORT)")
+    sp.add_argument("--simulate", metavar="BOARD", choices=sorted(BOARDS),
+                    help=f"run against a simulated board instead ({', '.join(sorted(BOARDS))})")
+    sp.add_argument("--artifact", required=True, help="the network (.pfab)")
+    sp.add_argument("--images", type=int, default=100, help="first N test images (default 100)")
+    sp.add_argument("--dataset", default="fashion-mnist",
+                    help="test images: fashion-mnist, synthetic or a directory of IDX files")
+    sp.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait for each response (default 2, simulated 0.5)")
+    sp.add_argument("--retries", type=int, default=4, help="resends per exchange (default 4)")
+    sp.add_argument("--faults", help="simulated line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
+    sp.set_defaults(func=cmd_hil)
+
+    sp = sub.add_parser("simboard", help="serve a simulated board on a local socket until Ctrl-C")
+    sp.add_argument("--board", required=True, choices=sorted(BOARDS))
+    sp.add_argument("--faults", help="line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
+    sp.set_defaults(func=cmd_simboard)
+
     sp = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, every method, one table")
     common(sp)
     sp.add_argument("--methods", default="kep,iessp,swp,filter,magnitude")
@@ -313,14 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except _errors() as e:
         print(f"prunefab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunefab: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
