@@ -175,7 +175,7 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
     if best is None:
         est = estimate(dataclasses.replace(config, lanes=1), spec, max_payload=max_payload)
         raise FitError(f"{spec.name}: even 1 lane does not fit ({_overs(est)}); "
-                       f"shrink the engine's memories")
+                       f"the engine (logic or memories) must shrink to fit this board")
     if best.config.lanes == config.lanes:
         note = f"{spec.name}: {config.lanes} lanes fit the estimate ({best.estimate.summary()})"
     else:
