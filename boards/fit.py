@@ -7,8 +7,8 @@ that fits.
     choose("icebreaker")                -> Choice: the config, its estimate and a one-line note
 
 Memories are counted as yosys maps them (`memory_libmap`'s costs, checked against its log): each
-memory of the engine (16 activation banks, weights, parameters, descriptors, the logit FIFO) and
-of the link (receive and transmit buffers, the identity ROM) goes to block RAM, LUT RAM or
+memory of the engine (16 activation banks, weights, parameters and layer counters, descriptors,
+the logit FIFO) and of the link (receive and transmit buffers, the identity ROM) goes to block RAM, LUT RAM or
 logic, whichever costs least, a block RAM taking `ceil(width / w) * ceil(depth / d)` primitives
 of the cheapest shape (w, d); the iCE40 puts the weight memory in SPRAM (it is asked for as
 "huge" RAM).  Multipliers: one per lane plus the requantizer's.  Logic (LUT, FF and, on the iCE40,
@@ -26,6 +26,7 @@ from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.hw.config import ACC_BITS, BANKS, EngineConfig
+from prunefab.hw.engine import params_depth
 
 # How yosys' memory_libmap maps a memory: the cheapest of block RAM, LUT RAM and logic, with the
 # costs of its library files (share/ice40/brams.txt: SB_RAM40_4K 64; share/lattice/
@@ -122,7 +123,7 @@ def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> li
     identity = len(identity_payload(config_json(config), max_payload))
     return ([(f"act{b}", 8, config.act_depth) for b in range(BANKS)] + [
         ("weights", config.step_bits, config.weight_depth),
-        ("params", config.param_bits, config.param_depth),
+        ("params", config.param_bits, params_depth(config)),     # + the layer counters
         ("descriptors", config.descriptor_bits, config.max_layers),
         ("logits", ACC_BITS, config.max_classes),
         ("receiver", 8, max_payload), ("transmitter", 8, max_payload),

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,6 +35,12 @@ class _ReadPort:
     data: Signal
 
 
+def params_depth(config: EngineConfig) -> int:
+    """Words of the parameter memory: `param_depth` channel parameters, then one cycle count
+    per layer."""
+    return config.param_depth + config.max_layers
+
+
 def _unchecked_read_port(m: Module, mem: memory.Memory, name: str) -> _ReadPort:
     """A synchronous read port of `mem` (data one cycle after `en`, held while `en` is low),
     made of an asynchronous port and a register so that yosys merges the two and applies the
@@ -65,7 +71,8 @@ class Engine(wiring.Component):
       mac_cycles:    Out(32), cycles in which the MacArray took a step (all lanes busy or padded)
       layer_sel:     In, which layer's cycle count layer_cycles shows
       layer_cycles:  Out(32), cycles of that layer in the last run (from its descriptor load to
-                     its last output written)
+                     its last output written); read from the parameter memory, so it shows the
+                     layer `layer_sel` named one cycle earlier, and only while idle
     """
 
     def __init__(self, config: EngineConfig):
@@ -90,7 +97,9 @@ class Engine(wiring.Component):
 
         # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
         m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
-        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=cfg.param_depth,
+        # The parameter memory also keeps each layer's cycle count, above the parameters: the
+        # counters then cost block-RAM words, not flip-flops and a multiplexer.
+        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=params_depth(cfg),
                                                    init=[], attrs=NO_RW_CHECK)
         m.submodules.descriptors = dmem = memory.Memory(
             shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[], attrs=NO_RW_CHECK)
@@ -134,8 +143,13 @@ class Engine(wiring.Component):
             fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h), fetch.in_w.eq(layer.in_w),
             fetch.pitch_in.eq(layer.pitch_in),
             ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out),
-            p_rd.addr.eq(ser.param_addr), p_rd.en.eq(ser.param_en), ser.param_data.eq(p_rd.data),
+            ser.param_data.eq(p_rd.data),
         ]
+        # While idle the parameter memory's read port shows the counter of layer `layer_sel`.
+        with m.If(seq.busy):
+            m.d.comb += [p_rd.addr.eq(ser.param_addr), p_rd.en.eq(ser.param_en)]
+        with m.Else():
+            m.d.comb += [p_rd.addr.eq(cfg.param_depth + self.layer_sel), p_rd.en.eq(1)]
         for b in range(BANKS):
             m.d.comb += [a_rd[b].addr.eq(fetch.rd_addr[b]), a_rd[b].en.eq(fetch.rd_en),
                          fetch.rd_data[b].eq(a_rd[b].data)]
@@ -168,9 +182,11 @@ class Engine(wiring.Component):
                                    (p_wr, LOAD_TARGET_PARAMS, cfg.param_bits),
                                    (d_wr, LOAD_TARGET_DESCRIPTORS, cfg.descriptor_bits)):
             last = cfg.slices(bits) - 1
-            m.d.comb += [port.addr.eq(word.addr),
-                         port.data.eq(Cat(staging[:last * LOAD_DATA_BITS], word.data)),
-                         port.en.eq(loading & (word.target == target) & (word.slice == last))]
+            # (the parameter memory's write port stores the layer counters while running)
+            with m.If(~seq.busy if port is p_wr else True):
+                m.d.comb += [port.addr.eq(word.addr),
+                             port.data.eq(Cat(staging[:last * LOAD_DATA_BITS], word.data)),
+                             port.en.eq(loading & (word.target == target) & (word.slice == last))]
         # The weight memory's read and write ports share one address (loads happen only while
         # idle), so it maps onto single-port RAM such as the iCE40UP5K's SPRAM.
         w_addr = Signal(cfg.weight_addr_bits)
@@ -189,8 +205,7 @@ class Engine(wiring.Component):
                 m.d.comb += [a_wr[b].addr.eq(word.addr[:act_bits]), a_wr[b].data.eq(word.data),
                              a_wr[b].en.eq(image & (word.addr[act_bits:act_bits + 4] == b))]
 
-        # -- performance counters ---------------------------------------------------------------
-        per_layer = Array(Signal(COUNTER_BITS, name=f"layer{i}_cycles") for i in range(cfg.max_layers))
+        # -- performance counters: a layer's count goes to the parameter memory at its end ------
         layer_count = Signal(COUNTER_BITS)
         with m.If(seq.start):
             m.d.sync += [self.total_cycles.eq(0), self.mac_cycles.eq(0), layer_count.eq(0),
@@ -200,8 +215,11 @@ class Engine(wiring.Component):
             with m.If(mac.i_stream.valid & mac.i_stream.ready):
                 m.d.sync += self.mac_cycles.eq(self.mac_cycles + 1)
             with m.If(seq.layer_end):
-                m.d.sync += [per_layer[seq.layer_index].eq(layer_count + 1), layer_count.eq(0)]
+                m.d.sync += layer_count.eq(0)
                 with m.If(layer.linear):
                     m.d.sync += self.done.eq(1)
-        m.d.comb += self.layer_cycles.eq(per_layer[self.layer_sel])
+        with m.If(seq.busy):
+            m.d.comb += [p_wr.addr.eq(cfg.param_depth + seq.layer_index),
+                         p_wr.data.bias.eq(layer_count + 1), p_wr.en.eq(seq.layer_end)]
+        m.d.comb += self.layer_cycles.eq(p_rd.data.bias)
         return m

@@ -79,7 +79,9 @@ def simulate(program: Program, images: np.ndarray, *, max_cycles: int = 10_000_0
             ctx.set(engine.o_logits.ready, 0)
             per_layer = []
             for i in range(n_layers):
+                # the counters are a memory read: the count shows one cycle after layer_sel
                 ctx.set(engine.layer_sel, i)
+                await ctx.tick()
                 per_layer.append(ctx.get(engine.layer_cycles))
             results.append(RunResult(tuple(logits), ctx.get(engine.total_cycles),
                                      ctx.get(engine.mac_cycles), tuple(per_layer)))

@@ -49,17 +49,19 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
 
     linear:        the classifier (the final layer: one pass, raw logits out)
     pool:          2x2 max-pool after requantization
-    in_h, in_w:    the input feature map (for zero padding)
-    sweep_h/w:     pixels computed (the even part when pooling, as floor pooling drops the rest)
+    in_h, in_w:    the input feature map (for zero padding); the pixels computed are the even
+                   part of it when pooling, as floor pooling drops the rest
     pitch_in:      log2 of the input's bank row pitch
-    w_base:        first step word of group 0; groups follow back to back
     out_base:      activation address of output channel 0
-    plane_out:     words per bank of one output channel
+    plane_out:     words per bank of one output channel (a lane group's channels are
+                   lanes * plane_out apart)
     pitch_out:     log2 of the output's bank row pitch
-    group_stride:  lanes * plane_out
-    param_base:    parameter index of output channel 0
     out_channels:  output channels (conv) or classes (classifier)
     n_outputs:     values the layer writes (the sequencer waits for them before the next layer)
+
+    The layers' step words and parameters lie back to back from address 0 in descriptor order,
+    so the sequencer carries its weight and parameter pointers from one layer to the next and
+    a descriptor names neither.
     """
     coord = unsigned(cfg.coord_bits)
     act = unsigned(cfg.act_addr_bits)
@@ -67,14 +69,10 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "linear": unsigned(1),
         "pool": unsigned(1),
         "in_h": coord, "in_w": coord,
-        "sweep_h": coord, "sweep_w": coord,
         "pitch_in": unsigned(cfg.pitch_shift_bits),
-        "w_base": unsigned(cfg.weight_addr_bits),
         "out_base": act,
         "plane_out": act,
         "pitch_out": unsigned(cfg.pitch_shift_bits),
-        "group_stride": unsigned(cfg.act_addr_bits + 1),
-        "param_base": unsigned(cfg.param_addr_bits),
         "out_channels": unsigned(cfg.channel_bits),
         "n_outputs": unsigned(cfg.max_outputs.bit_length()),
     })

@@ -58,7 +58,12 @@ class MacArray(wiring.Component):
             # Stage 1: the products, registered so they map onto the multiplier's output register.
             m.d.sync += [s1_valid.eq(i.valid), s1_flags.eq(i.payload.flags), s1_tag.eq(i.payload.tag)]
             for lane in range(P):
-                m.d.sync += prod[lane].eq(i.payload.weight[lane] * i.payload.act[lane])
+                # 16-bit signed operands: yosys then puts the product register inside the
+                # iCE40's SB_MAC16 (with 8-bit operands it builds it from flip-flops).
+                w16 = Signal(signed(16), name=f"w16_{lane}")
+                a16 = Signal(signed(16), name=f"a16_{lane}")
+                m.d.comb += [w16.eq(i.payload.weight[lane]), a16.eq(i.payload.act[lane])]
+                m.d.sync += prod[lane].eq(w16 * a16)
             # Stage 2: accumulate; the sum that ends a pixel goes to the output register.
             with m.If(s1_valid):
                 for lane in range(P):

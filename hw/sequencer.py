@@ -69,6 +69,7 @@ class Sequencer(wiring.Component):
 
         ptr = Signal(cfg.weight_addr_bits)      # address of the word now on w_data
         gstart = Signal(cfg.weight_addr_bits)   # first word of the current group
+        pbase = Signal(cfg.param_addr_bits)     # parameter index of the layer's channel 0
         remaining = Signal(range(max(cfg.max_channels, cfg.max_classes) + 1))
         pidx = Signal(cfg.param_addr_bits)
         gbase = Signal(cfg.act_addr_bits)
@@ -117,21 +118,29 @@ class Sequencer(wiring.Component):
 
         step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
         m.d.comb += step.eq(Mux(d.pool, 2, 1))
+        # Pixels computed: the even part of the map when pooling (floor pooling drops the rest).
+        sweep_h = Cat(d.in_h[0] & ~d.pool, d.in_h[1:])
+        sweep_w = Cat(d.in_w[0] & ~d.pool, d.in_w[1:])
+        group_stride = d.plane_out * P
 
         with m.Switch(state):
             with m.Case(SequencerState.IDLE):
                 m.d.sync += next_layer.eq(0)
                 with m.If(self.start):
-                    m.d.sync += [self.layer_index.eq(0), state.eq(SequencerState.DESCRIPTOR)]
+                    # The first layer's step words and parameters start at address 0.
+                    m.d.sync += [self.layer_index.eq(0), ptr.eq(0), gstart.eq(0), pbase.eq(0),
+                                 state.eq(SequencerState.DESCRIPTOR)]
             with m.Case(SequencerState.DESCRIPTOR):
                 m.d.sync += [d.eq(self.desc_data), next_layer.eq(self.layer_index + 1),
                              state.eq(SequencerState.PRIME)]
             with m.Case(SequencerState.PRIME):
-                m.d.comb += [self.w_addr.eq(d.w_base), self.w_en.eq(1)]
-                m.d.sync += [ptr.eq(d.w_base), gstart.eq(d.w_base), remaining.eq(d.out_channels),
-                             pidx.eq(d.param_base), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
+                # ptr and gstart already point at the layer's first step word, which follows
+                # the previous layer's last.
+                m.d.comb += [self.w_addr.eq(ptr), self.w_en.eq(1)]
+                m.d.sync += [remaining.eq(d.out_channels),
+                             pidx.eq(pbase), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
                              dx.eq(0), at_first.eq(1), n_written.eq(0), all_written.eq(0),
-                             x_more.eq(step < d.sweep_w), y_more.eq(step < d.sweep_h),
+                             x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
                              o.valid.eq(1), state.eq(SequencerState.ISSUE)]
             with m.Case(SequencerState.ISSUE):
                 # The word on w_data picks the next address, so `last` (a memory output) must
@@ -153,22 +162,23 @@ class Sequencer(wiring.Component):
                             m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
                         with m.Elif(x_more):
                             m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step),
-                                         x_more.eq(x0 + 2 * step < d.sweep_w)]
+                                         x_more.eq(x0 + 2 * step < sweep_w)]
                         with m.Elif(y_more):
                             m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step),
-                                         x_more.eq(step < d.sweep_w),
-                                         y_more.eq(y0 + 2 * step < d.sweep_h)]
+                                         x_more.eq(step < sweep_w),
+                                         y_more.eq(y0 + 2 * step < sweep_h)]
                         with m.Else():
                             # The group is done: the next group's words follow this one's.
                             m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
-                                         x_more.eq(step < d.sweep_w), y_more.eq(step < d.sweep_h),
+                                         x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
                                          remaining.eq(remaining - P), pidx.eq(pidx + P),
-                                         gbase.eq(gbase + d.group_stride)]
+                                         gbase.eq(gbase + group_stride)]
                             with m.If(remaining <= P):
                                 m.d.sync += [o.valid.eq(0), state.eq(SequencerState.DRAIN)]
             with m.Case(SequencerState.DRAIN):
                 with m.If(all_written):
                     m.d.comb += self.layer_end.eq(1)
+                    m.d.sync += pbase.eq(pbase + d.out_channels)
                     with m.If(d.linear):
                         m.d.sync += state.eq(SequencerState.IDLE)
                     with m.Else():

@@ -165,7 +165,9 @@ class EngineBench:
         dut = self.dut
         per_layer = []
         for i in range(layers):
+            # the counters are a memory read: the count shows one cycle after layer_sel
             dut.layer_sel.value = i
+            await RisingEdge(dut.clk)
             await ReadOnly()
             per_layer.append(int(dut.layer_cycles.value))
             await RisingEdge(dut.clk)

@@ -155,8 +155,8 @@ int main(int argc, char **argv) {
         counters.push_back(t.total_cycles);
         counters.push_back(t.mac_cycles);
         for (uint32_t l = 0; l < layers; ++l) {
-            t.layer_sel = l;
-            e.settle();
+            t.layer_sel = l;   // the counters are a memory read: one cycle later
+            e.tick();
             counters.push_back(t.layer_cycles);
         }
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from prunefab.hw.config import BANK_ROWS, BANKS
-from prunefab.hw.layouts import descriptor_layout, param_layout, step_layout, unpack
+from prunefab.hw.layouts import param_layout, step_layout, unpack
 from prunefab.hw.loader import Program
 from prunefab.sw.qnet import KERNEL
 
@@ -27,8 +27,8 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
     steps = [unpack(step_layout(cfg), w) for w in program.weights]
     params = [unpack(param_layout(cfg), w) for w in program.params]
     logits = []
-    for dword in program.descriptors:
-        d = unpack(descriptor_layout(cfg), dword)
+    for plan in program.layers:
+        d = plan.descriptor     # the host's view: the packed word omits what the sequencer derives
         ptr = d["w_base"]
         bs = 2 if d["pool"] else 1
         for g in range(-(-d["out_channels"] // P)):

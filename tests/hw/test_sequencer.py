@@ -6,7 +6,7 @@ from amaranth.hdl import Module
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
-from prunefab.hw.layouts import descriptor_layout, request_layout, step_layout, unpack
+from prunefab.hw.layouts import request_layout, step_layout, unpack
 from prunefab.hw.loader import pack_network
 from prunefab.hw.sequencer import Sequencer
 from prunefab.sw.synthetic import Pattern, random_network
@@ -45,8 +45,8 @@ def loop_order(program):
     cfg = program.config
     P = cfg.lanes
     out = []
-    for dword in program.descriptors:
-        d = unpack(descriptor_layout(cfg), dword)
+    for plan in program.layers:
+        d = plan.descriptor     # the host's view: the packed word omits what the sequencer derives
         bs = 2 if d["pool"] else 1
         ptr = d["w_base"]
         for g in range(-(-d["out_channels"] // P)):
