@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, signed
-from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, BANKS, LOAD_DATA_BITS, EngineConfig
@@ -122,10 +122,6 @@ class Engine(wiring.Component):
         m.submodules.pool = pool = MaxPool(cfg)
         m.submodules.serializer = ser = ChannelSerializer(cfg)
         m.submodules.requantizer = rq = Requantizer(cfg)
-        # A run writes at most max_classes logits into an empty FIFO (start clears it), so the
-        # writer never waits for it and the requantizer has no back-pressure at all.
-        logits = fifo.SyncFIFOBuffered(width=ACC_BITS, depth=cfg.max_classes)
-        m.submodules.logits = ResetInserter(seq.start)(logits)
 
         wiring.connect(m, seq.o_stream, fetch.i_stream)
         wiring.connect(m, fetch.o_stream, dec.i_stream)
@@ -154,15 +150,34 @@ class Engine(wiring.Component):
             m.d.comb += [a_rd[b].addr.eq(fetch.rd_addr[b]), a_rd[b].en.eq(fetch.rd_en),
                          fetch.rd_data[b].eq(a_rd[b].data)]
 
-        # -- writer: activations to the banks, logits to the FIFO ------------------------------
+        # -- writer: activations to the banks, logits to the logit memory ----------------------
         out = rq.o_stream
+        m.d.comb += [out.ready.eq(1), seq.written.eq(out.valid & out.ready)]
+
+        # Logits: a run writes at most max_classes of them from address 0 (start clears the
+        # counts), so the writer never waits and the requantizer has no back-pressure at all.
+        # o_logits reads them in order.  A logit is offered once the cycle after its write has
+        # passed (`written_seen`), so its read never meets its write (no_rw_check holds).
+        m.submodules.logits = lmem = memory.Memory(shape=signed(ACC_BITS), depth=cfg.max_classes,
+                                                   init=[], attrs=NO_RW_CHECK)
+        l_wr, l_rd = lmem.write_port(), _unchecked_read_port(m, lmem, "logits")
+        count_bits = range(cfg.max_classes + 1)
+        l_written, written_seen, l_read = Signal(count_bits), Signal(count_bits), Signal(count_bits)
+        l_read_next = Signal(count_bits)
+        logit_out = self.o_logits
         m.d.comb += [
-            out.ready.eq(1),
-            logits.w_data.eq(out.payload.value),
-            logits.w_en.eq(out.valid & out.payload.raw),
-            seq.written.eq(out.valid & out.ready),
+            l_wr.addr.eq(l_written), l_wr.data.eq(out.payload.value),
+            l_wr.en.eq(out.valid & out.payload.raw),
+            logit_out.valid.eq(l_read < written_seen),
+            l_read_next.eq(l_read + (logit_out.valid & logit_out.ready)),
+            l_rd.addr.eq(l_read_next), l_rd.en.eq(1),
+            logit_out.payload.eq(l_rd.data),
         ]
-        wiring.connect(m, logits.r_stream, wiring.flipped(self.o_logits))
+        with m.If(seq.start):
+            m.d.sync += [l_written.eq(0), written_seen.eq(0), l_read.eq(0)]
+        with m.Else():
+            m.d.sync += [l_written.eq(l_written + l_wr.en), written_seen.eq(l_written),
+                         l_read.eq(l_read_next)]
 
         # -- loader: 32-bit slices gathered; the word is written in the cycle its last slice
         # arrives, from the slices held so far and that last one --------------------------------

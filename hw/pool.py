@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, EngineConfig
-from prunefab.hw.layouts import accumulator_layout
+from prunefab.hw.layouts import accumulator_layout, vector_tag_layout
 
 
 class MaxPool(wiring.Component):
@@ -14,7 +14,8 @@ class MaxPool(wiring.Component):
     Pooling the bias-free accumulators equals pooling the uint8 outputs: adding the channel's
     bias and requantizing are both monotone non-decreasing (docs/arithmetic.md), and the
     requantizer then runs on a quarter of the values.  A vector with both flags set (no pool)
-    passes through.
+    passes through.  One register holds the running maximum and the finished window, so a
+    finished window holds off the next vector until the ChannelSerializer takes it.
 
     Ports:
       i_stream: In(stream of accumulator_layout with pool_first/pool_last)
@@ -35,20 +36,23 @@ class MaxPool(wiring.Component):
         m = Module()
         P = self.config.lanes
         i, o = self.i_stream, self.o_stream
+        # `best` is both the running maximum and the output: a finished window stays in it
+        # until the ChannelSerializer takes it, and the next window's first vector may enter
+        # in that same cycle.
         best = Signal(data.ArrayLayout(signed(ACC_BITS), P), reset_less=True)
-        out = Signal(accumulator_layout(self.config, with_pool_flags=False), reset_less=True)
-        m.d.comb += o.payload.eq(out)
+        tag = Signal(vector_tag_layout(self.config), reset_less=True)
+        m.d.comb += [o.payload.acc.eq(best), o.payload.tag.eq(tag)]
         new = Signal(data.ArrayLayout(signed(ACC_BITS), P))
         for lane in range(P):
             v = i.payload.acc[lane]
             m.d.comb += new[lane].eq(Mux(i.payload.pool_first | (v > best[lane]), v, best[lane]))
 
-        # Accept unless this vector completes a window and the previous result is still waiting.
-        m.d.comb += i.ready.eq(~(i.payload.pool_last & o.valid & ~o.ready))
+        # Accept unless a finished window is still waiting to be taken.
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(i.valid & i.ready):
             m.d.sync += best.eq(new)
             with m.If(i.payload.pool_last):
-                m.d.sync += [o.valid.eq(1), out.acc.eq(new), out.tag.eq(i.payload.tag)]
+                m.d.sync += [o.valid.eq(1), tag.eq(i.payload.tag)]
         return m

@@ -77,7 +77,7 @@ def layer_cycles(plan: LayerPlan, lanes: int) -> int:
 
         # -- combinational ready signals, from the writer back to the sequencer --------------
         ser_ready = (not ser_busy) or ser_lane == ser_lanes - 1
-        pool_ready = not (mac_o_pool_last and pool_o_valid and not ser_ready)
+        pool_ready = not pool_o_valid or ser_ready     # one register: the window must be taken
         mac_stall = mac_s1 is not None and mac_s1[0] and mac_o_valid and not pool_ready
         front_en = not mac_stall            # WindowFetch, IndexDecoder and the sequencer
 
