@@ -10,8 +10,10 @@ nothing of sync bytes, sequence numbers or CRCs.  `UARTLink` joins them around a
 """
 
 
+import zlib
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import crc, data, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -19,8 +21,10 @@ from prunefab.boards.protocol import (LENGTH_LIMIT, NAK, RESPONSE_FLAG, SYNC, Co
                                       identity_payload)
 from prunefab.boards.uart import UARTReceiver, UARTTransmitter
 
-CRC_ALGORITHM = crc.catalog.CRC32_ISO_HDLC      # the zlib CRC-32
 DEFAULT_MAX_PAYLOAD = 256
+CRC_POLYNOMIAL = 0xEDB88320     # the zlib CRC-32, reflected: its register shifts right
+# The register after a frame followed by its own CRC (little-endian), whatever the frame.
+CRC_RESIDUE = zlib.crc32(bytes(4)) ^ 0xFFFFFFFF
 
 
 class Message(data.Struct):
@@ -72,6 +76,53 @@ def _check_positive(name: str, value) -> None:
         raise TypeError(f"{name} must be a positive integer, not {value!r}")
 
 
+class SerialCRC(wiring.Component):
+    """The zlib CRC-32 one bit per cycle: a byte takes 8 cycles.
+
+    The link moves a byte every 10 bit times of the UART, so a bit-serial register costs the
+    frames no time and needs a fraction of the logic of a byte-parallel XOR tree.
+
+    Ports
+    -----
+    start : In(1)
+        With `valid`: this byte is the first of a new CRC (the register starts from all ones).
+    data : In(8)
+        The byte, taken when `valid` and not `busy`.
+    valid : In(1)
+        Take `data`; ignored while `busy`.
+    busy : Out(1)
+        A byte is being shifted in; `crc` and `match` are valid when it is low.
+    crc : Out(32)
+        The CRC of the bytes so far (sent little-endian after them).
+    match : Out(1)
+        The bytes so far end with their own CRC.
+    """
+
+    start: In(1)
+    data: In(8)
+    valid: In(1)
+    busy: Out(1)
+    crc: Out(32)
+    match: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        reg = Signal(32, init=0xFFFFFFFF)
+        shift = Signal(8)
+        bits = Signal(range(9))
+        m.d.comb += [self.busy.eq(bits != 0), self.crc.eq(~reg),
+                     self.match.eq(reg == CRC_RESIDUE)]
+        with m.If(bits != 0):
+            feedback = reg[0] ^ shift[0]
+            m.d.sync += [reg.eq((reg >> 1) ^ Mux(feedback, CRC_POLYNOMIAL, 0)),
+                         shift.eq(shift >> 1), bits.eq(bits - 1)]
+        with m.Elif(self.valid):
+            m.d.sync += [shift.eq(self.data), bits.eq(8)]
+            with m.If(self.start):
+                m.d.sync += reg.eq(0xFFFFFFFF)
+        return m
+
+
 class FrameReceiver(wiring.Component):
     """Bytes in, CRC-checked frames out; a dropped frame is reported for a NAK.
 
@@ -90,7 +141,8 @@ class FrameReceiver(wiring.Component):
     Ports
     -----
     i_stream : In(stream.Signature(8))
-        Bytes from the line; always ready except for one cycle after each frame.
+        Bytes from the line; not ready for the 8 cycles the CRC takes over each byte of a
+        frame, nor while a frame is checked.
     o_stream : Out(stream.Signature(FrameBeat))
         Frames whose CRC matched, one beat per payload byte (one `empty` beat for none).
     o_error : Out(stream.Signature(Nak))
@@ -116,7 +168,7 @@ class FrameReceiver(wiring.Component):
         m = Module()
         m.submodules.buffer = buffer = Memory(shape=8, depth=self.max_payload, init=[])
         wr, rd = buffer.write_port(), buffer.read_port()
-        m.submodules.crc = checker = CRC_ALGORITHM(data_width=8).create()
+        m.submodules.crc = checker = SerialCRC()
 
         byte = self.i_stream.payload
         take = Signal()
@@ -198,19 +250,20 @@ class FrameReceiver(wiring.Component):
                     with m.If(count == 3):
                         m.next = "CHECK"
             with m.State("CHECK"):
-                # the CRC register has taken the last byte; the residue says whether it matched
-                with m.If(~checker.match_detected):
-                    report(ErrorCode.BAD_CRC)
-                with m.Elif(~store):
-                    report(ErrorCode.BUSY)
-                with m.Else():
-                    m.d.sync += [occupied.eq(1), held_cmd.eq(cmd), held_seq.eq(seq),
-                                 held_length.eq(length)]
-                m.next = "HUNT"
+                # once the CRC has taken the last byte, the residue says whether it matched
+                with m.If(~checker.busy):
+                    with m.If(~checker.match):
+                        report(ErrorCode.BAD_CRC)
+                    with m.Elif(~store):
+                        report(ErrorCode.BUSY)
+                    with m.Else():
+                        m.d.sync += [occupied.eq(1), held_cmd.eq(cmd), held_seq.eq(seq),
+                                     held_length.eq(length)]
+                    m.next = "HUNT"
 
-        m.d.comb += [self.i_stream.ready.eq(~parse.ongoing("CHECK")),
+        m.d.comb += [self.i_stream.ready.eq(~parse.ongoing("CHECK") & ~checker.busy),
                      timed_out.eq(silence == self.byte_timeout)]
-        with m.If(parse.ongoing("HUNT") | take):
+        with m.If(parse.ongoing("HUNT") | take | checker.busy):
             m.d.sync += silence.eq(0)
         with m.Elif(~timed_out):
             m.d.sync += silence.eq(silence + 1)
@@ -284,7 +337,7 @@ class FrameTransmitter(wiring.Component):
         m = Module()
         m.submodules.buffer = buffer = Memory(shape=8, depth=self.max_payload, init=[])
         wr, rd = buffer.write_port(), buffer.read_port()
-        m.submodules.crc = gen = CRC_ALGORITHM(data_width=8).create()
+        m.submodules.crc = gen = SerialCRC()
 
         # a frame header; `buffered` = payload from the buffer, else the two bytes p0, p1
         def header(name):
@@ -345,7 +398,9 @@ class FrameTransmitter(wiring.Component):
                 m.next = "SYNC0"
 
             def send(value, next_state, *, crc_start=False, crc=True):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(value)]
+                # a byte waits while the CRC takes the previous one (8 cycles, less than a
+                # UART byte time)
+                m.d.comb += [o.valid.eq(~gen.busy), o.payload.eq(value)]
                 with m.If(transfer):
                     if crc:
                         m.d.comb += [gen.valid.eq(1), gen.start.eq(crc_start)]
