@@ -18,12 +18,12 @@ def test_blocks_takes_the_cheapest_shape():
 
 
 def test_ecp5_block_ram_matches_what_yosys_maps():
-    # synth_ecp5 of the 32-lane board top maps 16 activation banks, 88 weight blocks,
-    # PDPW16KD for the parameters (512 words, then the 12 layer counters: 4 blocks) and the
-    # link's two buffers to DP16KD; the identity ROM to LUTs, the 12-word descriptors and
-    # 32-word logit FIFO go to LUT RAM.
+    # synth_ecp5 of the 32-lane board top (08d8b49) maps 16 activation banks, 88 weight blocks,
+    # the parameters (the 53 bits used of 56, 512 words and the 12 layer counters: 3 x 18 bits
+    # by 1024) and the link's two buffers to DP16KD; the identity ROM to LUTs, the 12-word
+    # descriptors and 32-word logit FIFO go to LUT RAM.
     est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
-    assert est.bram == 16 + 88 + 4 + 2
+    assert est.bram == 16 + 88 + 3 + 2
     assert est.dsp == 32 + F.REQUANTIZER_DSPS
 
 
