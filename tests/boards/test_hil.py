@@ -46,7 +46,7 @@ def test_answers_equal_the_reference(network, config, test_images):
         report = run_hil(board.url, network, images, labels, timeout=1.0)
     assert report.ok, report.summary()
     assert report.answered == tuple(range(len(images)))
-    assert report.mismatches == () and report.resends == 0 and report.retried == 0
+    assert report.mismatches == () and report.retried == 0
     assert all(c > 0 for c in report.cycles) and len(set(report.cycles)) == 1   # KEP: fixed work
     assert report.accuracy == report.reference_accuracy
     assert board.cycles > sum(report.cycles) and board.cycles_per_second > 0
