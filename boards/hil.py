@@ -154,16 +154,31 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
                      board.config)
 
 
-def board_engine(board: str) -> tuple[EngineConfig, str | None]:
-    """The engine `prunefab build` makes for `board` (the most lanes that fit), and None; or,
-    when the resource estimate says even that does not fit, the board's preset and a one-line
-    note saying so (a simulated board has no resource limits)."""
+def board_engine(board: str, net: QuantizedNetwork | None = None
+                 ) -> tuple[EngineConfig, str | None]:
+    """The engine `prunefab build` makes for `board` (the most lanes that fit), and None.
+
+    A simulated board has no resource limits, so the board's preset is simulated instead, with
+    a one-line note saying why, when the estimate says no lane count fits or when the engine
+    that fits cannot run `net`.
+    """
     from prunefab.boards.fit import FitError, fit
+    from prunefab.hw.config import EngineLimitError
+    from prunefab.hw.loader import pack_network
     spec = board_spec(board)
+    preset = spec.config()
     try:
-        return fit(spec), None
+        config = fit(spec)
     except FitError as e:
-        return spec.config(), f"{e}; simulating the {spec.preset} preset as it is"
+        return preset, f"{e}; simulating the {spec.preset} preset ({preset.lanes} lanes)"
+    if net is not None and config != preset:
+        try:
+            pack_network(config, net)
+        except EngineLimitError as e:
+            return preset, (f"{spec.name}: the {config.lanes}-lane engine that fits cannot run "
+                            f"this network ({e}); simulating the {spec.preset} preset "
+                            f"({preset.lanes} lanes)")
+    return config, None
 
 
 @dataclass(frozen=True)
@@ -200,7 +215,7 @@ def run_simulated_hil(board: str, net: QuantizedNetwork | str | os.PathLike, ima
     byte costs one timeout."""
     if not isinstance(net, QuantizedNetwork):
         net = artifact.load(net)
-    config, note = board_engine(board)
+    config, note = board_engine(board, net)
     sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
     with sim:
         report = run_hil(sim.url, net, images, labels, timeout=timeout, retries=retries,

@@ -34,9 +34,9 @@ def network():
 
 
 @pytest.fixture(scope="module")
-def config():
+def config(network):
     """The engine `prunefab hil --simulate icebreaker` runs (one Verilator build for all)."""
-    return board_engine(BOARD)[0]
+    return board_engine(BOARD, network)[0]
 
 
 def test_answers_equal_the_reference(network, config, test_images):
