@@ -12,7 +12,7 @@ passes its payload back.  The host end is `prunefab.boards.host.EngineBoard`.
 
 import json
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -35,6 +35,13 @@ def config_json(config: EngineConfig) -> bytes:
 def load_word_bytes(config: EngineConfig) -> int:
     """Bytes of one load word on the link: the `load_layout` word, little-endian, whole bytes."""
     return -(-load_layout(config).size // 8)
+
+
+def transfer_bits(config: EngineConfig) -> int:
+    """Width of the adapter's LOAD and INFER word counts: a network's load words (weights,
+    parameters, descriptors, each at most 2 ** (load_addr_bits + load_slice_bits)) and an image's
+    (one per activation address) are fewer than 2 ** transfer_bits."""
+    return config.load_addr_bits + config.load_slice_bits + 2
 
 
 def counter_count(config: EngineConfig) -> int:
@@ -61,8 +68,9 @@ class EngineAdapter(wiring.Component):
 
     LOAD and INFER chunks must arrive in order: a chunk at offset 0 starts over, any other must
     continue exactly where the previous one ended and name the same total; anything else is
-    refused as BAD_PAYLOAD and the transfer must start over at offset 0.  A complete LOAD marks
-    the network loaded; INFER before that is refused as NOT_READY.
+    refused as BAD_PAYLOAD and the transfer must start over at offset 0, as is a total of
+    2 ** `transfer_bits(config)` words or more (more than the engine's memories hold).  A
+    complete LOAD marks the network loaded; INFER before that is refused as NOT_READY.
     """
 
     i_stream: In(stream.Signature(Message))
@@ -96,22 +104,24 @@ class EngineAdapter(wiring.Component):
         cmd = Signal(8)
         code = Signal(8)                           # NAK code of a refused request
         had_payload = Signal()
-        header = Signal(8 * CHUNK_HEADER_BYTES)
+        header = Signal(8 * CHUNK_HEADER_BYTES)    # shifted in a byte at a time, from the top
         header_count = Signal(range(CHUNK_HEADER_BYTES + 1))
         offset, total = header[:32], header[32:]
         ended = Signal()                           # the request's last beat has been taken
-        word = Signal(8 * self.word_bytes)
+        word = Signal(8 * self.word_bytes)         # shifted in like the header
         word_byte = Signal(range(self.word_bytes))
         word_full = Signal()
         loaded = Signal()                          # a complete network is in the engine
-        load_count, load_total = Signal(32), Signal(32)
-        image_count, image_total = Signal(32), Signal(32)
+        bits = transfer_bits(cfg)
+        load_count, load_total = Signal(bits), Signal(bits)
+        image_count, image_total = Signal(bits), Signal(bits)
         is_load = cmd == Command.LOAD
         count = Mux(is_load, load_count, image_count)
         limit = Mux(is_load, load_total, image_total)
 
         # Responses made of 32-bit little-endian words: INFER (cycles, then a logit per word
-        # while the logit FIFO has one) and READ_COUNTERS (counter_count words).
+        # while the logit FIFO has one) and READ_COUNTERS (counter_count words); a word is
+        # shifted out a byte at a time from the bottom of `out_word`.
         out_word = Signal(32)
         out_index = Signal(range(max(counter_count(cfg), cfg.max_classes + 1) + 1))
         out_byte = Signal(2)
@@ -177,7 +187,7 @@ class EngineAdapter(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += i.ready.eq(1)
                 with m.If(i.valid):
-                    m.d.sync += [header.word_select(header_count, 8).eq(i.payload.data),
+                    m.d.sync += [header.eq(Cat(header[8:], i.payload.data)),
                                  header_count.eq(header_count + 1)]
                     with m.If(i.payload.empty | (i.payload.last & (header_count != CHUNK_HEADER_BYTES - 1))):
                         refuse(ErrorCode.BAD_PAYLOAD)
@@ -192,7 +202,7 @@ class EngineAdapter(wiring.Component):
                 with m.If(~is_load & ~loaded):
                     m.d.sync += code.eq(ErrorCode.NOT_READY)
                     m.next = "CHECK_FAIL"
-                with m.Elif((total == 0) | ~(restart | resume)):
+                with m.Elif((total == 0) | (total[bits:] != 0) | ~(restart | resume)):
                     refuse(ErrorCode.BAD_PAYLOAD)
                     m.next = "CHECK_FAIL"
                 with m.Else():
@@ -216,7 +226,7 @@ class EngineAdapter(wiring.Component):
             with m.State("WORDS_IN"):
                 m.d.comb += i.ready.eq(~word_full)
                 with m.If(i.valid & i.ready):
-                    m.d.sync += [word.word_select(word_byte, 8).eq(i.payload.data),
+                    m.d.sync += [word.eq(Cat(word[8:], i.payload.data)),
                                  word_byte.eq(word_byte + 1)]
                     complete = word_byte == self.word_bytes - 1
                     with m.If(complete):
@@ -265,10 +275,10 @@ class EngineAdapter(wiring.Component):
                 # FIFO has had at least three cycles since the pop to present the next one.
                 last = last_byte & Mux(counters, out_index == n_counters - 1,
                                        ~engine.o_logits.valid)
-                m.d.comb += [o.valid.eq(1), o.payload.data.eq(out_word.word_select(out_byte, 8)),
+                m.d.comb += [o.valid.eq(1), o.payload.data.eq(out_word[:8]),
                              o.payload.cmd.eq(cmd | RESPONSE_FLAG), o.payload.last.eq(last)]
                 with m.If(transfer):
-                    m.d.sync += out_byte.eq(out_byte + 1)
+                    m.d.sync += [out_byte.eq(out_byte + 1), out_word.eq(out_word[8:])]
                     with m.If(last):
                         m.next = "IDLE"
                     with m.Elif(last_byte):

@@ -173,10 +173,11 @@ class FrameReceiver(wiring.Component):
         byte = self.i_stream.payload
         take = Signal()
         cmd, seq = Signal(8), Signal(8)
-        length, count = Signal(16), Signal(16)
+        size = range(self.max_payload + 1)     # a length that passed the check, or an index
+        low, length, count = Signal(8), Signal(size), Signal(size)
         store = Signal()        # the buffer was free when this frame began
         occupied = Signal()     # the buffer holds a checked frame not yet sent on
-        held_cmd, held_seq, held_length = Signal(8), Signal(8), Signal(16)
+        held_cmd, held_seq, held_length = Signal(8), Signal(8), Signal(size)
         silence = Signal(range(self.byte_timeout + 1))
         timed_out = Signal()
 
@@ -222,10 +223,10 @@ class FrameReceiver(wiring.Component):
             with m.State("LEN0"):
                 byte_state("LEN1")
                 with m.If(take):
-                    m.d.sync += length[:8].eq(byte)
+                    m.d.sync += low.eq(byte)
             with m.State("LEN1"):
                 byte_state(None)
-                full = Cat(length[:8], byte)
+                full = Cat(low, byte)
                 with m.If(~timed_out & take):
                     m.d.sync += [length.eq(full), count.eq(0)]
                     with m.If(full > self.max_payload):
@@ -270,7 +271,7 @@ class FrameReceiver(wiring.Component):
 
         # hand the held frame on; the read port runs one address ahead of each transfer
         o = self.o_stream
-        ptr = Signal(16)
+        ptr = Signal(size)
         transfer = o.valid & o.ready
         m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
         with m.FSM():
@@ -340,18 +341,21 @@ class FrameTransmitter(wiring.Component):
         m.submodules.crc = gen = SerialCRC()
 
         # a frame header; `buffered` = payload from the buffer, else the two bytes p0, p1
+        size = range(self.max_payload + 1)
+
         def header(name):
             return {f: Signal(w, name=f"{name}_{f}") for f, w in
-                    (("cmd", 8), ("seq", 8), ("len", 16), ("buffered", 1), ("p0", 8), ("p1", 8))}
+                    (("cmd", 8), ("seq", 8), ("len", size), ("buffered", 1), ("p0", 8),
+                     ("p1", 8))}
 
         stored, cur = header("stored"), header("cur")
 
         def assign(dst, **src):
             return [dst[k].eq(v) for k, v in src.items()]
 
-        count = Signal(range(self.max_payload + 1))
+        count = Signal(size)
         overflow = Signal()
-        ptr = Signal(16)
+        ptr = Signal(size)
         o = self.o_stream
         transfer = o.valid & o.ready
         beat = self.i_stream.payload

@@ -9,7 +9,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from prunefab.boards.engine_link import (EngineAdapter, config_json, counter_count,
-                                         load_word_bytes)
+                                         load_word_bytes, transfer_bits)
 from prunefab.boards.protocol import NAK, RESPONSE_FLAG, Command, ErrorCode, identity_payload
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.loader import pack_network
@@ -141,6 +141,7 @@ def test_refusals():
         (Command.LOAD, first[0] + b"\x01"),                      # a partial word
         (Command.LOAD, first[1]),                                # does not start at 0
         (Command.LOAD, struct.pack("<II", 0, 1) + first[0][8:8 + 2 * nbytes]),  # more than total
+        (Command.LOAD, struct.pack("<II", 0, 1 << transfer_bits(CONFIG))),  # more than it holds
         (Command.LOAD, first[0]),                                # a good start...
         (Command.INFER, image[0]),                               # ...but not complete
         (Command.LOAD, first[2]),                                # skips a chunk
@@ -151,6 +152,7 @@ def test_refusals():
         nak(ErrorCode.BAD_PAYLOAD, Command.READ_COUNTERS),
         nak(ErrorCode.BAD_PAYLOAD, Command.IDENTIFY),
         nak(ErrorCode.UNKNOWN_COMMAND, 0x33),
+        nak(ErrorCode.BAD_PAYLOAD, Command.LOAD),
         nak(ErrorCode.BAD_PAYLOAD, Command.LOAD),
         nak(ErrorCode.BAD_PAYLOAD, Command.LOAD),
         nak(ErrorCode.BAD_PAYLOAD, Command.LOAD),
