@@ -23,10 +23,8 @@ class Sequencer(wiring.Component):
 
     For each layer (descriptor memory order): for each lane group g, for each pixel (raster
     order; 2x2 blocks in order when pooling), the group's step words from its start up to the
-    word marked `last`.  The weight memory always reads the word after the one being issued
-    and a pixel's first word is issued from a copy of the group's first word, so the step stream
-    has no bubble between pixels or groups and the read address is a register (it never waits
-    for the memory's `last` bit).  After a layer's last step the
+    word marked `last`.  The next weight address is chosen from the word being issued, so the
+    step stream has no bubble between pixels or groups.  After a layer's last step the
     sequencer waits until all its outputs are written, then loads the next descriptor; the
     classifier ends the run.
 
@@ -69,14 +67,8 @@ class Sequencer(wiring.Component):
         o = self.o_stream
         d = self.layer
 
+        ptr = Signal(cfg.weight_addr_bits)      # address of the word now on w_data
         gstart = Signal(cfg.weight_addr_bits)   # first word of the current group
-        # The weight memory reads the word after the one being issued; a pixel's first word
-        # is issued again from a copy of the group's first word.  So the read address never
-        # depends on the memory's own output (its `last` bit), and it is a register.
-        rd_addr = Signal(cfg.weight_addr_bits)
-        first_word = Signal(step_layout(cfg), reset_less=True)
-        from_copy = Signal()                    # the word issued now is first_word
-        word = Signal(step_layout(cfg))         # the word issued now
         pbase = Signal(cfg.param_addr_bits)     # parameter index of the layer's channel 0
         remaining = Signal(range(max(cfg.max_channels, cfg.max_classes) + 1))
         pidx = Signal(cfg.param_addr_bits)
@@ -102,18 +94,16 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.busy.eq(state != SequencerState.IDLE), self.desc_addr.eq(next_layer),
                      self.desc_en.eq(1)]
 
-        m.d.comb += word.eq(Mux(from_copy, first_word, self.w_data))
-
-        # The request: the word issued and the pixel it applies to.
+        # The request: the word on w_data and the pixel it applies to.
         oy = Mux(d.pool, y0 >> 1, y0)
         ox = Mux(d.pool, x0 >> 1, x0)
         req = o.payload
         m.d.comb += [
-            req.step.eq(word),
+            req.step.eq(self.w_data),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
             req.y.eq(y0 | dy), req.x.eq(x0 | dx),
             req.flags.first.eq(at_first),
-            req.flags.last.eq(word.last),
+            req.flags.last.eq(self.w_data.last),
             req.flags.pool_first.eq(~dy & ~dx),
             req.flags.pool_last.eq(~d.pool | (dy & dx)),
             req.tag.dest_bank.eq(Cat(ox[:2], oy[:2])),
@@ -138,35 +128,35 @@ class Sequencer(wiring.Component):
                 m.d.sync += next_layer.eq(0)
                 with m.If(self.start):
                     # The first layer's step words and parameters start at address 0.
-                    m.d.sync += [self.layer_index.eq(0), gstart.eq(0), pbase.eq(0),
+                    m.d.sync += [self.layer_index.eq(0), ptr.eq(0), gstart.eq(0), pbase.eq(0),
                                  state.eq(SequencerState.DESCRIPTOR)]
             with m.Case(SequencerState.DESCRIPTOR):
                 m.d.sync += [d.eq(self.desc_data), next_layer.eq(self.layer_index + 1),
                              state.eq(SequencerState.PRIME)]
             with m.Case(SequencerState.PRIME):
-                # gstart already points at the layer's first step word, which follows the
-                # previous layer's last.
-                m.d.comb += [self.w_addr.eq(gstart), self.w_en.eq(1)]
-                m.d.sync += [rd_addr.eq(gstart + 1), from_copy.eq(0)]
+                # ptr and gstart already point at the layer's first step word, which follows
+                # the previous layer's last.
+                m.d.comb += [self.w_addr.eq(ptr), self.w_en.eq(1)]
                 m.d.sync += [remaining.eq(d.out_channels),
                              pidx.eq(pbase), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
                              dx.eq(0), at_first.eq(1), n_written.eq(0), all_written.eq(0),
                              x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
                              o.valid.eq(1), state.eq(SequencerState.ISSUE)]
             with m.Case(SequencerState.ISSUE):
+                # The word on w_data picks the next address, so `last` (a memory output) must
+                # reach the weight memory's address in the same cycle: everything else that
+                # decides it is computed from registers, leaving one 2:1 select after `last`.
                 more_pixels = Signal()
-                m.d.comb += [more_pixels.eq((d.pool & ~(dy & dx)) | x_more | y_more),
-                             self.w_addr.eq(rd_addr)]
+                m.d.comb += more_pixels.eq((d.pool & ~(dy & dx)) | x_more | y_more)
+                # The address does not wait for `ready` (only the read enable does), so the
+                # pipeline's stall ends at the memory's enable, not at its address.
+                next_addr = Signal(cfg.weight_addr_bits)
+                m.d.comb += [next_addr.eq(Mux(self.w_data.last & more_pixels, gstart, ptr + 1)),
+                             self.w_addr.eq(next_addr)]
                 with m.If(o.ready):
                     m.d.comb += self.w_en.eq(1)
-                    m.d.sync += [at_first.eq(word.last), rd_addr.eq(rd_addr + 1), from_copy.eq(0)]
-                    with m.If(at_first):
-                        m.d.sync += first_word.eq(word)
-                    with m.If(word.last & more_pixels):
-                        # The next pixel starts from the copy while the memory reads the
-                        # group's second word.
-                        m.d.sync += [rd_addr.eq(gstart + 1), from_copy.eq(1)]
-                    with m.If(word.last):
+                    m.d.sync += [ptr.eq(next_addr), at_first.eq(self.w_data.last)]
+                    with m.If(self.w_data.last):
                         with m.If(d.pool & ~(dy & dx)):
                             # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
                             m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
@@ -178,8 +168,8 @@ class Sequencer(wiring.Component):
                                          x_more.eq(step < sweep_w),
                                          y_more.eq(y0 + 2 * step < sweep_h)]
                         with m.Else():
-                            # The group is done: its successor's first word is being read now.
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(rd_addr),
+                            # The group is done: the next group's words follow this one's.
+                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
                                          x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
                                          remaining.eq(remaining - P), pidx.eq(pidx + P),
                                          gbase.eq(gbase + group_stride)]
