@@ -51,7 +51,9 @@ ROMS = {"identity"}
 # of 646ed33, but up to 22 % (FF) and 15 % (logic cells) too high across the iCE40 reductions of
 # 08d8b49, so re-run and update them when the gateware changes.
 LOGIC = {
-    "ice40": {"lut": (3227, 318), "ff": (1789, 194), "lc": (4185, 469)},    # at 08d8b49
+    # iCE40 bases moved to the routed 2-lane board build at b029e56 (LUT 3496, FF 2129, LC 4754)
+    # after the link shrank (40cd2b6, 88d7315); the per-lane slopes are those fitted at 08d8b49
+    "ice40": {"lut": (2860, 318), "ff": (1741, 194), "lc": (3816, 469)},
     "ecp5": {"lut": (4870, 336), "ff": (2072, 212)},                         # at 08d8b49
 }
 REQUANTIZER_DSPS = 2             # the 32x16 requantization product
