@@ -17,8 +17,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, Message
-from prunefab.boards.protocol import NAK, RESPONSE_FLAG, Command, ErrorCode, identity_payload
+from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, Message, nak_states
+from prunefab.boards.protocol import RESPONSE_FLAG, Command, ErrorCode, identity_payload
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.engine import COUNTER_BITS, Engine
 from prunefab.hw.layouts import load_layout
@@ -308,14 +308,5 @@ class EngineAdapter(wiring.Component):
                 with m.If(transfer):
                     m.next = "IDLE"
 
-            with m.State("NAK_CODE"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(code)]
-                with m.If(transfer):
-                    m.next = "NAK_CMD"
-
-            with m.State("NAK_CMD"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(cmd),
-                             o.payload.last.eq(1)]
-                with m.If(transfer):
-                    m.next = "IDLE"
+            nak_states(m, o, code, cmd)
         return m

@@ -526,6 +526,21 @@ class RetryFilter(wiring.Component):
         return m
 
 
+def nak_states(m: Module, o, code, cmd) -> None:
+    """Add an application's NAK reply to the FSM being built in `m`: state "NAK_CODE" sends the
+    error `code`, then "NAK_CMD" the refused `cmd` (docs/protocol.md), then back to "IDLE"."""
+    transfer = o.valid & o.ready
+    with m.State("NAK_CODE"):
+        m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(code)]
+        with m.If(transfer):
+            m.next = "NAK_CMD"
+    with m.State("NAK_CMD"):
+        m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(cmd),
+                     o.payload.last.eq(1)]
+        with m.If(transfer):
+            m.next = "IDLE"
+
+
 class EchoApplication(wiring.Component):
     """A link-test application: answers IDENTIFY from a constant and ECHO with its payload.
 
@@ -606,15 +621,7 @@ class EchoApplication(wiring.Component):
                     m.d.sync += ptr.eq(ptr + 1)
                     with m.If(last):
                         m.next = "IDLE"
-            with m.State("NAK_CODE"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(code)]
-                with m.If(transfer):
-                    m.next = "NAK_CMD"
-            with m.State("NAK_CMD"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(cmd),
-                             o.payload.last.eq(1)]
-                with m.If(transfer):
-                    m.next = "IDLE"
+            nak_states(m, o, code, cmd)
         return m
 
 
