@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from prunefab.boards.host import EngineBoard, Link, LinkError
+from prunefab.boards.host import EngineBoard, Link, LinkClosed, LinkError, ResponseTimeout
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
 from prunefab.boards.top import BAUD, board_link, board_spec
@@ -39,6 +39,8 @@ class HilReport:
     load_s:      seconds to load the network
     resends:     frames the host sent again (lost or damaged exchanges)
     retried:     images (and loads) sent again from the start after the link gave up on them
+    stopped:     why the run ended before its last image (the connection to the board was
+                 lost), or None; the images before it are reported as usual
     """
 
     images: int
@@ -53,11 +55,13 @@ class HilReport:
     resends: int = 0
     retried: int = 0
     config: EngineConfig | None = field(default=None, repr=False)
+    stopped: str | None = None
 
     @property
     def ok(self) -> bool:
         """Every image answered, every answer equal to the reference."""
-        return not self.mismatches and not self.link_errors and len(self.answered) == self.images
+        return (not self.mismatches and not self.link_errors and self.stopped is None
+                and len(self.answered) == self.images)
 
     def summary(self) -> str:
         lines = [f"{len(self.answered)}/{self.images} images answered, "
@@ -75,21 +79,27 @@ class HilReport:
             lines.append(f"mismatch: image {k}")
         for k, why in self.link_errors[:5]:
             lines.append(f"link failure: image {k}: {why}")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
         return "\n".join(lines)
 
 
 def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np.ndarray,
-            labels: np.ndarray | None = None, *, baudrate: int = BAUD, timeout: float = 2.0,
-            retries: int = 4, attempts: int = 3) -> HilReport:
+            labels: np.ndarray | None = None, *, baudrate: int = BAUD,
+            timeout: float | ResponseTimeout = 2.0, retries: int = 4,
+            attempts: int = 3) -> HilReport:
     """Load `net` (a network or a .pfab path) on the board at `port_url`, run `images`
     (uint8 [N, C, H, W] or [N, H, W]) and compare every answer with the reference.
 
-    timeout, retries: the host link's response timeout and resends per exchange (docs/protocol.md)
+    timeout, retries: the host link's response timeout (seconds before the first round trip
+                      is measured, or a `ResponseTimeout`) and resends per exchange
+                      (`Link`, docs/protocol.md)
     attempts:         times the network, and each image, is sent from the start when the link
                       gives up on it (LinkError); an image that fails them all is a link failure
 
     Raises EngineLimitError (one line) when the board's engine cannot run the network, and
-    LinkError when the network itself cannot be loaded.
+    LinkError when the network itself cannot be loaded.  When the connection is lost during
+    the images (`LinkClosed`), the report says so in `stopped` and holds the images before.
     """
     import serial
 
@@ -115,6 +125,8 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         for attempt in range(attempts):
             try:
                 return action()
+            except LinkClosed:
+                raise
             except LinkError:
                 if attempt == attempts - 1:
                     raise
@@ -128,10 +140,14 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         persist(lambda: board.load(program))
         load_s = time.perf_counter() - t0
         answered, mismatches, errors, cycles, wall, predictions = [], [], [], [], [], []
+        stopped = None
         for k, image in enumerate(images):
             t0 = time.perf_counter()
             try:
                 logits, n = persist(lambda: board.infer(image))
+            except LinkClosed as e:
+                stopped = f"at image {k}: {e}"
+                break
             except LinkError as e:
                 errors.append((k, str(e)))
                 continue
@@ -151,7 +167,7 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         reference_accuracy = float(np.mean(np.argmax(expected[answered], axis=1) == truth))
     return HilReport(len(images), tuple(answered), tuple(mismatches), tuple(errors), tuple(cycles),
                      tuple(wall), accuracy, reference_accuracy, load_s, resends, retried,
-                     board.config)
+                     board.config, stopped)
 
 
 def board_engine(board: str, net: QuantizedNetwork | None = None
@@ -208,18 +224,22 @@ class SimulatedRun:
 
 def run_simulated_hil(board: str, net: QuantizedNetwork | str | os.PathLike, images: np.ndarray,
                       labels: np.ndarray | None = None, *, faults: LineFaults = LineFaults(),
-                      timeout: float = 0.5, retries: int = 4, attempts: int = 3,
+                      retries: int = 4, attempts: int = 3,
                       backend: str = "verilator") -> SimulatedRun:
     """`run_hil` against a simulated `board` (its engine from `board_engine`), started and
-    stopped here.  The timeout is short: a simulated exchange takes milliseconds, and a lost
-    byte costs one timeout."""
+    stopped here.  The host waits for each response in simulated time
+    (`SimulatedBoard.response_timeout`): a lost exchange is sent again as soon as the board
+    falls quiet, however slowly the simulator runs."""
     if not isinstance(net, QuantizedNetwork):
         net = artifact.load(net)
     config, note = board_engine(board, net)
     sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
     with sim:
-        report = run_hil(sim.url, net, images, labels, timeout=timeout, retries=retries,
-                         attempts=attempts)
+        report = run_hil(sim.url, net, images, labels, timeout=sim.response_timeout(),
+                         retries=retries, attempts=attempts)
+        failure = sim.failure()
+        if failure:         # the board's own reason beats the socket's
+            report = replace(report, stopped=failure)
     return SimulatedRun(report, board, sim.cycles, sim.seconds, faults,
                         sim.to_device.flipped + sim.to_host.flipped,
                         sim.to_device.dropped + sim.to_host.dropped, note)

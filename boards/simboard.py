@@ -30,21 +30,55 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
+from prunefab.boards.host import LinkClosed, ResponseTimeout
 from prunefab.boards.link import UARTLink
 
 CLOCK_PERIOD = 1e-6     # simulated seconds per cycle; only the cycle counts matter
 BACKENDS = ("amaranth", "verilator")
 BOARD_TOP = "prunefab_board"
 BOARD_HARNESS = Path(__file__).parent / "verilator" / "board.cpp"
-_STATS = struct.Struct("<Qd")       # the harness's 'C' packet: cycles, seconds simulating
+# the harness's 'C' packet: cycles, seconds simulating, input bytes taken, quiet (0 or 1)
+_STATS = struct.Struct("<QdQB")
+# A response that takes more simulated cycles than this means the design hangs.
+RESPONSE_CYCLE_LIMIT = 100_000_000
+
+
+class BoardStopped(LinkClosed):
+    """The simulated board stopped (its simulator failed or ended); the message is one line."""
+
+
+class QuietTimeout(ResponseTimeout):
+    """A simulated board's response timeout, in simulated time: a response is overdue once the
+    board has taken every byte of the request and fallen quiet (nothing on either line, nothing
+    in progress), since a quiet board sends nothing more; or after `cycle_limit` simulated
+    cycles.  How fast the simulator runs does not matter, so a busy machine costs no resends.
+    A board that has stopped raises `BoardStopped`."""
+
+    def __init__(self, board: "SimulatedBoard", cycle_limit: int = RESPONSE_CYCLE_LIMIT):
+        self.board = board
+        self.cycle_limit = cycle_limit
+        self._sent = 0
+        self._cycles = 0
+
+    def start(self, kind, sent: int) -> None:
+        self._sent = sent
+        self._cycles = self.board.cycles
+
+    def expired(self) -> bool:
+        board = self.board
+        if board.error is not None or board._stop.is_set():
+            board._error_seen = True
+            raise BoardStopped(f"the simulated board stopped: {board.error or 'it was closed'}")
+        return board.quiet_after(self._sent) or board.cycles - self._cycles > self.cycle_limit
 
 
 def board_harness(top: UARTLink) -> Path:
     """The Verilator harness of `top` (verilator/board.cpp), built on first use.
 
     The top is emitted to Verilog (this elaborates it: give each call a fresh top) and the build
-    is cached in a design folder named by the Verilog's hash, so any change to the gateware or
-    its parameters builds anew and an unchanged top is never rebuilt.
+    is cached in a design folder named by the hash of the Verilog and the harness, so any change
+    to the gateware, its parameters or the harness builds anew and an unchanged top is never
+    rebuilt.
     """
     from amaranth.back import verilog
 
@@ -54,7 +88,8 @@ def board_harness(top: UARTLink) -> Path:
     if not isinstance(top, UARTLink):
         raise TypeError(f"Simulated board needs a UARTLink, not {top!r}")
     text = verilog.convert(top, name=BOARD_TOP)
-    key = "board-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    # the harness's packets are part of the build: a changed harness builds anew too
+    key = "board-" + hashlib.sha256(text.encode() + BOARD_HARNESS.read_bytes()).hexdigest()[:16]
 
     def emit(tmp: Path) -> list[Path]:
         path = tmp / f"{BOARD_TOP}.v"
@@ -127,7 +162,8 @@ class SimulatedBoard:
                built here, before the board starts
 
     `cycles` counts the clock cycles simulated so far and `seconds` the time spent simulating
-    them (the Verilator backend updates both each time the board falls quiet).
+    them (the Verilator backend updates both each time the board falls quiet, and every
+    million cycles).  A host waits for responses with `response_timeout()`.
     """
 
     def __init__(self, top: UARTLink, *, faults: LineFaults = LineFaults(),
@@ -154,6 +190,10 @@ class SimulatedBoard:
         self.cycles = 0
         self.seconds = 0.0
         self.error: BaseException | None = None
+        self._error_seen = False    # a host has been told (BoardStopped); close() need not
+        self._received: int | None = None   # bytes from the current connection, as sent
+        self._delivered = 0         # bytes given to the simulation, after the line's damage
+        self._quiet_taken: int | None = None    # quiet after taking that many bytes; or busy
         self._rx: queue.Queue[bytes] = queue.Queue()
         self._proc: subprocess.Popen | None = None
         self._stop = threading.Event()
@@ -176,32 +216,65 @@ class SimulatedBoard:
     def url(self) -> str:
         return f"socket://127.0.0.1:{self.port}"
 
+    def response_timeout(self, cycle_limit: int = RESPONSE_CYCLE_LIMIT) -> QuietTimeout:
+        """The `ResponseTimeout` a host on this board's socket uses (`Link(timeout=...)`)."""
+        return QuietTimeout(self, cycle_limit)
+
+    def failure(self) -> str | None:
+        """Why the board stopped, if it failed (one line); then close() does not raise."""
+        if self.error is None:
+            return None
+        self._error_seen = True
+        return f"the simulated board failed: {self.error}"
+
+    def quiet_after(self, sent: int) -> bool:
+        """The board has received the first `sent` bytes of the current connection, taken all
+        of them (or lost them on the line) and fallen quiet; its answer, if any, is sent."""
+        received = self._received
+        return (received is not None and received >= sent
+                and self._quiet_taken == self._delivered)
+
     def start(self) -> "SimulatedBoard":
         self._deadline = None if self.lifetime is None else time.monotonic() + self.lifetime
         if self.harness is not None:
+            # its own session: Ctrl-C reaches Python, which ends the harness in close()
             self._proc = subprocess.Popen([str(self.harness), str(self.cycles_per_bit)],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, bufsize=0)
+                                          stderr=subprocess.PIPE, bufsize=0,
+                                          start_new_session=True)
         for t in self._threads:
             t.start()
         return self
 
     def close(self) -> None:
+        """Stop the board and its simulator; `BoardStopped` if it failed and no host was told."""
         self._stop.set()
-        for t in self._threads:
-            if t.is_alive():
-                t.join(timeout=5)
-        if self._proc is not None:
-            self._end_harness()
-        self._listener.close()
-        if self.error is not None:
-            raise RuntimeError(f"simulated board failed: {self.error}") from self.error
+        try:
+            if self._proc is not None:
+                self._end_harness()
+        finally:
+            for t in self._threads:
+                if t.is_alive():
+                    t.join(timeout=5)
+            if self._proc is not None:
+                for stream in (self._proc.stdout, self._proc.stderr):
+                    stream.close()
+            self._listener.close()
+        if self.error is not None and not self._error_seen:
+            self._error_seen = True
+            raise BoardStopped(f"the simulated board failed: {self.error}") from self.error
 
     def __enter__(self) -> "SimulatedBoard":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+            return
+        try:                        # an exception (Ctrl-C included) is on its way: let it be
+            self.close()
+        except BoardStopped:
+            pass
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or (self._deadline is not None and
@@ -219,6 +292,7 @@ class SimulatedBoard:
                 conn.settimeout(0.05)
                 with self._conn_lock:
                     self._conn = conn
+                self._received = 0
                 try:
                     while not self._stopping():
                         try:
@@ -227,12 +301,15 @@ class SimulatedBoard:
                             continue
                         if not data:
                             break
-                        data = self.to_device(data)
-                        if data:
-                            self._deliver(data)
+                        damaged = self.to_device(data)
+                        if damaged:
+                            self._deliver(damaged)
+                        # counted once delivered, so `quiet_after` never runs ahead of the line
+                        self._received += len(data)
                 finally:
                     with self._conn_lock:
                         self._conn = None
+                    self._received = None
                     conn.close()
         except BaseException as e:          # reported by close()
             self.error = e
@@ -243,6 +320,7 @@ class SimulatedBoard:
 
     def _deliver(self, data: bytes) -> None:
         """Bytes for the rx line."""
+        self._delivered += len(data)
         if self._proc is None:
             self._rx.put(data)
             return
@@ -276,6 +354,7 @@ class SimulatedBoard:
             tx_bits: list[int] = []     # samples of the byte on the tx line
             tx_timer = -1               # -1: tx idle
             quiet = 0
+            taken = 0                   # bytes taken from the socket side
             ctx.set(top.rx, 1)
             async for _clk, _rst, tx, busy in ctx.tick().sample(top.tx, top.busy):
                 self.cycles += 1
@@ -305,13 +384,18 @@ class SimulatedBoard:
                 # quiet: nothing on either line and nothing in progress; wait for the host
                 idle = not (busy or pending or rx_bits or rx_timer or tx_timer >= 0)
                 quiet = quiet + 1 if idle else 0
+                if not pending and quiet > quiet_limit:
+                    self._quiet_taken = taken
                 while not pending and (quiet > quiet_limit or self._rx.qsize()):
                     if self._stopping():
                         return
                     try:
-                        pending += self._rx.get(timeout=0.05)
+                        data = self._rx.get(timeout=0.05)
                     except queue.Empty:
                         continue
+                    self._quiet_taken = None
+                    pending += data
+                    taken += len(data)
                 if self._stopping():
                     return
 
@@ -338,11 +422,15 @@ class SimulatedBoard:
                     n = _read_exactly(out, 1)[0]
                     self._send(_read_exactly(out, n))
                 elif tag == b"C":
-                    self.cycles, self.seconds = _STATS.unpack(_read_exactly(out, _STATS.size))
+                    self.cycles, self.seconds, taken, quiet = _STATS.unpack(
+                        _read_exactly(out, _STATS.size))
+                    self._quiet_taken = taken if quiet else None
                 else:
                     raise RuntimeError(f"the board harness sent an unknown packet {tag!r}")
             status = self._proc.wait()
-            if status != 0 or not self._stop.is_set() and not self._stopping():
+            if self._stop.is_set():
+                return                      # close() ended it
+            if status != 0 or not self._stopping():
                 why = self._proc.stderr.read().decode(errors="replace").strip().splitlines()
                 raise RuntimeError(why[-1] if why else f"the board harness ended with status {status}")
         except BaseException as e:          # reported by close()
@@ -351,16 +439,22 @@ class SimulatedBoard:
             self._stop.set()
 
     def _end_harness(self) -> None:
+        """End of input ends the harness; one that does not end soon is killed."""
         proc = self._proc
-        if proc.stdin and not proc.stdin.closed:
-            proc.stdin.close()
+        try:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+        except OSError:
+            pass
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+        finally:
+            if proc.poll() is None:         # interrupted while waiting
+                proc.kill()
+                proc.wait()
 
 
 def _read_exactly(stream, n: int) -> bytes:

@@ -201,6 +201,9 @@ def cmd_hil(args) -> int:
         raise ValueError("give one of --port URL (a board) or --simulate BOARD (a simulated one)")
     if args.faults and args.simulate is None:
         raise ValueError("--faults applies to a simulated board (--simulate) only")
+    if args.timeout is not None and args.simulate is not None:
+        raise ValueError("--timeout applies to a board on --port only; a simulated board is "
+                         "waited on in simulated time")
     net = artifact.load(args.artifact)
     test = data.load(args.dataset, "test").subset(args.images)
     if test.shape != tuple(net.input_shape):
@@ -209,12 +212,13 @@ def cmd_hil(args) -> int:
     if args.simulate is not None:
         faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
         run = hil.run_simulated_hil(args.simulate, net, test.images, test.labels, faults=faults,
-                                    timeout=args.timeout or 0.5, retries=args.retries)
+                                    retries=args.retries)
         print(run.summary())
         report = run.report
     else:
         report = hil.run_hil(args.port, net, test.images, test.labels,
-                             timeout=args.timeout or 2.0, retries=args.retries)
+                             timeout=2.0 if args.timeout is None else args.timeout,
+                             retries=args.retries)
         print(report.summary())
     return 0 if report.ok else 1
 
@@ -342,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", default="fashion-mnist",
                     help="test images: fashion-mnist, synthetic or a directory of IDX files")
     sp.add_argument("--timeout", type=float, default=None,
-                    help="seconds to wait for each response (default 2, simulated 0.5)")
+                    help="seconds to wait for a response before the round trips are measured "
+                         "(default 2; --port only)")
     sp.add_argument("--retries", type=int, default=4, help="resends per exchange (default 4)")
     sp.add_argument("--faults", help="simulated line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
     sp.set_defaults(func=cmd_hil)

@@ -5,7 +5,11 @@
 // stdin:  bytes for the host -> device line; each is sent on `rx` as 8N1, bit by bit.
 // stdout: packets, each a one-byte tag then its body:
 //           'D' u8 n, n bytes      bytes decoded from `tx` (8N1, sampled in each bit's middle)
-//           'C' u64 cycles, f64 s  cycles simulated so far and the seconds spent simulating them
+//           'C' u64 cycles, f64 s, u64 taken, u8 quiet
+//                                  cycles simulated so far, the seconds spent simulating them,
+//                                  the bytes taken from stdin so far, and whether the board has
+//                                  fallen quiet with every one of them sent (sent on falling
+//                                  quiet, and every 2**20 cycles while running)
 // A byte on `tx` with a bad start or stop bit is dropped, as a UART would.  End of stdin ends
 // the run.  Errors are one line on stderr, exit status 1.
 //
@@ -50,7 +54,7 @@ void write_all(const void *data, size_t n) {
 
 // Read what stdin holds (waiting up to timeout_ms; -1: until something comes) into `pending`.
 // Returns false at end of input.
-bool take_input(std::deque<uint8_t> &pending, int timeout_ms) {
+bool take_input(std::deque<uint8_t> &pending, int timeout_ms, uint64_t &taken) {
     struct pollfd fd = {STDIN_FILENO, POLLIN, 0};
     int r = ::poll(&fd, 1, timeout_ms);
     if (r < 0) {
@@ -63,6 +67,7 @@ bool take_input(std::deque<uint8_t> &pending, int timeout_ms) {
     if (k < 0) return errno == EINTR || errno == EAGAIN;
     if (k == 0) return false;
     pending.insert(pending.end(), buf, buf + k);
+    taken += uint64_t(k);
     return true;
 }
 
@@ -104,6 +109,8 @@ int main(int argc, char **argv) {
     uint64_t quiet = 0, tx_quiet = 0;
     bool rx_was_busy = false;
     std::vector<uint8_t> out;
+    uint64_t taken = 0;            // bytes read from stdin
+    uint64_t reported = 0;         // cycles at the last report
 
     auto flush = [&] {
         size_t at = 0;
@@ -116,20 +123,23 @@ int main(int argc, char **argv) {
         }
         out.clear();
     };
-    auto report = [&] {
-        uint8_t packet[1 + 8 + 8];
+    auto report = [&](bool quiet_now) {
+        uint8_t packet[1 + 8 + 8 + 8 + 1];
         packet[0] = 'C';
         std::memcpy(packet + 1, &cycles, 8);
         std::memcpy(packet + 9, &seconds, 8);
+        std::memcpy(packet + 17, &taken, 8);
+        packet[25] = quiet_now;
         write_all(packet, sizeof packet);
+        reported = cycles;
     };
 
     for (;;) {
         // Quiet: nothing on either line and nothing in progress.  Report and wait for the host.
         if (quiet > quiet_limit && pending.empty()) {
             flush();
-            report();
-            if (!take_input(pending, -1)) break;
+            report(true);
+            if (!take_input(pending, -1, taken)) break;
             quiet = 0;
             continue;
         }
@@ -183,10 +193,11 @@ int main(int argc, char **argv) {
         seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begun).count();
         // A burst on tx has ended (or grown long): pass it on.
         if (!out.empty() && (tx_quiet > quiet_limit || out.size() >= 255)) flush();
-        if (!take_input(pending, 0)) break;
+        if (cycles - reported >= (uint64_t(1) << 20)) report(false);
+        if (!take_input(pending, 0, taken)) break;
     }
     flush();
-    report();
+    report(false);
     top->final();
     return 0;
 }

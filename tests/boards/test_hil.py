@@ -43,7 +43,7 @@ def test_answers_equal_the_reference(network, config, test_images):
     images, labels = test_images
     board = simulated_engine_board(config)
     with board:
-        report = run_hil(board.url, network, images, labels, timeout=1.0)
+        report = run_hil(board.url, network, images, labels, timeout=board.response_timeout())
     assert report.ok, report.summary()
     assert report.answered == tuple(range(len(images)))
     assert report.mismatches == () and report.retried == 0
@@ -60,7 +60,8 @@ def test_line_faults_never_give_a_wrong_answer(network, config, test_images):
         config, faults=LineFaults(flip_rate=2e-4, drop_rate=1e-4, seed=5),
         response_faults=LineFaults(flip_rate=3e-3, drop_rate=2e-3, seed=6))
     with board:
-        report = run_hil(board.url, network, images, labels, timeout=0.3, retries=5)
+        report = run_hil(board.url, network, images, labels, timeout=board.response_timeout(),
+                         retries=5)
     for direction in (board.to_device, board.to_host):
         assert direction.flipped > 0 and direction.dropped > 0, "the faults never struck"
     assert report.resends > 0
