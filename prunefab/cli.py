@@ -29,26 +29,50 @@ def _seed(args) -> None:
 
 
 def _budget(args):
+    """The recipe's budget (or the default one), with the options given on the command line."""
+    import dataclasses
     from prunefab.sw.pipeline import Budget
-    return Budget(train_epochs=getattr(args, "epochs", 3),
-                  sparsity_epochs=getattr(args, "sparsity_epochs", 2),
-                  finetune_epochs=getattr(args, "finetune_epochs", 3),
-                  calibration_images=getattr(args, "calibration", 2000))
+    budget = _recipe(args).budget if getattr(args, "recipe", None) else Budget()
+    given = {field: getattr(args, option, None) for field, option in (
+        ("train_epochs", "epochs"), ("sparsity_epochs", "sparsity_epochs"),
+        ("finetune_epochs", "finetune_epochs"), ("calibration_images", "calibration"),
+        ("lr", "lr"), ("batch_size", "batch_size"))}
+    return dataclasses.replace(budget, **{k: v for k, v in given.items() if v is not None})
+
+
+def _recipe(args):
+    from prunefab.sw.recipes import recipe
+    return recipe(args.recipe)
+
+
+def _distributed(args):
+    """Join torchrun's process group, if any (sw/distributed.py); only rank 0 writes and prints."""
+    from prunefab.sw import distributed
+    return distributed.setup(args.device, args.amp)
 
 
 def cmd_train(args) -> None:
     from prunefab.sw import data, models
-    from prunefab.sw.train import accuracy, save_checkpoint, train
+    from prunefab.sw.train import accuracy, remove_state, save_checkpoint, train
+    ctx = _distributed(args)
     _seed(args)
+    budget = _budget(args)
+    chosen = _recipe(args) if args.recipe else None
+    args.data = args.data or (chosen.data if chosen else "fashion-mnist")
+    args.model = args.model or (chosen.model if chosen else "reference")
     tr, te = data.load(args.data, "train"), data.load(args.data, "test")
     model = models.build(args.model, num_classes=len(tr.classes))
     if tuple(model.input_shape) != tr.shape:
         model = models.HardwareNet(tr.shape, model.config["channels"], model.config["pools"],
                                    len(tr.classes))
     models.layer_specs(model)
-    train(model, tr, args.epochs, seed=args.seed, lr=args.lr)
+    state = f"{args.output}.train-state" if args.resume else None
+    train(model, tr, budget.train_epochs, seed=args.seed, lr=budget.lr, batch_size=budget.batch_size,
+          regime=budget.regime, state=state)
     save_checkpoint(model, args.output, data=args.data, seed=args.seed)
-    print(f"float test accuracy {accuracy(model, te):.2%}; wrote {args.output}")
+    remove_state(state)
+    if ctx.is_main:
+        print(f"float test accuracy {accuracy(model, te):.2%}; wrote {args.output}")
 
 
 def cmd_prune(args) -> None:
@@ -56,7 +80,10 @@ def cmd_prune(args) -> None:
     from prunefab.sw.flops import count
     from prunefab.sw.pipeline import prune
     from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint
+    ctx = _distributed(args)
     _seed(args)
+    flops_cut = (args.flops_cut if args.flops_cut is not None
+                 else _recipe(args).flops_cut if args.recipe else 0.75)
     model, extra = load_checkpoint(args.checkpoint)
     name = args.data or extra.get("data", "fashion-mnist")
     tr, te = data.load(name, "train"), data.load(name, "test")
@@ -67,9 +94,12 @@ def cmd_prune(args) -> None:
         if args.method != "kep":
             raise ValueError("--schedule applies to --method kep only")
         options["schedule"] = args.schedule
-    pruned = prune(model, args.method, tr, args.flops_cut, _budget(args), seed=args.seed, **options)
+    pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
+                   state=args.output if args.resume else None, **options)
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
-                    flops_cut=args.flops_cut)
+                    flops_cut=flops_cut)
+    if not ctx.is_main:
+        return
     c = count(pruned)
     print(f"{args.method}: conv-FLOPs cut {c.conv_flops_cut:.1%}, parameters cut "
           f"{c.parameter_cut:.1%}, float test accuracy {accuracy(pruned, te):.2%}; wrote {args.output}")
@@ -263,22 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", default=data_default,
                         help="fashion-mnist, synthetic, cifar10[:ROOT] or a directory of IDX files")
 
+    def training(sp):     # options of the verbs that train; docs/scale.md
+        from prunefab.sw.distributed import DEVICES
+        from prunefab.sw.recipes import RECIPES
+        sp.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="paper-scale schedule (epochs, SGD, batch, FLOPs target); options given here win")
+        sp.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help="global batch, split across torchrun's processes (default 128)")
+        sp.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if visible")
+        sp.add_argument("--amp", action="store_true", help="mixed precision (float16, CUDA only)")
+        sp.add_argument("--resume", action="store_true",
+                        help="keep a training state next to the output after every epoch and "
+                             "continue from it")
+
     sp = sub.add_parser("train", help="train a hardware-mappable network")
-    common(sp)
-    sp.add_argument("--model", default="reference", help="reference | vgg16 (default reference)")
-    sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--lr", type=float, default=3e-3)
+    common(sp, None)
+    training(sp)
+    sp.add_argument("--model", default=None, help="reference | vgg16 (default reference)")
+    sp.add_argument("--epochs", type=int, default=None, help="default 3")
     sp.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
     sp.set_defaults(func=cmd_train)
 
     from prunefab.sw.prune import METHODS
     sp = sub.add_parser("prune", help="prune a trained checkpoint to a conv-FLOPs target")
     common(sp, None)
+    training(sp)
     sp.add_argument("checkpoint")
     sp.add_argument("--method", required=True, choices=sorted(METHODS))
-    sp.add_argument("--flops-cut", type=float, default=0.75, help="conv-FLOPs reduction (default 0.75)")
-    sp.add_argument("--sparsity-epochs", type=int, default=2)
-    sp.add_argument("--finetune-epochs", type=int, default=3)
+    sp.add_argument("--flops-cut", type=float, default=None, help="conv-FLOPs reduction (default 0.75)")
+    sp.add_argument("--sparsity-epochs", type=int, default=None, help="default 2")
+    sp.add_argument("--finetune-epochs", type=int, default=None, help="default 3")
     sp.add_argument("--strength", type=float, default=None, help="penalty strength (method default)")
     sp.add_argument("--schedule", choices=["constant", "linear", "step"], default=None,
                     help="KEP penalty schedule (default linear)")

@@ -128,6 +128,9 @@ def load(name: str, split: str) -> Dataset:
         return load_idx_dir(FASHION_MNIST_DIR, split, FASHION_MNIST_CLASSES)
     if name == "synthetic":
         return synthetic(2000 if split == "train" else 500, seed=0 if split == "train" else 1)
+    if name == "synthetic-cifar":
+        return synthetic(2000 if split == "train" else 500, shape=(3, 32, 32), classes=10,
+                         seed=0 if split == "train" else 1)
     if name.startswith("cifar10"):
         root = name.partition(":")[2] or os.environ.get("CIFAR10_ROOT", "data/cifar10")
         return load_cifar10(root, split)

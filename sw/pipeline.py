@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from prunefab.sw import artifact, reference
+from prunefab.sw import artifact, distributed, reference
 from prunefab.sw.data import Dataset
 from prunefab.sw.flops import NetCount, count
 from prunefab.sw.prune import PruningMethod, apply_masks, bake, make
 from prunefab.sw.prune.kep import KernelElementPruning
 from prunefab.sw.qnet import QuantizedNetwork
 from prunefab.sw.quantize import quantize
-from prunefab.sw.train import accuracy, batches, seed_everything, train
+from prunefab.sw.train import Regime, accuracy, batches, remove_state, seed_everything, train
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Budget:
     lr: float = 3e-3
     batch_size: int = 128
     calibration_images: int = 2000
+    regime: Regime = Regime()
 
     def __post_init__(self):
         for name in ("train_epochs", "sparsity_epochs", "finetune_epochs", "batch_size",
@@ -42,8 +43,13 @@ class Budget:
 
 
 def prune(model: nn.Module, method: PruningMethod | str, data: Dataset, flops_cut: float,
-          budget: Budget = Budget(), seed: int = 0, progress: bool = True, **options) -> nn.Module:
-    """A pruned copy of a trained model: sparsity phase, hard prune, fine-tune, masks baked."""
+          budget: Budget = Budget(), seed: int = 0, progress: bool = True, state: str | None = None,
+          **options) -> nn.Module:
+    """A pruned copy of a trained model: sparsity phase, hard prune, fine-tune, masks baked.
+
+    state: prefix of the training-state files (`<state>.sparsity-state`, `<state>.finetune-state`)
+    from which an interrupted run continues (see `train`).
+    """
     method = make(method, **options) if isinstance(method, str) else method
     model = copy.deepcopy(model)
     seed_everything(seed)
@@ -53,13 +59,19 @@ def prune(model: nn.Module, method: PruningMethod | str, data: Dataset, flops_cu
     method.prepare(model, calib)
     if method.wants_sparsity_phase:
         train(model, data, budget.sparsity_epochs, lr=budget.lr, batch_size=budget.batch_size,
-              seed=seed + 1, penalty=method.penalty, desc=f"{method.name} sparsity", progress=progress)
+              seed=seed + 1, penalty=method.penalty, desc=f"{method.name} sparsity", progress=progress,
+              regime=budget.regime, state=state and f"{state}.sparsity-state", extra=method)
     masks = method.compute_masks(model, flops_cut)
+    distributed.broadcast_tensors(list(masks.values()))    # every rank prunes rank 0's choice
     method.finalize(model)
     apply_masks(masks)
     train(model, data, budget.finetune_epochs, lr=budget.lr / 3, batch_size=budget.batch_size,
-          seed=seed + 2, desc=f"{method.name} fine-tune", progress=progress)
+          seed=seed + 2, desc=f"{method.name} fine-tune", progress=progress,
+          regime=budget.regime, state=state and f"{state}.finetune-state")
     bake(model)
+    if state is not None:
+        remove_state(f"{state}.sparsity-state")
+        remove_state(f"{state}.finetune-state")
     return model
 
 

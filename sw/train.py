@@ -6,13 +6,17 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from prunefab.sw import distributed
 from prunefab.sw.artifact import write_atomic
 from prunefab.sw.data import Dataset
 
@@ -40,42 +44,195 @@ def batches(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0
         yield to_float(data.images[idx]), torch.from_numpy(data.labels[idx])
 
 
+class Update(Enum):
+    """The update rule and the shape of its learning-rate schedule."""
+
+    ADAM_ONE_CYCLE = "adam"   # Adam, one-cycle: warm-up over the first quarter, then cosine down
+    SGD_STEP = "sgd"          # SGD with momentum, the rate times `gamma` at each milestone
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How training runs, besides its epochs, peak learning rate and batch size.
+
+    milestones are fractions of the run's epochs (SGD_STEP): (0.5, 0.75) of 160 epochs divides
+    the rate at epochs 80 and 120, the usual CIFAR schedule.  augment: each training image is
+    shifted by up to 4 pixels (zero padding) and flipped left-right half of the time, drawn
+    from the seed and the epoch (the usual CIFAR augmentation).
+    """
+
+    update: Update = Update.ADAM_ONE_CYCLE
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    augment: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "update", Update(self.update))
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"weight decay must be >= 0 and momentum in [0, 1), not "
+                             f"{self.weight_decay} and {self.momentum}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones are fractions of the epochs in (0, 1), not {self.milestones}")
+
+    def build(self, params, lr: float, epochs: int, steps_per_epoch: int):
+        """(optimizer, scheduler stepped once per step)."""
+        if self.update is Update.ADAM_ONE_CYCLE:
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+            return opt, torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+        opt = torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        steps = sorted({round(m * epochs) * steps_per_epoch for m in self.milestones})
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=self.gamma)
+
+
+class Stateful(Protocol):
+    """Anything whose state a resumed run must restore (a pruning method's running statistics)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def _local_batches(data: Dataset, batch_size: int, seed: int, device: torch.device, augment: bool):
+    """This rank's part of each global batch of `batches(data, batch_size, True, seed)`.
+
+    The augmentation of every image of the epoch is drawn before the split, so it does not
+    depend on the number of ranks.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data))
+    if augment:
+        shifts = rng.integers(-4, 5, size=(len(data), 2))
+        flips = rng.random(len(data)) < 0.5
+    for start in range(0, len(order), batch_size):
+        positions = distributed.shard(np.arange(start, min(start + batch_size, len(order))))
+        images = data.images[order[positions]]
+        if augment:
+            images = _shift_and_flip(images, shifts[positions], flips[positions])
+        yield (to_float(images).to(device), torch.from_numpy(data.labels[order[positions]]).to(device),
+               min(batch_size, len(order) - start))
+
+
+def _shift_and_flip(images: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Each image moved by (dy, dx) with zeros shifted in, then mirrored where flips says."""
+    h, w = images.shape[2:]
+    padded = np.pad(images, ((0, 0), (0, 0), (4, 4), (4, 4)))
+    out = np.empty_like(images)
+    for i, (dy, dx) in enumerate(shifts):
+        out[i] = padded[i, :, 4 + dy:4 + dy + h, 4 + dx:4 + dx + w]
+    out[flips] = out[flips][..., ::-1]
+    return out
+
+
 def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
           batch_size: int = 128, seed: int = 0, penalty: Penalty | None = None,
-          desc: str = "train", progress: bool = True) -> list[float]:
-    """Adam with a one-cycle schedule; returns the mean output loss of each epoch."""
+          desc: str = "train", progress: bool = True, regime: Regime = Regime(),
+          state: str | os.PathLike | None = None, extra: Stateful | None = None) -> list[float]:
+    """Train for `epochs`; returns the mean output loss of each epoch.
+
+    Runs on the device and ranks of `distributed.current()`: under torchrun every rank takes its
+    share of each global batch of `batch_size` and the result is that of one process (see
+    sw/distributed.py).  `state`: a training-state file; after every epoch the main rank writes
+    the model, optimizer, schedule, epoch and `extra`'s state there, and a run that finds the
+    file continues after its last epoch.  The model is back on the CPU on return.
+    """
     if epochs <= 0:
         return []
+    ctx = distributed.current()
+    model.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.25)
-    losses = []
+    opt, sched = regime.build(params, lr, epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp)
+    run = {"desc": desc, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+           "images": len(data), "update": regime.update.value, "augment": regime.augment}
+    losses: list[float] = []
+    first = 0
+    if state is not None and Path(state).exists():
+        first, losses = _load_state(state, run, model, opt, sched, scaler, extra)
     total = epochs * steps_per_epoch
-    step = 0
-    for epoch in range(epochs):
-        model.train()
-        running, n = 0.0, 0
-        bar = tqdm(batches(data, batch_size, True, seed * 1000 + epoch), total=steps_per_epoch,
-                   desc=f"{desc} {epoch + 1}/{epochs}", disable=None if progress else True, leave=False,
-                   dynamic_ncols=True)
-        for x, y in bar:
-            out_loss = nn.functional.cross_entropy(model(x), y)
-            loss = out_loss
-            if penalty is not None:
-                loss = loss + penalty(model, out_loss, step / max(total - 1, 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            running += float(out_loss.detach()) * len(y)
-            n += len(y)
-            bar.set_postfix(loss=f"{running / n:.3f}", refresh=False)
-        losses.append(running / max(n, 1))
-    model.eval()
+    step = first * steps_per_epoch
+    net = distributed.wrap(model)
+    try:
+        with distributed.global_batchnorm(model):
+            for epoch in range(first, epochs):
+                model.train()
+                running, n = 0.0, 0
+                bar = tqdm(_local_batches(data, batch_size, seed * 1000 + epoch, ctx.device, regime.augment),
+                           total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
+                           disable=None if progress and ctx.is_main else True, leave=False,
+                           dynamic_ncols=True)
+                for x, y, count in bar:
+                    with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
+                        logits = net(x)
+                    loss, out_loss = distributed.batch_loss(logits, y, count)
+                    if penalty is not None:
+                        loss = loss + penalty(model, out_loss, step / max(total - 1, 1))
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    step += 1
+                    running += float(out_loss.detach()) * count
+                    n += count
+                    bar.set_postfix(loss=f"{running / n:.3f}", refresh=False)
+                losses.append(running / max(n, 1))
+                if state is not None:
+                    _save_state(state, run, epoch + 1, losses, model, opt, sched, scaler, extra)
+    finally:
+        del net
+        model.eval()
+        model.to("cpu")
     return losses
+
+
+def remove_state(path: str | os.PathLike | None) -> None:
+    """Drop a training state once its run is written (main rank)."""
+    if path is not None and distributed.current().is_main:
+        Path(path).unlink(missing_ok=True)
+
+
+def _save_state(path, run: dict, epoch: int, losses: list[float], model: nn.Module, opt, sched,
+                scaler, extra: Stateful | None) -> None:
+    if not distributed.current().is_main:
+        return
+    buf = io.BytesIO()
+    torch.save({"run": json.dumps(run, sort_keys=True), "epoch": epoch, "losses": losses,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "extra": extra.state_dict() if extra else {}}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def _load_state(path, run: dict, model: nn.Module, opt, sched, scaler, extra: Stateful | None
+                ) -> tuple[int, list[float]]:
+    """Restore a training state written by _save_state; (epochs done, their losses)."""
+    try:
+        blob = torch.load(path, map_location=distributed.current().device, weights_only=True)
+        saved = json.loads(blob["run"])
+    except Exception as e:  # any defect of an untrusted file becomes one line
+        raise CheckpointError(f"{path}: not a prunefab training state ({_first_line(e)})") from None
+    if saved != run:
+        diff = ", ".join(f"{k} {saved.get(k)} != {v}" for k, v in run.items() if saved.get(k) != v)
+        raise CheckpointError(f"{path}: a training state of another run ({diff}); remove it to "
+                              f"start afresh")
+    try:
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        scaler.load_state_dict(blob["scaler"])
+        if extra is not None:
+            extra.load_state_dict(blob["extra"])
+    except Exception as e:
+        raise CheckpointError(f"{path}: training state does not fit this run ({_first_line(e)})") from None
+    return int(blob["epoch"]), [float(v) for v in blob["losses"]]
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
 
 
 @torch.no_grad()
@@ -97,11 +254,16 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
-    """Write the state dict and constructor arguments atomically (torch.save, tensors only)."""
+    """Write the state dict and constructor arguments atomically (torch.save, tensors only).
+
+    Under torchrun only the main rank writes.
+    """
     config = getattr(model, "config", None)
     if config is None:
         raise CheckpointError(f"{path}: only HardwareNet models can be saved as checkpoints")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if not distributed.current().is_main:
+        return
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save({"config": json.dumps(config, sort_keys=True), "extra": json.dumps(extra, sort_keys=True),
                 "state_dict": state}, buf)
@@ -122,7 +284,6 @@ def load_checkpoint(path: str | os.PathLike):
                             tuple(config["pools"]), config["num_classes"])
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # any defect of an untrusted file becomes one line
-        first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a prunefab checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a prunefab checkpoint ({_first_line(e)})") from None
     model.eval()
     return model, extra

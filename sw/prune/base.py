@@ -55,6 +55,13 @@ class PruningMethod(ABC):
     def finalize(self, model: nn.Module) -> None:
         """Fold reparametrizations into plain weights (default: nothing to fold)."""
 
+    def state_dict(self) -> dict:
+        """Running statistics a resumed sparsity phase must restore (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
 
 def check_cut(flops_cut: float) -> float:
     if not 0.0 <= flops_cut < 1.0:
@@ -110,7 +117,8 @@ def dense_conv_flops(model: nn.Module) -> int:
 def apply_masks(masks: Masks) -> None:
     """Attach keep-masks as `<name>_mask` buffers (torch.nn.utils.prune convention)."""
     for (module, pname), mask in masks.items():
-        torch_prune.custom_from_mask(module, pname, mask.to(dtype=torch.float32))
+        device = getattr(module, pname).device
+        torch_prune.custom_from_mask(module, pname, mask.to(device=device, dtype=torch.float32))
 
 
 def bake(model: nn.Module) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from prunefab.sw import distributed
 from prunefab.sw.prune.base import Masks, PruningMethod, flops_per_element
 from prunefab.sw.prune.stripes import attach_scales, fold_scales, select_stripes, stripe_scales
 
@@ -42,7 +43,7 @@ class InformationExtraction:
     def _hook(self, name: str):
         def record(module, args):
             x = args[0].detach()
-            strength = x.abs().mean(dim=(0, 2, 3))
+            strength = distributed.mean_over_batch(x.abs(), (0, 2, 3))   # the global batch's
             old = self.input_strength.get(name)
             self.input_strength[name] = (strength if old is None
                                          else self.momentum * old + (1 - self.momentum) * strength)
@@ -77,8 +78,8 @@ class InformationExtraction:
         for c in self.spec.convs:
             w = c.conv.weight.detach()               # parametrized: includes the scales
             a = self.input_strength.get(c.name)
-            if a is None:
-                a = torch.ones(c.conv.in_channels)
+            a = torch.ones(c.conv.in_channels) if a is None else a
+            a = a.to(w.device)
             extracted = (w * a.reshape(1, -1, 1, 1)).pow(2).sum(dim=1).sqrt().reshape(-1, 9)
             i = extracted * usage[c.name].reshape(-1, 1)
             info[c.name] = i / i.mean().clamp_min(1e-12)
@@ -148,6 +149,19 @@ class InformationExtractionStripePruning(PruningMethod):
 
     def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
         return select_stripes(model, self.importance(model), flops_cut, self.flops_exponent)
+
+    def state_dict(self) -> dict:
+        return {"input_strength": dict(self.iem.input_strength) if self.iem else {},
+                "loss_avg": self._loss_avg, "steps": self._steps, "history": list(self.history),
+                "info": dict(self._info)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.iem is not None:
+            self.iem.input_strength = dict(state["input_strength"])
+        self._loss_avg = state["loss_avg"]
+        self._steps = int(state["steps"])
+        self.history = [float(v) for v in state["history"]]
+        self._info = dict(state["info"])
 
     def finalize(self, model: nn.Module) -> None:
         if self.iem is not None:

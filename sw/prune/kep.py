@@ -130,6 +130,8 @@ class KernelElementPruning(PruningMethod):
         if lam == 0.0 or not self._prior:
             return total
         for c in spec.convs:
+            if self._prior[c.name].device != c.conv.weight.device:     # training on a GPU
+                self._prior[c.name] = self._prior[c.name].to(c.conv.weight.device)
             dropped = c.conv.weight * (1.0 - self._prior[c.name])
             total = total + dropped.pow(2).sum()
         return lam * total
