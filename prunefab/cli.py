@@ -62,10 +62,14 @@ def cmd_train(args) -> None:
     args.model = args.model or (chosen.model if chosen else "reference")
     tr, te = data.load(args.data, "train"), data.load(args.data, "test")
     model = models.build(args.model, num_classes=len(tr.classes))
-    if tuple(model.input_shape) != tr.shape:
+    if not isinstance(model, models.HardwareNet):         # ResNet-56: trained, never exported
+        if tuple(model.input_shape) != tr.shape:
+            raise ValueError(f"{args.model} takes {model.input_shape} images; {args.data} has {tr.shape}")
+    elif tuple(model.input_shape) != tr.shape:
         model = models.HardwareNet(tr.shape, model.config["channels"], model.config["pools"],
                                    len(tr.classes))
-    models.layer_specs(model)
+    else:
+        models.layer_specs(model)
     state = f"{args.output}.train-state" if args.resume else None
     train(model, tr, budget.train_epochs, seed=args.seed, lr=budget.lr, batch_size=budget.batch_size,
           regime=budget.regime, state=state)
@@ -78,6 +82,7 @@ def cmd_train(args) -> None:
 def cmd_prune(args) -> None:
     from prunefab.sw import data
     from prunefab.sw.flops import count
+    from prunefab.sw.models import HardwareNet
     from prunefab.sw.pipeline import prune
     from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint
     ctx = _distributed(args)
@@ -99,6 +104,11 @@ def cmd_prune(args) -> None:
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
                     flops_cut=flops_cut)
     if not ctx.is_main:
+        return
+    if not isinstance(pruned, HardwareNet):
+        from prunefab.sw.prune.base import conv_flops, dense_conv_flops
+        print(f"{args.method}: conv-FLOPs cut {1 - conv_flops(pruned) / dense_conv_flops(pruned):.1%}, "
+              f"float test accuracy {accuracy(pruned, te):.2%}; wrote {args.output}")
         return
     c = count(pruned)
     print(f"{args.method}: conv-FLOPs cut {c.conv_flops_cut:.1%}, parameters cut "

@@ -134,10 +134,11 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, global_count: int,
     global batch's mean loss; and that mean itself, gathered from every rank, detached.
     """
     ctx = ctx or _context
+    logits = logits.float()             # float16 logits under --amp; a no-op otherwise
     if not ctx.distributed:
         loss = nn.functional.cross_entropy(logits, labels)
         return loss, loss
-    local = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    local = nn.functional.cross_entropy(logits, labels, reduction="sum")
     total = local.detach().clone()
     dist.all_reduce(total)
     return local * (ctx.world_size / global_count), total / global_count
@@ -159,7 +160,9 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
     if not _context.distributed:
         return
     for t in tensors:
-        dist.broadcast(t, src=0)
+        on_device = t.to(_context.device)        # NCCL moves GPU tensors only
+        dist.broadcast(on_device, src=0)
+        t.copy_(on_device)
 
 
 def barrier() -> None:

@@ -118,6 +118,7 @@ class ResNetCifar(nn.Module):
             raise ValueError(f"ResNet depth must be 6n+2, not {depth}")
         n = (depth - 2) // 6
         self.input_shape = (3, 32, 32)
+        self.config = {"architecture": "resnet", "depth": depth, "num_classes": num_classes}
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks, c = [], 16

@@ -44,7 +44,7 @@ def batches(data: Dataset, batch_size: int, shuffle: bool, seed: int = 0
         yield to_float(data.images[idx]), torch.from_numpy(data.labels[idx])
 
 
-class Update(Enum):
+class Update(str, Enum):
     """The update rule and the shape of its learning-rate schedule."""
 
     ADAM_ONE_CYCLE = "adam"   # Adam, one-cycle: warm-up over the first quarter, then cosine down
@@ -260,7 +260,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
     """
     config = getattr(model, "config", None)
     if config is None:
-        raise CheckpointError(f"{path}: only HardwareNet models can be saved as checkpoints")
+        raise CheckpointError(f"{path}: only HardwareNet and ResNetCifar models can be saved as "
+                              f"checkpoints")
     if not distributed.current().is_main:
         return
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -272,7 +273,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
 
 def load_checkpoint(path: str | os.PathLike):
     """(model, extra) from a checkpoint written by save_checkpoint."""
-    from prunefab.sw.models import HardwareNet
+    from prunefab.sw.models import HardwareNet, ResNetCifar
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -280,8 +281,11 @@ def load_checkpoint(path: str | os.PathLike):
         blob = torch.load(path, map_location="cpu", weights_only=True)
         config = json.loads(blob["config"])
         extra = json.loads(blob.get("extra", "{}"))
-        model = HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
-                            tuple(config["pools"]), config["num_classes"])
+        if config.get("architecture") == "resnet":
+            model = ResNetCifar(config["depth"], config["num_classes"])
+        else:
+            model = HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
+                                tuple(config["pools"]), config["num_classes"])
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # any defect of an untrusted file becomes one line
         raise CheckpointError(f"{path}: not a prunefab checkpoint ({_first_line(e)})") from None

@@ -114,6 +114,12 @@ def dense_conv_flops(model: nn.Module) -> int:
     return sum(f * c.conv.weight.numel() for c, f in zip(spec.convs, per))
 
 
+def conv_flops(model: nn.Module) -> int:
+    """Conv FLOPs of the nonzero weights, for any model `flops_per_element` describes."""
+    spec, per = flops_per_element(model)
+    return sum(f * int(torch.count_nonzero(c.conv.weight.detach())) for c, f in zip(spec.convs, per))
+
+
 def apply_masks(masks: Masks) -> None:
     """Attach keep-masks as `<name>_mask` buffers (torch.nn.utils.prune convention)."""
     for (module, pname), mask in masks.items():

@@ -45,8 +45,9 @@ class InformationExtraction:
             x = args[0].detach()
             strength = distributed.mean_over_batch(x.abs(), (0, 2, 3))   # the global batch's
             old = self.input_strength.get(name)
-            self.input_strength[name] = (strength if old is None
-                                         else self.momentum * old + (1 - self.momentum) * strength)
+            if old is not None:       # calibration ran on the CPU, training may run on a GPU
+                strength = self.momentum * old.to(strength.device) + (1 - self.momentum) * strength
+            self.input_strength[name] = strength
         return record
 
     def close(self) -> None:

@@ -101,3 +101,14 @@ def test_regime_checks():
         Regime(Update.SGD_STEP, milestones=(0.5, 1.0))
     with pytest.raises(ValueError, match="momentum"):
         Regime(momentum=1.0)
+
+
+def test_resnet_checkpoint_round_trip(tmp_path):
+    from prunefab.sw.models import ResNetCifar
+    from prunefab.sw.train import load_checkpoint, save_checkpoint
+    net = ResNetCifar(8, 10)
+    save_checkpoint(net, tmp_path / "r.pt", data="synthetic-cifar")
+    back, extra = load_checkpoint(tmp_path / "r.pt")
+    assert isinstance(back, ResNetCifar) and extra == {"data": "synthetic-cifar"}
+    for (k, a), b in zip(net.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k
