@@ -9,27 +9,69 @@ number of nonzeros (KEP's balanced pruning) leaves out entirely.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import struct
 import tempfile
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prunefab.sw.qnet import (KERNEL_ELEMENTS, ConvLayer, LinearLayer, NetworkError,
-                              QuantizedNetwork)
+from prunefab.sw import data as data_sets
+from prunefab.sw.data import Dataset
+from prunefab.sw.qnet import (KERNEL_ELEMENTS, MULT_BITS, SHIFT_MAX, SHIFT_MIN, WEIGHT_MAX, ConvLayer,
+                              LinearLayer, NetworkError, QuantizedNetwork, check_accumulator)
 
 MAGIC = b"PFAB"
 VERSION = 1
 _PREFIX = struct.Struct("<4sHHI")   # magic, version, flags, header length
 _CRC = struct.Struct("<I")
 _DTYPES = {"int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "int32": np.int32}
+FORMAT = "prunefab-network"
+# Limits of docs/format.md's validity rules: they bound what a crafted file can make a reader do.
+MAX_DIM = 65535                   # channels, classes, input height and width
+MAX_LAYER_WEIGHTS = 1 << 26       # dense weights of one layer (C_out*C_in*9 or K*F)
+MAX_LIST_FEATURES = 65535         # classifier inputs a 16-bit index (and count) can cover
+MAX_DATA_NAME = 4096              # characters of the data set's name
+MAX_DEPTH = 3                     # header nesting: object > list > object
+MAX_INT_DIGITS = 20
+_HEADER_KEYS = frozenset({"activation_scales", "format", "input_shape", "layers", "logit_scale",
+                          "sections", "version"})
+_OPTIONAL_KEYS = frozenset({"data"})
+_CONV_KEYS = frozenset({"kind", "in_channels", "out_channels", "pool", "nonzeros", "uniform_count"})
+_LINEAR_KEYS = frozenset({"kind", "in_features", "out_features", "nonzeros", "index"})
+_ENTRY_KEYS = frozenset({"name", "dtype", "count", "offset"})
 
 
 class ArtifactError(ValueError):
     """An artifact cannot be read or written; the message is one line naming the file."""
+
+
+class _Invalid(Exception):
+    """A broken validity rule of docs/format.md, before the file's name is attached."""
+
+    def __init__(self, rule: int | None, message: str):
+        super().__init__(message if rule is None else f"{message} (format rule {rule})")
+
+
+def _refuse(rule: int | None, message: str):
+    raise _Invalid(rule, message)
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """A decoded artifact: the network and the data set it was made from (None: not recorded)."""
+
+    network: QuantizedNetwork
+    data: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.network.input_shape)
 
 
 @dataclass(frozen=True)
@@ -91,60 +133,102 @@ def _unpack_nibbles(packed: np.ndarray, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # encode
 
-def encode(net: QuantizedNetwork) -> bytes:
-    """The artifact's bytes; the same network always gives the same bytes."""
+def encode(net: QuantizedNetwork, data: str | None = None) -> bytes:
+    """The artifact's bytes; the same network (and data set name) always gives the same bytes.
+
+    data names the data set the network was made from (`prunefab.sw.data.load`'s name), so
+    evaluation can pick the same images later; None leaves it out.
+    """
     try:
         net.validate()
-    except NetworkError as e:
+        layers, arrays = _encode_layers(net)
+        header = {"format": FORMAT, "version": VERSION, "input_shape": [int(v) for v in net.input_shape],
+                  "layers": layers, "activation_scales": [float(s) for s in net.activation_scales],
+                  "logit_scale": float(net.logit_scale), "sections": []}
+        if data is not None:
+            header["data"] = data
+        _check_header(header)
+    except (NetworkError, _Invalid) as e:
         raise ArtifactError(f"cannot encode: {e}") from None
-    sections: list[tuple[str, np.ndarray]] = []
-    layers = []
+    table, offset, payload = [], 0, []
+    for name, dtype, count in _layout(layers):
+        a = arrays.pop(name)
+        assert a.dtype.name == dtype and a.size == count, name
+        table.append({"name": name, "dtype": dtype, "count": count, "offset": offset})
+        payload.append(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+        offset += a.nbytes
+    assert not arrays, sorted(arrays)
+    header["sections"] = table
+    hbytes = _canonical(header).encode()
+    body = _PREFIX.pack(MAGIC, VERSION, 0, len(hbytes)) + hbytes + b"".join(payload)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _encode_layers(net: QuantizedNetwork) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The header's layer list and every section's array, by section name."""
+    layers, arrays = [], {}
     for i, layer in enumerate(net.convs):
         counts, pos, w = conv_elements(layer)
-        uniform = int(counts.flat[0]) if counts.size and np.all(counts == counts.flat[0]) else None
+        uniform = int(counts.flat[0]) if np.all(counts == counts.flat[0]) else None
         layers.append({"kind": "conv", "in_channels": layer.in_channels,
                        "out_channels": layer.out_channels, "pool": bool(layer.pool),
                        "nonzeros": int(len(w)), "uniform_count": uniform})
         p = f"conv{i}."
-        sections += [(p + "bias", layer.bias.astype(np.int32)),
-                     (p + "multiplier", layer.multiplier.astype(np.uint16)),
-                     (p + "shift", layer.shift.astype(np.uint8))]
-        if uniform is None:
-            sections.append((p + "counts", _pack_nibbles(counts.ravel())))
-        sections += [(p + "positions", _pack_nibbles(pos)), (p + "weights", w.astype(np.int8))]
+        arrays.update({p + "bias": layer.bias.astype(np.int32),
+                       p + "multiplier": layer.multiplier.astype(np.uint16),
+                       p + "shift": layer.shift.astype(np.uint8),
+                       p + "counts": _pack_nibbles(counts.ravel()),
+                       p + "positions": _pack_nibbles(pos), p + "weights": w.astype(np.int8)})
+        if uniform is not None:
+            del arrays[p + "counts"]
     counts, idx, w = linear_elements(net.linear)
-    # a dense classifier is cheaper as a bitmap (1 bit per weight) than as 16-bit indices
-    bitmap = net.linear.weights.size < 16 * (len(w) + len(counts))
+    index = _classifier_index(net.linear.out_features, net.linear.in_features, len(w))
     layers.append({"kind": "linear", "in_features": net.linear.in_features,
-                   "out_features": net.linear.out_features, "nonzeros": int(len(w)),
-                   "index": "bitmap" if bitmap else "list"})
-    sections.append(("linear.bias", net.linear.bias.astype(np.int32)))
-    if bitmap:
-        sections.append(("linear.bitmap", np.packbits(net.linear.weights.ravel() != 0,
-                                                      bitorder="little")))
+                   "out_features": net.linear.out_features, "nonzeros": int(len(w)), "index": index})
+    arrays["linear.bias"] = net.linear.bias.astype(np.int32)
+    if index == "bitmap":
+        arrays["linear.bitmap"] = np.packbits(net.linear.weights.ravel() != 0, bitorder="little")
     else:
-        sections += [("linear.counts", counts), ("linear.indices", idx)]
-    sections.append(("linear.weights", w.astype(np.int8)))
-
-    table, offset = [], 0
-    for name, a in sections:
-        table.append({"name": name, "dtype": a.dtype.name, "count": int(a.size), "offset": offset})
-        offset += a.nbytes
-    header = {"format": "prunefab-network", "version": VERSION,
-              "input_shape": list(net.input_shape), "layers": layers,
-              "activation_scales": [float(s) for s in net.activation_scales],
-              "logit_scale": float(net.logit_scale), "sections": table}
-    hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    body = _PREFIX.pack(MAGIC, VERSION, 0, len(hbytes)) + hbytes + b"".join(
-        a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for _, a in sections)
-    return body + _CRC.pack(zlib.crc32(body))
+        arrays.update({"linear.counts": counts, "linear.indices": idx})
+    arrays["linear.weights"] = w.astype(np.int8)
+    return layers, arrays
 
 
-def save(net: QuantizedNetwork, path: str | os.PathLike) -> EncodingStats:
+def _classifier_index(out_features: int, in_features: int, nonzeros: int) -> str:
+    # a dense classifier is cheaper as a bitmap (1 bit per weight) than as 16-bit indices
+    return "bitmap" if out_features * in_features < 16 * (nonzeros + out_features) else "list"
+
+
+def _layout(layers: list[dict]) -> list[tuple[str, str, int]]:
+    """(name, dtype, count) of every section a (checked) layer list implies, in file order."""
+    out = []
+    for i, spec in enumerate(layers[:-1]):
+        p, n_out, n = f"conv{i}.", spec["out_channels"], spec["nonzeros"]
+        out += [(p + "bias", "int32", n_out), (p + "multiplier", "uint16", n_out),
+                (p + "shift", "uint8", n_out)]
+        if spec["uniform_count"] is None:
+            out.append((p + "counts", "uint8", (n_out * spec["in_channels"] + 1) // 2))
+        out += [(p + "positions", "uint8", (n + 1) // 2), (p + "weights", "int8", n)]
+    spec = layers[-1]
+    k, f, n = spec["out_features"], spec["in_features"], spec["nonzeros"]
+    out.append(("linear.bias", "int32", k))
+    if spec["index"] == "bitmap":
+        out.append(("linear.bitmap", "uint8", (k * f + 7) // 8))
+    else:
+        out += [("linear.counts", "uint16", k), ("linear.indices", "uint16", n)]
+    out.append(("linear.weights", "int8", n))
+    return out
+
+
+def _canonical(header: dict) -> str:
+    return json.dumps(header, sort_keys=True, separators=(",", ":"))
+
+
+def save(net: QuantizedNetwork, path: str | os.PathLike, data: str | None = None) -> EncodingStats:
     """Write the artifact atomically (temporary file, then rename) and return its statistics."""
-    data = encode(net)
-    write_atomic(path, data)
-    return stats(data)
+    encoded = encode(net, data)
+    write_atomic(path, encoded)
+    return stats(encoded)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -164,160 +248,425 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# decode
+# decode: every check cites its rule in docs/format.md ("Validity rules")
 
 def decode(data: bytes, name: str = "artifact") -> QuantizedNetwork:
-    """Rebuild the quantized network; any defect raises ArtifactError naming `name`."""
-    header, sections = _read_container(data, name)
+    """Rebuild the quantized network; any defect raises ArtifactError naming `name` and the rule."""
+    return parse(data, name).network
 
-    def fail(msg: str):
-        raise ArtifactError(f"{name}: {msg}")
 
-    def section(key: str, dtype, count: int | None = None) -> np.ndarray:
-        if key not in sections:
-            fail(f"section {key} is missing")
-        a = sections[key]
-        if a.dtype != dtype or (count is not None and a.size != count):
-            fail(f"section {key} should hold {count} x {np.dtype(dtype).name}, "
-                 f"holds {a.size} x {a.dtype.name}")
-        return a
-
+def parse(data: bytes, name: str = "artifact") -> Artifact:
+    """The network and its recorded data set; a file that breaks any validity rule of
+    docs/format.md raises ArtifactError, one line naming `name` and the rule."""
     try:
-        c, h, w = (int(v) for v in header["input_shape"])
-        layers = header["layers"]
-        convs = []
-        for i, spec in enumerate(layers[:-1]):
-            if spec.get("kind") != "conv":
-                fail(f"layer {i} is {spec.get('kind')!r}; only conv layers may precede the classifier")
-            n_out, n_in, nnz = int(spec["out_channels"]), int(spec["in_channels"]), int(spec["nonzeros"])
-            p = f"conv{i}."
-            uniform = spec.get("uniform_count")
-            planes = n_out * n_in
-            if uniform is None:
-                counts = _unpack_nibbles(section(p + "counts", np.uint8, (planes + 1) // 2), planes)
-            else:
-                counts = np.full(planes, int(uniform), dtype=np.uint8)
-            if counts.max(initial=0) > KERNEL_ELEMENTS or int(counts.sum()) != nnz:
-                fail(f"conv{i}: plane counts do not add up to {nnz} nonzeros of at most 9 per plane")
-            pos = _unpack_nibbles(section(p + "positions", np.uint8, (nnz + 1) // 2), nnz)
-            wts = section(p + "weights", np.int8, nnz)
-            dense = np.zeros((planes, KERNEL_ELEMENTS), dtype=np.int8)
-            plane = np.repeat(np.arange(planes), counts)
-            if pos.max(initial=0) >= KERNEL_ELEMENTS:
-                fail(f"conv{i}: kernel position above 8")
-            starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))[:-1]])
-            order = np.arange(nnz) - np.repeat(starts, counts)
-            if np.any((order > 0) & (np.diff(pos.astype(np.int16), prepend=-1) <= 0)):
-                fail(f"conv{i}: kernel positions within a plane must be strictly ascending")
-            if np.any(wts == 0):
-                fail(f"conv{i}: a stored nonzero weight is zero")
-            dense[plane, pos] = wts
-            convs.append(ConvLayer(
-                weights=dense.reshape(n_out, n_in, 3, 3),
-                bias=section(p + "bias", np.int32, n_out).copy(),
-                multiplier=section(p + "multiplier", np.uint16, n_out).astype(np.int32),
-                shift=section(p + "shift", np.uint8, n_out).astype(np.int32),
-                pool=bool(spec["pool"])))
-        spec = layers[-1]
-        if spec.get("kind") != "linear":
-            fail("the last layer must be the linear classifier")
-        n_out, n_in, nnz = int(spec["out_features"]), int(spec["in_features"]), int(spec["nonzeros"])
-        wts = section("linear.weights", np.int8, nnz)
-        dense = np.zeros((n_out, n_in), dtype=np.int8)
-        if spec.get("index") == "bitmap":
-            bits = np.unpackbits(section("linear.bitmap", np.uint8, (n_out * n_in + 7) // 8),
-                                 count=n_out * n_in, bitorder="little").astype(bool)
-            if int(bits.sum()) != nnz or np.any(wts == 0):
-                fail("linear: bitmap and weights are inconsistent")
-            dense.ravel()[bits] = wts
-        elif spec.get("index") == "list":
-            counts = section("linear.counts", np.uint16, n_out)
-            idx = section("linear.indices", np.uint16, nnz)
-            if int(counts.sum()) != nnz or idx.max(initial=0) >= n_in or np.any(wts == 0):
-                fail("linear: counts, indices or weights are inconsistent")
-            dense[np.repeat(np.arange(n_out), counts), idx] = wts
-        else:
-            fail(f"linear: unknown index encoding {spec.get('index')!r}")
-        net = QuantizedNetwork(
-            input_shape=(c, h, w), convs=tuple(convs),
-            linear=LinearLayer(dense, section("linear.bias", np.int32, n_out).copy()),
-            activation_scales=tuple(float(s) for s in header.get("activation_scales", ())),
-            logit_scale=float(header.get("logit_scale", 1.0)))
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        if isinstance(e, ArtifactError):
-            raise
-        fail(f"malformed header or sections ({type(e).__name__}: {e})")
+        header, text, payload = _read_container(data)
+        _check_header(header)
+        if _canonical(header) != text:
+            _refuse(7, "header is not in canonical form (keys sorted, no spaces, ASCII, "
+                       "numbers as written by the encoder)")
+        sections = _sections(header["sections"], header["layers"], payload)
+        net = _network(header, sections)
+    except _Invalid as e:
+        raise ArtifactError(f"{name}: {e}") from None
     try:
-        net.validate()
+        net.validate()          # the arithmetic's own rules, already implied by the checks above
     except NetworkError as e:
-        fail(str(e))
-    return net
+        raise ArtifactError(f"{name}: {e}") from None
+    return Artifact(net, header.get("data"))
 
 
-def _read_container(data: bytes, name: str) -> tuple[dict, dict[str, np.ndarray]]:
-    def fail(msg: str):
-        raise ArtifactError(f"{name}: {msg}")
-
+def _read_container(data: bytes) -> tuple[dict, str, memoryview]:
+    """Rules 1 to 6: the header (parsed, and as written) and the payload between it and the CRC."""
     if len(data) < _PREFIX.size + _CRC.size:
-        fail(f"truncated: {len(data)} bytes is shorter than any artifact")
-    magic, version, _flags, hlen = _PREFIX.unpack_from(data)
+        _refuse(1, f"truncated: {len(data)} bytes is shorter than any artifact")
+    magic, version, flags, hlen = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        fail("not a prunefab artifact (bad magic)")
+        _refuse(1, "not a prunefab artifact (bad magic)")
     if version != VERSION:
-        fail(f"artifact format version {version}; this prunefab reads version {VERSION}")
+        _refuse(2, f"artifact format version {version}; this prunefab reads version {VERSION} only")
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-    body = data[:-_CRC.size]
+    body = memoryview(data)[:len(data) - _CRC.size]
     if zlib.crc32(body) != crc:
-        fail("checksum mismatch: the file is truncated or corrupted")
+        _refuse(3, "checksum mismatch: the file is truncated or corrupted")
+    if flags:
+        _refuse(4, f"flags 0x{flags:04x} are set; version {VERSION} defines no flags")
     if _PREFIX.size + hlen > len(body):
-        fail("truncated header")
+        _refuse(5, f"truncated header: {hlen} header bytes announced, "
+                   f"{len(body) - _PREFIX.size} before the checksum")
     try:
-        header = json.loads(body[_PREFIX.size:_PREFIX.size + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        fail("header is not valid JSON")
-    if not isinstance(header, dict) or header.get("format") != "prunefab-network":
-        fail("header does not describe a prunefab network")
-    payload = memoryview(body)[_PREFIX.size + hlen:]
+        text = bytes(body[_PREFIX.size:_PREFIX.size + hlen]).decode("utf-8")
+    except UnicodeDecodeError:
+        _refuse(6, "header is not UTF-8 text")
+    return _parse_header(text), text, body[_PREFIX.size + hlen:]
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _parse_header(text: str) -> dict:
+    """Rule 6 (JSON, finite numbers, shallow nesting) and the repeated-key part of rule 7."""
+    # measure nesting before parsing, so no crafted depth can exhaust the parser's recursion
+    brackets = _JSON_STRING.sub("", text)
+    depth = np.cumsum([1 if ch in "[{" else -1 for ch in brackets if ch in "[]{}"] or [0])
+    if depth.max() > MAX_DEPTH:
+        _refuse(6, f"header nests {int(depth.max())} levels deep; at most {MAX_DEPTH}")
+
+    def constant(word: str):
+        _refuse(6, f"header holds {word}; every number must be finite")
+
+    def number(word: str) -> float:
+        value = float(word)
+        if not math.isfinite(value):
+            _refuse(6, f"header number {word[:24]} is not a finite double")
+        return value
+
+    def integer(word: str) -> int:
+        if len(word.lstrip("-")) > MAX_INT_DIGITS:
+            _refuse(6, f"header integer of {len(word)} digits; at most {MAX_INT_DIGITS}")
+        return int(word)
+
+    def unique(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            _refuse(7, f"header repeats the key {_show(next(k for k in keys if keys.count(k) > 1))}")
+        return dict(pairs)
+
+    try:
+        header = json.loads(text, parse_constant=constant, parse_float=number, parse_int=integer,
+                            object_pairs_hook=unique)
+    except json.JSONDecodeError as e:
+        _refuse(6, f"header is not valid JSON ({e.msg} at character {e.pos})")
+    if not isinstance(header, dict):
+        _refuse(8, "header is not a JSON object")
+    return header
+
+
+def _show(value) -> str:
+    """A header value for a one-line message (escaped, shortened)."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(value, what: str, low: int, high: int, rule: int) -> int:
+    """Rule 9 (a JSON integer, not a fraction or a boolean), then `rule` for the range."""
+    if type(value) is not int:
+        _refuse(9, f"{what} must be a JSON integer, not {_show(value)}")
+    if not low <= value <= high:
+        _refuse(rule, f"{what} is {value}, outside {low}..{high}")
+    return value
+
+
+def _keys(obj, keys: frozenset, what: str, rule: int, optional: frozenset = frozenset()) -> None:
+    if not isinstance(obj, dict):
+        _refuse(rule, f"{what} must be a JSON object, not {_show(obj)}")
+    missing, unknown = sorted(keys - obj.keys()), sorted(obj.keys() - keys - optional)
+    if missing:
+        _refuse(rule, f"{what} lacks the key {_show(missing[0])}")
+    if unknown:
+        _refuse(rule, f"{what} has the unknown key {_show(unknown[0])}")
+
+
+def _check_header(header: dict) -> None:
+    """Rules 8 to 14: everything in the header but the section table."""
+    _keys(header, _HEADER_KEYS, "header", 8, _OPTIONAL_KEYS)
+    if header["format"] != FORMAT:
+        _refuse(8, f"header format is {_show(header['format'])}, not a prunefab network")
+    if _int(header["version"], "header version", 0, 1 << 16, 8) != VERSION:
+        _refuse(8, f"header version {header['version']}; this prunefab reads version {VERSION} only")
+    shape = header["input_shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        _refuse(10, f"input_shape must be a list [C, H, W], not {_show(shape)}")
+    for axis, v in zip("CHW", shape):
+        _int(v, f"input_shape {axis}", 1, MAX_DIM, 10)
+    _check_layers(header["layers"], tuple(shape))
+    convs = len(header["layers"]) - 1
+    scales = header["activation_scales"]
+    if not isinstance(scales, list) or len(scales) not in (0, convs + 1):
+        _refuse(13, f"activation_scales must be a list of 0 or {convs + 1} scales, not {_show(scales)}")
+    for i, s in enumerate(scales + [header["logit_scale"]]):
+        what = "logit_scale" if i == len(scales) else f"activation_scales[{i}]"
+        if type(s) is not float:
+            _refuse(9, f"{what} must be a JSON number with a fraction or exponent, not {_show(s)}")
+        if not (math.isfinite(s) and s > 0):
+            _refuse(13, f"{what} is {s}; scales are finite and positive")
+    if "data" in header:
+        data = header["data"]
+        if not isinstance(data, str) or not 1 <= len(data) <= MAX_DATA_NAME:
+            _refuse(14, f"data must be a name of 1..{MAX_DATA_NAME} characters, not {_show(data)}")
+        if any(unicodedata.category(ch).startswith("C") for ch in data):
+            _refuse(14, f"data {_show(data)} holds a control character")
+
+
+def _check_layers(layers, shape: tuple[int, int, int]) -> None:
+    """Rules 11 and 12: conv layers, then the classifier; shapes that chain; bounded sizes."""
+    if not isinstance(layers, list) or not layers:
+        _refuse(11, f"layers must be a non-empty list, not {_show(layers)}")
+    c, h, w = shape
+    for i, spec in enumerate(layers[:-1]):
+        what = f"conv{i}"
+        if isinstance(spec, dict) and spec.get("kind") != "conv":
+            _refuse(11, f"layer {i} is {_show(spec.get('kind'))}; only conv layers precede the classifier")
+        _keys(spec, _CONV_KEYS, f"layer {i}", 11)
+        n_in = _int(spec["in_channels"], f"{what} in_channels", 1, MAX_DIM, 11)
+        n_out = _int(spec["out_channels"], f"{what} out_channels", 1, MAX_DIM, 11)
+        if n_in != c:
+            _refuse(12, f"{what} takes {n_in} input channels, but {c} enter it")
+        if n_out * n_in * KERNEL_ELEMENTS > MAX_LAYER_WEIGHTS:
+            _refuse(12, f"{what} has {n_out * n_in * KERNEL_ELEMENTS} weights; at most {MAX_LAYER_WEIGHTS}")
+        _int(spec["nonzeros"], f"{what} nonzeros", 0, n_out * n_in * KERNEL_ELEMENTS, 11)
+        if spec["uniform_count"] is not None:
+            _int(spec["uniform_count"], f"{what} uniform_count", 0, KERNEL_ELEMENTS, 11)
+        if type(spec["pool"]) is not bool:
+            _refuse(9, f"{what} pool must be true or false, not {_show(spec['pool'])}")
+        if spec["pool"]:
+            if h < 2 or w < 2:
+                _refuse(12, f"{what} max-pools a {h}x{w} feature map")
+            h, w = h // 2, w // 2
+        c = n_out
+    spec = layers[-1]
+    if isinstance(spec, dict) and spec.get("kind") != "linear":
+        _refuse(11, f"the last layer is {_show(spec.get('kind'))}, not the linear classifier")
+    _keys(spec, _LINEAR_KEYS, f"layer {len(layers) - 1}", 11)
+    n_in = _int(spec["in_features"], "linear in_features", 1, MAX_LAYER_WEIGHTS, 11)
+    n_out = _int(spec["out_features"], "linear out_features", 1, MAX_DIM, 11)
+    if n_in != c * h * w:
+        _refuse(12, f"linear takes {n_in} inputs, but the last feature map has {c}x{h}x{w} = {c * h * w}")
+    if n_out * n_in > MAX_LAYER_WEIGHTS:
+        _refuse(12, f"linear has {n_out * n_in} weights; at most {MAX_LAYER_WEIGHTS}")
+    n = _int(spec["nonzeros"], "linear nonzeros", 0, n_out * n_in, 11)
+    if spec["index"] not in ("bitmap", "list"):
+        _refuse(11, f"linear index must be \"bitmap\" or \"list\", not {_show(spec['index'])}")
+    if spec["index"] != _classifier_index(n_out, n_in, n):
+        _refuse(24, f"linear index is {spec['index']!r} where {_classifier_index(n_out, n_in, n)!r} is smaller")
+    if spec["index"] == "list" and n_in > MAX_LIST_FEATURES:
+        _refuse(24, f"linear index list cannot name {n_in} inputs with 16 bits")
+
+
+def _sections(table, layers: list[dict], payload: memoryview) -> dict[str, np.ndarray]:
+    """Rules 15 to 18: the table lists exactly the implied sections, tiling the payload."""
+    if not isinstance(table, list):
+        _refuse(15, f"sections must be a list, not {_show(table)}")
+    layout = _layout(layers)
+    expected = {name: (dtype, count) for name, dtype, count in layout}
+    seen, end = set(), 0
+    for k, entry in enumerate(table):
+        _keys(entry, _ENTRY_KEYS, f"section entry {k}", 15)
+        name = entry["name"]
+        if not isinstance(name, str) or name not in expected:
+            _refuse(18, f"section {_show(name)} is not part of this network's layout")
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
+            _refuse(15, f"section {name} has the unknown dtype {_show(entry['dtype'])}")
+        count = _int(entry["count"], f"section {name} count", 0, len(payload), 15)
+        offset = _int(entry["offset"], f"section {name} offset", 0, len(payload), 15)
+        if name in seen:
+            _refuse(16, f"section {name} is listed twice")
+        seen.add(name)
+        if offset < end:
+            _refuse(17, f"section {name} starts at byte {offset}, inside the section before it "
+                        f"(which ends at {end})")
+        if offset > end:
+            _refuse(17, f"{offset - end} payload bytes before section {name} belong to no section")
+        end = offset + count * np.dtype(_DTYPES[entry["dtype"]]).itemsize
+        if end > len(payload):
+            _refuse(17, f"section {name} runs past the end of the payload ({end} > {len(payload)} bytes)")
+    if end < len(payload):
+        _refuse(17, f"{len(payload) - end} payload bytes after the last section belong to no section")
+    for k, (name, dtype, count) in enumerate(layout):
+        if name not in seen:
+            _refuse(18, f"section {name} is missing")
+        entry = table[k]
+        if entry["name"] != name:
+            _refuse(18, f"section {entry['name']} stands where {name} belongs")
+        if (entry["dtype"], entry["count"]) != (dtype, count):
+            _refuse(18, f"section {name} should hold {count} x {dtype}, holds "
+                        f"{entry['count']} x {entry['dtype']}")
     sections = {}
-    for entry in header.get("sections", []):
-        try:
-            dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-            start, count = int(entry["offset"]), int(entry["count"])
-        except (KeyError, TypeError, ValueError):
-            fail(f"bad section entry {entry!r}")
-        end = start + count * dtype.itemsize
-        if start < 0 or count < 0 or end > len(payload):
-            fail(f"section {entry['name']} runs past the end of the file")
-        sections[entry["name"]] = np.frombuffer(payload[start:end], dtype=dtype).astype(dtype.newbyteorder("="))
-    return header, sections
+    for entry in table:
+        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+        start, stop = entry["offset"], entry["offset"] + entry["count"] * dtype.itemsize
+        sections[entry["name"]] = np.frombuffer(payload[start:stop], dtype=dtype).astype(
+            dtype.newbyteorder("="))
+    return sections
+
+
+def _network(header: dict, sections: dict[str, np.ndarray]) -> QuantizedNetwork:
+    layers = header["layers"]
+    convs = tuple(_conv_layer(i, spec, sections) for i, spec in enumerate(layers[:-1]))
+    return QuantizedNetwork(input_shape=tuple(header["input_shape"]), convs=convs,
+                            linear=_linear_layer(layers[-1], sections),
+                            activation_scales=tuple(header["activation_scales"]),
+                            logit_scale=header["logit_scale"])
+
+
+def _nibbles(packed: np.ndarray, n: int, what: str) -> np.ndarray:
+    values = _unpack_nibbles(packed, 2 * len(packed))
+    if np.any(values[n:]):
+        _refuse(23, f"{what}: the unused high nibble of the last byte is not 0")
+    return values[:n]
+
+
+def _check_weights(what: str, weights: np.ndarray) -> None:
+    if np.any(weights == 0):
+        _refuse(21, f"{what}: a stored nonzero weight is 0")
+    if np.any(weights < -WEIGHT_MAX):
+        _refuse(21, f"{what}: weight -128 is outside -127..127")
+
+
+def _ascending_within(values: np.ndarray, counts: np.ndarray) -> bool:
+    """Whether values are strictly ascending within each run of counts[i] entries."""
+    starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))[:-1]])
+    order = np.arange(len(values)) - np.repeat(starts, counts)
+    return not np.any((order > 0) & (np.diff(values.astype(np.int64), prepend=-1) <= 0))
+
+
+def _conv_layer(i: int, spec: dict, sections: dict[str, np.ndarray]) -> ConvLayer:
+    """Rules 19 to 23 and 27 for conv layer i."""
+    what, p = f"conv{i}", f"conv{i}."
+    n_out, n_in, nnz = spec["out_channels"], spec["in_channels"], spec["nonzeros"]
+    planes = n_out * n_in
+    if spec["uniform_count"] is None:
+        counts = _nibbles(sections[p + "counts"], planes, f"{what} counts")
+        if np.all(counts == counts[0]):
+            _refuse(19, f"{what}: every plane holds {counts[0]} nonzeros, so uniform_count must be "
+                        f"set and the counts left out")
+    else:
+        counts = np.full(planes, spec["uniform_count"], dtype=np.uint8)
+    if counts.max() > KERNEL_ELEMENTS or int(counts.sum()) != nnz:
+        _refuse(19, f"{what}: plane counts do not add up to {nnz} nonzeros of at most "
+                    f"{KERNEL_ELEMENTS} per plane")
+    pos = _nibbles(sections[p + "positions"], nnz, f"{what} positions")
+    if pos.max(initial=0) >= KERNEL_ELEMENTS:
+        _refuse(20, f"{what}: kernel position above {KERNEL_ELEMENTS - 1}")
+    if not _ascending_within(pos, counts):
+        _refuse(20, f"{what}: kernel positions within a plane must be strictly ascending")
+    weights = sections[p + "weights"]
+    _check_weights(what, weights)
+    multiplier = sections[p + "multiplier"].astype(np.int32)
+    shift = sections[p + "shift"].astype(np.int32)
+    if np.any(multiplier < 1) or np.any(multiplier >= 1 << MULT_BITS):
+        _refuse(22, f"{what}: requantization multiplier outside 1..{(1 << MULT_BITS) - 1}")
+    if np.any(shift < SHIFT_MIN) or np.any(shift > SHIFT_MAX):
+        _refuse(22, f"{what}: requantization shift outside {SHIFT_MIN}..{SHIFT_MAX}")
+    dense = np.zeros((planes, KERNEL_ELEMENTS), dtype=np.int8)
+    dense[np.repeat(np.arange(planes), counts), pos] = weights
+    bias = sections[p + "bias"].copy()
+    _check_accumulator(what, dense.reshape(n_out, -1), bias)
+    return ConvLayer(weights=dense.reshape(n_out, n_in, 3, 3), bias=bias, multiplier=multiplier,
+                     shift=shift, pool=spec["pool"])
+
+
+def _linear_layer(spec: dict, sections: dict[str, np.ndarray]) -> LinearLayer:
+    """Rules 21, 23, 25 to 27 for the classifier."""
+    n_out, n_in, nnz = spec["out_features"], spec["in_features"], spec["nonzeros"]
+    weights = sections["linear.weights"]
+    _check_weights("linear", weights)
+    dense = np.zeros((n_out, n_in), dtype=np.int8)
+    if spec["index"] == "bitmap":
+        bits = np.unpackbits(sections["linear.bitmap"], bitorder="little").astype(bool)
+        if np.any(bits[n_out * n_in:]):
+            _refuse(23, "linear bitmap: the unused bits of the last byte are not 0")
+        if int(bits.sum()) != nnz:
+            _refuse(25, f"linear bitmap: {int(bits.sum())} bits set for {nnz} nonzeros")
+        dense.ravel()[bits[:n_out * n_in]] = weights
+    else:
+        counts, idx = sections["linear.counts"], sections["linear.indices"]
+        if int(counts.sum(dtype=np.int64)) != nnz or counts.max(initial=0) > n_in:
+            _refuse(26, f"linear: counts do not add up to {nnz} nonzeros of at most {n_in} per output")
+        if idx.max(initial=0) >= n_in:
+            _refuse(26, f"linear: input index {int(idx.max())} is outside 0..{n_in - 1}")
+        if not _ascending_within(idx, counts):
+            _refuse(26, "linear: input indices within an output must be strictly ascending "
+                        "(no repeats)")
+        dense[np.repeat(np.arange(n_out), counts), idx] = weights
+    bias = sections["linear.bias"].copy()
+    _check_accumulator("linear", dense, bias)
+    return LinearLayer(dense, bias)
+
+
+def _check_accumulator(what: str, weights: np.ndarray, bias: np.ndarray) -> None:
+    try:
+        check_accumulator(what, weights, bias)
+    except NetworkError as e:
+        _refuse(27, str(e))
 
 
 def load(path: str | os.PathLike) -> QuantizedNetwork:
     """Read and check an artifact file."""
+    return read(path).network
+
+
+def read(path: str | os.PathLike) -> Artifact:
+    """Read and check an artifact file: the network and its recorded data set."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read ({e.strerror})") from None
-    return decode(data, str(path))
+    return parse(data, str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# which data an artifact is evaluated on
+
+DEFAULT_DATA = "fashion-mnist"      # for artifacts that do not record their data set (1x28x28 only)
+
+
+@dataclass(frozen=True, eq=False)
+class DataChoice:
+    """The data set an artifact is evaluated on, its name, and a note for the user (or None)."""
+
+    dataset: Dataset
+    name: str
+    note: str | None = None
+
+
+def evaluation_data(art: Artifact, requested: str | None = None, split: str = "test",
+                    where: str = "artifact") -> DataChoice:
+    """The data `art` should be evaluated on: its own data set wins; a requested one of the
+    network's input shape is used with a note when it differs; one of another shape is refused.
+
+    An artifact that records no data set falls back to Fashion-MNIST only when it takes 1x28x28
+    images (with a note); otherwise a data set must be requested.
+    """
+    shape = art.input_shape
+    own = art.data
+    name = requested if requested is not None else own
+    if name is None:
+        if shape != (1, 28, 28):
+            raise ArtifactError(f"{where}: the artifact does not record its data set and takes "
+                                f"{_dims(shape)} images; name the data set (--data)")
+        name = DEFAULT_DATA
+    chosen = data_sets.load(name, split)
+    if chosen.shape != shape:
+        origin = "its recorded data set" if requested is None else "the data set"
+        raise ArtifactError(f"{where}: the network takes {_dims(shape)} images, {origin} {name} "
+                            f"has {_dims(chosen.shape)}")
+    if own is None and requested is None:
+        note = (f"{where} does not record its data set; using {name}, which has its "
+                f"{_dims(shape)} image shape")
+    elif own is not None and name != own:
+        note = f"{where} was made from {own}; evaluating on {name}, of the same {_dims(shape)} shape"
+    else:
+        note = None
+    return DataChoice(chosen, name, note)
+
+
+def _dims(shape) -> str:
+    return "x".join(str(v) for v in shape)
 
 
 def stats(data: bytes) -> EncodingStats:
-    """Size and index overhead of encoded bytes."""
-    header, _ = _read_container(data, "artifact")
+    """Size and index overhead of encoded bytes (checked as `decode` checks them)."""
+    net = decode(data)
     nnz = conv_nnz = conv_bits = bits = 0
-    for spec in header["layers"]:
-        n = int(spec["nonzeros"])
-        nnz += n
-        if spec["kind"] == "conv":
-            layer_bits = 4 * n
-            if spec.get("uniform_count") is None:
-                layer_bits += 4 * spec["out_channels"] * spec["in_channels"]
-            conv_nnz += n
-            conv_bits += layer_bits
-            bits += layer_bits
-        elif spec.get("index") == "bitmap":
-            bits += spec["out_features"] * spec["in_features"]
-        else:
-            bits += 16 * n + 16 * spec["out_features"]
+    for layer in net.convs:
+        counts, pos, _ = conv_elements(layer)
+        n = len(pos)
+        layer_bits = 4 * n + (0 if np.all(counts == counts.flat[0]) else 4 * counts.size)
+        nnz, conv_nnz = nnz + n, conv_nnz + n
+        conv_bits, bits = conv_bits + layer_bits, bits + layer_bits
+    k, f = net.linear.weights.shape
+    n = int(np.count_nonzero(net.linear.weights))
+    nnz += n
+    bits += k * f if _classifier_index(k, f, n) == "bitmap" else 16 * n + 16 * k
     return EncodingStats(len(data), nnz, conv_nnz, conv_bits, bits)

@@ -98,3 +98,65 @@ def test_consistent_crc_but_bad_content_is_refused(rng):
 def test_missing_file(tmp_path):
     with pytest.raises(ArtifactError, match="cannot read"):
         artifact.load(tmp_path / "nope.pfab")
+
+
+# ----------------------------------------------------------------------------------------------
+# the recorded data set, and which data an artifact is evaluated on
+
+def _idx_dir(path, images: np.ndarray) -> str:
+    """A data set directory of IDX files holding `images` [N, H, W] in both splits."""
+    import struct
+    path.mkdir()
+    labels = np.arange(len(images), dtype=np.uint8) % 4
+    for split in ("train", "t10k"):
+        (path / f"{split}-images-idx3-ubyte").write_bytes(
+            b"\0\0\x08\x03" + struct.pack(">3I", *images.shape) + images.tobytes())
+        (path / f"{split}-labels-idx1-ubyte").write_bytes(
+            b"\0\0\x08\x01" + struct.pack(">I", len(labels)) + labels.tobytes())
+    return str(path)
+
+
+def _net(rng, shape):
+    return random_network(rng, shape, (4,), (True,), classes=4)
+
+
+def test_data_name_is_recorded_and_optional(rng):
+    net = _net(rng, (1, 12, 12))
+    plain = artifact.encode(net)
+    assert b'"data"' not in plain and artifact.parse(plain).data is None
+    named = artifact.encode(net, "synthetic")
+    got = artifact.parse(named)
+    assert got.data == "synthetic" and got.input_shape == (1, 12, 12)
+    assert artifact.encode(got.network, got.data) == named
+    with pytest.raises(ArtifactError, match="format rule 14"):
+        artifact.encode(net, "two\nlines")
+
+
+def test_evaluation_data_prefers_the_artifacts_own(rng, tmp_path):
+    art = artifact.Artifact(_net(rng, (1, 12, 12)), "synthetic")
+    choice = artifact.evaluation_data(art)
+    assert choice.name == "synthetic" and choice.note is None and choice.dataset.shape == (1, 12, 12)
+    # another data set of the same shape: used, with a note naming both
+    other = _idx_dir(tmp_path / "other", rng.integers(0, 256, (6, 12, 12), dtype=np.uint8))
+    choice = artifact.evaluation_data(art, other, where="net.pfab")
+    assert choice.name == other and len(choice.dataset) == 6
+    assert choice.note == (f"net.pfab was made from synthetic; evaluating on {other}, "
+                           f"of the same 1x12x12 shape")
+    # one of another shape: refused in one line
+    wide = _idx_dir(tmp_path / "wide", rng.integers(0, 256, (6, 14, 14), dtype=np.uint8))
+    with pytest.raises(ArtifactError) as e:
+        artifact.evaluation_data(art, wide, where="net.pfab")
+    assert str(e.value) == (f"net.pfab: the network takes 1x12x12 images, the data set {wide} "
+                            f"has 1x14x14")
+
+
+def test_evaluation_data_without_a_recorded_name(rng, tmp_path):
+    art = artifact.Artifact(_net(rng, (1, 12, 12)))
+    with pytest.raises(ArtifactError, match="does not record its data set and takes 1x12x12"):
+        artifact.evaluation_data(art, where="old.pfab")
+    assert artifact.evaluation_data(art, "synthetic").note is None
+    if not (artifact.data_sets.FASHION_MNIST_DIR.is_dir()):
+        pytest.skip("Fashion-MNIST is not installed")
+    mnist_like = artifact.Artifact(_net(rng, (1, 28, 28)))
+    choice = artifact.evaluation_data(mnist_like, where="old.pfab")
+    assert choice.name == "fashion-mnist" and "does not record its data set" in choice.note
