@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -247,14 +249,45 @@ def accuracy(model: nn.Module, data: Dataset) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# checkpoints: a state dict plus the model's constructor arguments, loaded without pickle code
+# checkpoints: a state dict plus the model's constructor arguments, loaded without pickle code,
+# with a SHA-256 over everything prunefab wrote (docs/format.md, "Checkpoints")
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read; one line naming the file."""
+    """A checkpoint cannot be read or written; one line naming the file."""
+
+
+_CHECKPOINT_KEYS = frozenset({"config", "extra", "state_dict", "sha256"})
+
+
+def checkpoint_digest(config: str, extra: str, state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+
+    def add(raw: bytes) -> None:
+        h.update(len(raw).to_bytes(8, "little") + raw)
+
+    add(config.encode())
+    add(extra.encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        add(name.encode())
+        add(f"{t.dtype} {list(state[name].shape)}".encode())
+        add(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse a state dict holding NaN or infinity, naming the first such tensor."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{where}: tensor {name} holds {bad} non-finite value"
+                                  f"{'s' if bad != 1 else ''} (NaN or infinity)")
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
-    """Write the state dict and constructor arguments atomically (torch.save, tensors only).
+    """Write the state dict, constructor arguments and their SHA-256 atomically (torch.save,
+    tensors and strings only).
 
     Under torchrun only the main rank writes.
     """
@@ -265,29 +298,49 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> None:
     if not distributed.current().is_main:
         return
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    check_finite(state, f"{path}: not written")
+    config_text, extra_text = json.dumps(config, sort_keys=True), json.dumps(extra, sort_keys=True)
     buf = io.BytesIO()
-    torch.save({"config": json.dumps(config, sort_keys=True), "extra": json.dumps(extra, sort_keys=True),
-                "state_dict": state}, buf)
+    torch.save({"config": config_text, "extra": extra_text, "state_dict": state,
+                "sha256": checkpoint_digest(config_text, extra_text, state)}, buf)
     write_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike):
-    """(model, extra) from a checkpoint written by save_checkpoint."""
-    from prunefab.sw.models import HardwareNet, ResNetCifar
+    """(model, extra) from a checkpoint written by save_checkpoint; a damaged or altered file
+    (checksum mismatch), a non-finite weight, or anything else wrong raises CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        config = json.loads(blob["config"])
-        extra = json.loads(blob.get("extra", "{}"))
-        if config.get("architecture") == "resnet":
-            model = ResNetCifar(config["depth"], config["num_classes"])
-        else:
-            model = HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
-                                tuple(config["pools"]), config["num_classes"])
-        model.load_state_dict(blob["state_dict"])
+        keys = set(blob) if isinstance(blob, dict) else None
+        if keys not in (_CHECKPOINT_KEYS, _CHECKPOINT_KEYS - {"sha256"}):
+            raise ValueError(f"holds {sorted(keys) if keys else type(blob).__name__}, not "
+                             f"{', '.join(sorted(_CHECKPOINT_KEYS))}")
+        config_text, extra_text, state = blob["config"], blob["extra"], blob["state_dict"]
+        digest = checkpoint_digest(config_text, extra_text, state)
     except Exception as e:  # any defect of an untrusted file becomes one line
+        raise CheckpointError(f"{path}: not a prunefab checkpoint ({_first_line(e)})") from None
+    if "sha256" not in blob:
+        print(f"prunefab: warning: {path} has no checksum (written before checkpoints carried one), "
+              f"so damage to it cannot be detected; train it again to replace it", file=sys.stderr)
+    elif blob["sha256"] != digest:
+        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is damaged or was altered; "
+                              f"train it again")
+    check_finite(state, str(path))
+    try:
+        model, extra = _model_from_config(json.loads(config_text)), json.loads(extra_text)
+        model.load_state_dict(state)
+    except Exception as e:  # an old unchecked file can still be malformed
         raise CheckpointError(f"{path}: not a prunefab checkpoint ({_first_line(e)})") from None
     model.eval()
     return model, extra
+
+
+def _model_from_config(config: dict) -> nn.Module:
+    from prunefab.sw.models import HardwareNet, ResNetCifar
+    if config.get("architecture") == "resnet":
+        return ResNetCifar(config["depth"], config["num_classes"])
+    return HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
+                       tuple(config["pools"]), config["num_classes"])

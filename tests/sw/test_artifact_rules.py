@@ -435,7 +435,7 @@ def test_bases_are_valid_and_cover_every_section_kind():
 
 def _doc_rules() -> list[int]:
     doc = (Path(__file__).parents[2] / "docs" / "format.md").read_text()
-    section = doc.split("## Validity rules", 1)[1]
+    section = doc.split("## Validity rules", 1)[1].split("\n## ", 1)[0]
     return [int(n) for n in re.findall(r"^(\d+)\. ", section, flags=re.M)]
 
 
