@@ -130,7 +130,7 @@ def cmd_quantize(args) -> None:
               f"M/2^s in [{(layer.multiplier / 2.0 ** layer.shift).min():.3g}, "
               f"{(layer.multiplier / 2.0 ** layer.shift).max():.3g}]")
     if args.output:
-        st = artifact.save(qnet, args.output)
+        st = artifact.save(qnet, args.output, data=name)
         print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
               f"index bits per conv nonzero)")
 
@@ -140,17 +140,18 @@ def cmd_export(args) -> None:
     from prunefab.sw.pipeline import quantize_model
     source = Path(args.network)
     if source.suffix == ".pfab":
-        qnet = artifact.load(source)
+        art = artifact.read(source)
+        qnet, name = art.network, art.data
     else:
         from prunefab.sw.train import load_checkpoint
         model, extra = load_checkpoint(source)
-        qnet = quantize_model(model, data.load(args.data or extra.get("data", "fashion-mnist"), "train"),
-                              _budget(args))
+        name = args.data or extra.get("data", "fashion-mnist")
+        qnet = quantize_model(model, data.load(name, "train"), _budget(args))
     program = None
     if args.config:
         from prunefab.hw.loader import pack_network
         program = pack_network(_engine_config(args.config), qnet)   # refuses what does not fit
-    st = artifact.save(qnet, args.output)
+    st = artifact.save(qnet, args.output, data=name)
     print(f"wrote {args.output}: {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
           f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero, "
           f"{st.index_bits_per_nonzero:.2f} over all layers")
@@ -192,12 +193,13 @@ def cmd_eval(args) -> None:
     from prunefab.sw.pipeline import evaluate, layer_table
     path = Path(args.network)
     if path.suffix == ".pfab":
-        qnet = artifact.load(path)
-        te = data.load(args.data or "fashion-mnist", "test").subset(args.images)
+        art = artifact.read(path)
+        qnet = art.network
+        te = _evaluation_data(art, args.data, path).subset(args.images)
         t = time.perf_counter()
         pred = reference.classify(qnet, te.images)
         dt = time.perf_counter() - t
-        st = artifact.stats(artifact.encode(qnet))
+        st = artifact.stats(artifact.encode(qnet, art.data))
         print(f"int8 accuracy {(pred == te.labels).mean():.2%} on {len(te)} images "
               f"({dt:.2f} s in the integer reference)")
         print(f"artifact {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
@@ -226,17 +228,21 @@ def cmd_eval(args) -> None:
 
 def cmd_sim(args) -> None:
     from prunefab.sim.runner import format_report, simulate_rtl
+    from prunefab.sw import artifact
     config = args.config
     if not Path(config).is_dir():
         config = _engine_config(config)
-    result = simulate_rtl(args.artifact, config, args.images, waves=args.waves, backend=args.backend)
+    art, images = artifact.read(args.artifact), args.images
+    if art.data is not None or args.data is not None:      # else the runner's own pick
+        images = _evaluation_data(art, args.data, args.artifact).subset(args.images).images
+    result = simulate_rtl(art.network, config, images, waves=args.waves, backend=args.backend)
     print(format_report(result))
 
 
 def cmd_hil(args) -> int:
     from prunefab.boards import hil
     from prunefab.boards.simboard import LineFaults
-    from prunefab.sw import artifact, data
+    from prunefab.sw import artifact
     if (args.port is None) == (args.simulate is None):
         raise ValueError("give one of --port URL (a board) or --simulate BOARD (a simulated one)")
     if args.faults and args.simulate is None:
@@ -244,11 +250,9 @@ def cmd_hil(args) -> int:
     if args.timeout is not None and args.simulate is not None:
         raise ValueError("--timeout applies to a board on --port only; a simulated board is "
                          "waited on in simulated time")
-    net = artifact.load(args.artifact)
-    test = data.load(args.dataset, "test").subset(args.images)
-    if test.shape != tuple(net.input_shape):
-        raise ValueError(f"{args.artifact}: the network takes {net.input_shape} images, "
-                         f"{args.dataset} has {test.shape}")
+    art = artifact.read(args.artifact)
+    net = art.network
+    test = _evaluation_data(art, args.data, args.artifact).subset(args.images)
     if args.simulate is not None:
         faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
         run = hil.run_simulated_hil(args.simulate, net, test.images, test.labels, faults=faults,
@@ -261,6 +265,15 @@ def cmd_hil(args) -> int:
                              retries=args.retries)
         print(report.summary())
     return 0 if report.ok else 1
+
+
+def _evaluation_data(art, requested, where):
+    """The test images an artifact is evaluated on (its own data set wins); a note on stderr."""
+    from prunefab.sw.artifact import evaluation_data
+    choice = evaluation_data(art, requested, where=str(where))
+    if choice.note:
+        print(f"prunefab: note: {choice.note}", file=sys.stderr)
+    return choice.dataset
 
 
 def cmd_simboard(args) -> None:
@@ -375,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default="icebreaker",
                     help="engine preset, config.json or a folder written by gen (default icebreaker)")
     sp.add_argument("--images", type=int, default=1,
-                    help="first N Fashion-MNIST test images (random images for other shapes)")
+                    help="first N test images of the artifact's data set (--data; random images "
+                         "when it names none)")
+    sp.add_argument("--data", help="test images of another data set of the same image shape")
     sp.add_argument("--waves", help="write a waveform of the run (.vcd)")
     sp.add_argument("--backend", choices=["icarus", "verilator"], default="icarus",
                     help="icarus (cocotb bench) or verilator (fast C++ harness)")
@@ -398,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"run against a simulated board instead ({', '.join(sorted(BOARDS))})")
     sp.add_argument("--artifact", required=True, help="the network (.pfab)")
     sp.add_argument("--images", type=int, default=100, help="first N test images (default 100)")
-    sp.add_argument("--dataset", default="fashion-mnist",
-                    help="test images: fashion-mnist, synthetic or a directory of IDX files")
+    sp.add_argument("--data", help="test images (default: the artifact's own data set): "
+                                   "fashion-mnist, synthetic or a directory of IDX files")
     sp.add_argument("--timeout", type=float, default=None,
                     help="seconds to wait for a response before the round trips are measured "
                          "(default 2; --port only)")

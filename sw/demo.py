@@ -36,7 +36,7 @@ def run_demo(methods: list[str], flops_cut: float = 0.75, budget: Budget = Budge
               desc="dense", progress=progress)
         save_checkpoint(model, dense_path, data=data_name, seed=seed)
     qnet = quantize_model(model, tr, budget)
-    artifact.save(qnet, out_dir / "dense.pfab")
+    artifact.save(qnet, out_dir / "dense.pfab", data=data_name)
     dense = evaluate("dense", model, te, qnet)
     dense = replace(dense, seconds=time.perf_counter() - t0)
     rows = [dense]
@@ -47,7 +47,7 @@ def run_demo(methods: list[str], flops_cut: float = 0.75, budget: Budget = Budge
         save_checkpoint(pruned, out_dir / f"{name}.pt", data=data_name, seed=seed, method=name,
                         flops_cut=flops_cut)
         q = quantize_model(pruned, tr, budget)
-        artifact.save(q, out_dir / f"{name}.pfab")
+        artifact.save(q, out_dir / f"{name}.pfab", data=data_name)
         ev = evaluate(name, pruned, te, q)
         rows.append(replace(ev, seconds=time.perf_counter() - t))
         print(summary_table(rows[-1:], dense).splitlines()[-1], flush=True)
