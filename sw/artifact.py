@@ -394,7 +394,7 @@ def _check_header(header: dict) -> None:
         if not isinstance(data, str) or not 1 <= len(data) <= MAX_DATA_NAME:
             _refuse(14, f"data must be a name of 1..{MAX_DATA_NAME} characters, not {_show(data)}")
         if any(unicodedata.category(ch).startswith("C") for ch in data):
-            _refuse(14, f"data {_show(data)} holds a control character")
+            _refuse(14, f"data {_show(data)} holds a control, format or unassigned character")
 
 
 def _check_layers(layers, shape: tuple[int, int, int]) -> None:
