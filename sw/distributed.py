@@ -165,6 +165,15 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
         t.copy_(on_device)
 
 
+def everywhere(flag: bool) -> bool | None:
+    """True if the flag holds on every rank, False if on none, None if the ranks disagree."""
+    if not _context.distributed:
+        return flag
+    votes = torch.tensor([float(flag), -float(flag)], device=_context.device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)     # (any, -all)
+    return {(1.0, -1.0): True, (0.0, 0.0): False}.get((float(votes[0]), float(votes[1])))
+
+
 def barrier() -> None:
     if _context.distributed:
         dist.barrier()

@@ -152,7 +152,11 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
            "images": len(data), "update": regime.update.value, "augment": regime.augment}
     losses: list[float] = []
     first = 0
-    if state is not None and Path(state).exists():
+    found = distributed.everywhere(state is not None and Path(state).exists())
+    if found is None:
+        raise CheckpointError(f"{state}: a training state some ranks see and others do not; with "
+                              f"--resume on several nodes the output must be on a shared file system")
+    if found:
         first, losses = _load_state(state, run, model, opt, sched, scaler, extra)
     total = epochs * steps_per_epoch
     step = first * steps_per_epoch
