@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, data_default="fashion-mnist"):
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         sp.add_argument("--data", default=data_default,
-                        help="fashion-mnist, synthetic, cifar10[:ROOT] or a directory of IDX files")
+                        help="fashion-mnist, synthetic, synthetic-cifar, cifar10[:ROOT] or a directory of IDX files")
 
     def training(sp):     # options of the verbs that train; docs/scale.md
         from prunefab.sw.distributed import DEVICES
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a hardware-mappable network")
     common(sp, None)
     training(sp)
-    sp.add_argument("--model", default=None, help="reference | vgg16 (default reference)")
+    sp.add_argument("--model", default=None, help="reference | vgg16 | resnet56 (default reference)")
     sp.add_argument("--epochs", type=int, default=None, help="default 3")
     sp.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
     sp.set_defaults(func=cmd_train)
