@@ -160,3 +160,64 @@ def test_evaluation_data_without_a_recorded_name(rng, tmp_path):
     mnist_like = artifact.Artifact(_net(rng, (1, 28, 28)))
     choice = artifact.evaluation_data(mnist_like, where="old.pfab")
     assert choice.name == "fashion-mnist" and "does not record its data set" in choice.note
+
+
+# ----------------------------------------------------------------------------------------------
+# a reader written from docs/format.md alone, as an outside tool would write one
+
+def _outside_reader(data: bytes) -> dict:
+    """Dense weights and parameters of every layer, from the documented layout only."""
+    import json, struct, zlib
+    magic, version, flags, hlen = struct.unpack_from("<4sHHI", data)
+    assert (magic, version, flags) == (b"PFAB", 1, 0)
+    assert struct.unpack_from("<I", data, len(data) - 4)[0] == zlib.crc32(data[:-4])
+    header = json.loads(data[12:12 + hlen])
+    base = 12 + hlen
+    raw = {s["name"]: np.frombuffer(data, dtype=np.dtype(s["dtype"]).newbyteorder("<"), count=s["count"],
+                                    offset=base + s["offset"]) for s in header["sections"]}
+
+    def nibbles(a, n):
+        return np.stack([a & 15, a >> 4], axis=1).ravel()[:n]
+
+    out = []
+    for i, layer in enumerate(header["layers"][:-1]):
+        co, ci, n = layer["out_channels"], layer["in_channels"], layer["nonzeros"]
+        counts = (np.full(co * ci, layer["uniform_count"]) if layer["uniform_count"] is not None
+                  else nibbles(raw[f"conv{i}.counts"], co * ci))
+        dense = np.zeros((co * ci, 9), dtype=np.int64)
+        dense[np.repeat(np.arange(co * ci), counts), nibbles(raw[f"conv{i}.positions"], n)] = raw[f"conv{i}.weights"]
+        out.append((dense.reshape(co, ci, 3, 3), raw[f"conv{i}.bias"], raw[f"conv{i}.multiplier"],
+                    raw[f"conv{i}.shift"], layer["pool"]))
+    lin = header["layers"][-1]
+    k, f = lin["out_features"], lin["in_features"]
+    dense = np.zeros((k, f), dtype=np.int64)
+    if lin["index"] == "bitmap":
+        bits = np.unpackbits(raw["linear.bitmap"], bitorder="little")[:k * f].astype(bool)
+        dense.ravel()[bits] = raw["linear.weights"]
+    else:
+        dense[np.repeat(np.arange(k), raw["linear.counts"]), raw["linear.indices"]] = raw["linear.weights"]
+    out.append((dense, raw["linear.bias"]))
+    return {"input_shape": tuple(header["input_shape"]), "layers": out}
+
+
+@pytest.mark.parametrize("pattern", list(Pattern))
+def test_outside_reader_agrees(rng, pattern):
+    net = random_network(rng, (2, 8, 8), (5, 3), (True, False), classes=4, patterns=pattern)
+    sparse = QuantizedNetwork(net.input_shape, net.convs,
+                              LinearLayer(np.where(rng.random(net.linear.weights.shape) < 0.05,
+                                                   net.linear.weights, 0).astype(np.int8), net.linear.bias))
+    modes = set()
+    for candidate in (net, sparse):
+        data = artifact.encode(candidate)
+        modes.add(b'"index":"list"' in data)
+        outside = _outside_reader(data)
+        assert outside["input_shape"] == candidate.input_shape
+        for (w, b, m, s, pool), layer in zip(outside["layers"], candidate.convs):
+            np.testing.assert_array_equal(w, layer.weights)
+            for got, want in ((b, layer.bias), (m, layer.multiplier), (s, layer.shift)):
+                np.testing.assert_array_equal(got, want)
+            assert pool == layer.pool
+        w, b = outside["layers"][-1]
+        np.testing.assert_array_equal(w, candidate.linear.weights)
+        np.testing.assert_array_equal(b, candidate.linear.bias)
+    assert modes == {False, True}           # a bitmap and a list classifier
