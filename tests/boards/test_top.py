@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from prunefab.boards.build import NAME, _overrides
-from prunefab.boards.top import BAUD, BOARDS, PLL, BoardTop, board_spec, ecp5_pll_mhz, ice40_pll_mhz
+from prunefab.boards.pll import BAUD_TOLERANCE, ecp5_pll_mhz, ice40_pll_mhz
+from prunefab.boards.top import BAUD, BOARDS, PLL, BoardTop, board_spec
 from prunefab.hw.config import EngineConfig
 
 SMALL = EngineConfig(lanes=2, max_height=10, max_width=10, max_channels=8, max_layers=4,
@@ -63,9 +64,32 @@ def test_pll_settings_give_the_stated_clocks():
     ice, ecp = BOARDS["icebreaker"], BOARDS["ulx3s-85f"]
     assert ice40_pll_mhz(ice.pll) == (30.0, 960.0)
     assert ecp5_pll_mhz(ecp.pll) == (100.0, 600.0)
-    assert ice.cycles_per_bit == 30 and ecp.cycles_per_bit == 100
+    # 3 Mbaud: 10 cycles a bit at 30 MHz; 33 at 100 MHz, a bit 1 % short of the line's
+    assert BAUD == 3_000_000
+    assert ice.cycles_per_bit == 10 and ecp.cycles_per_bit == 33
     for spec in BOARDS.values():
-        assert spec.freq_hz == spec.cycles_per_bit * BAUD       # whole cycles per UART bit
+        assert abs(spec.freq_hz / (spec.cycles_per_bit * BAUD) - 1) < BAUD_TOLERANCE
+
+
+def test_a_board_at_another_clock_takes_the_fastest_usable_pll_setting():
+    ice = BOARDS["icebreaker"].at(20.9)
+    # 12 MHz * 55 / 32 = 20.625 MHz, 7 cycles a bit (1.8 % long); 20.9 MHz itself is not made
+    assert ice.clock_mhz == 20.625 and ice.cycles_per_bit == 7
+    assert dict(ice.pll.params) == {"DIVR": 0, "DIVF": 54, "DIVQ": 5, "FILTER_RANGE": 1}
+    # 20.25 MHz (7 cycles, 3.6 % off) and 18.375 MHz (6 cycles, 2.1 % off) are skipped for 18
+    assert BOARDS["icebreaker"].at(20.6).clock_mhz == 18.0
+    ecp = BOARDS["ulx3s-85f"].at(44.9)
+    assert abs(ecp.clock_mhz - 125 / 3) < 1e-9 and ecp.cycles_per_bit == 14
+    with pytest.raises(ValueError, match=r"^board icebreaker: no PLL frequency at or below 12 MHz runs the UART"):
+        BOARDS["icebreaker"].at(12)
+
+
+def test_a_clock_the_uart_cannot_use_is_refused():
+    spec = BOARDS["icebreaker"]
+    # 12 MHz * 54 / 32 = 20.25 MHz: 7 cycles a bit are 3.6 % longer than a 3 Mbaud bit
+    off = PLL(12.0, 20.25, (("DIVR", 0), ("DIVF", 53), ("DIVQ", 5), ("FILTER_RANGE", 1)))
+    with pytest.raises(ValueError, match=r"^board icebreaker: a 20.25 MHz clock makes 7-cycle UART bits, 3.6% off"):
+        dataclasses.replace(spec, pll=off)
 
 
 def test_a_pll_that_does_not_give_its_clock_is_refused():
