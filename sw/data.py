@@ -1,5 +1,6 @@
 """Data sets as uint8 image tensors: IDX directories (Fashion-MNIST by default), CIFAR-10 from
-disk through torchvision, and a small deterministic synthetic set for tests.
+disk through torchvision, a small deterministic synthetic set for tests and a synthetic
+CIFAR-shaped set (3x32x32, 10 classes); `holdout` splits a validation set off a training set.
 
 Images stay uint8 [N, C, H, W] (the hardware's input format); models see them as x / 255.
 """
@@ -18,6 +19,8 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
 _IDX_DTYPES = {0x08: np.uint8}
+SYNTHETIC_CIFAR_SIZES = {"train": 10000, "test": 2000}
+SYNTHETIC_CIFAR_NOISE = 180.0
 
 
 class DataError(ValueError):
@@ -43,6 +46,22 @@ class Dataset:
         if n is None or n >= len(self):
             return self
         return Dataset(self.images[:n], self.labels[:n], self.classes)
+
+    def take(self, index: np.ndarray) -> "Dataset":
+        return Dataset(self.images[index], self.labels[index], self.classes)
+
+
+def holdout(data: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(rest, validation): a random `fraction` of `data` held out, the same for the same seed.
+
+    Hyperparameters are chosen on the validation part of a training set, so the test set is
+    only read for the figures that are reported.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), not {fraction}")
+    order = np.random.default_rng(seed).permutation(len(data))
+    n_val = max(1, int(round(fraction * len(data))))
+    return data.take(np.sort(order[n_val:])), data.take(np.sort(order[:n_val]))
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -122,19 +141,47 @@ def synthetic(n: int, shape=(1, 12, 12), classes: int = 4, seed: int = 0) -> Dat
     return Dataset(images, labels.astype(np.int64), tuple(f"class{i}" for i in range(classes)))
 
 
+def synthetic_cifar(n: int, seed: int = 0, classes: int = 10, noise: float = SYNTHETIC_CIFAR_NOISE
+                    ) -> Dataset:
+    """A CIFAR-shaped toy task (3x32x32, `classes` classes) that small networks do not solve
+    perfectly, so pruning methods can be told apart.
+
+    Each class is a smooth random colour pattern (the same for every seed).  An image is its
+    class pattern shifted by up to 4 pixels, at a random contrast, mixed with up to 40 % of
+    another class's pattern, plus pixel noise.
+    """
+    rng0 = np.random.default_rng(0)
+    coarse = rng0.normal(0, 1, size=(classes, 3, 8, 8))
+    templates = coarse.repeat(4, axis=2).repeat(4, axis=3)          # 32x32, blocky
+    templates = (templates + np.roll(templates, 2, axis=2) + np.roll(templates, 2, axis=3)) / 3
+    rng = np.random.default_rng(seed + 1)
+    labels = rng.integers(0, classes, size=n)
+    other = (labels + rng.integers(1, classes, size=n)) % classes
+    mix = rng.uniform(0.0, 0.4, size=(n, 1, 1, 1))
+    contrast = rng.uniform(0.5, 1.5, size=(n, 1, 1, 1))
+    shifts = rng.integers(-4, 5, size=(n, 2))
+    images = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    for i in range(n):
+        t = (1 - mix[i]) * templates[labels[i]] + mix[i] * templates[other[i]]
+        t = np.roll(t, tuple(shifts[i]), axis=(1, 2))
+        x = 128 + 50 * contrast[i] * t + rng.normal(0, noise, size=t.shape)
+        images[i] = np.clip(x, 0, 255).astype(np.uint8)
+    return Dataset(images, labels.astype(np.int64), tuple(f"class{i}" for i in range(classes)))
+
+
 def load(name: str, split: str) -> Dataset:
-    """A data set by name: 'fashion-mnist', 'cifar10[:ROOT]', 'synthetic', or an IDX directory."""
+    """A data set by name: 'fashion-mnist', 'cifar10[:ROOT]', 'synthetic', 'synthetic-cifar',
+    or an IDX directory."""
     if name == "fashion-mnist":
         return load_idx_dir(FASHION_MNIST_DIR, split, FASHION_MNIST_CLASSES)
     if name == "synthetic":
         return synthetic(2000 if split == "train" else 500, seed=0 if split == "train" else 1)
     if name == "synthetic-cifar":
-        return synthetic(2000 if split == "train" else 500, shape=(3, 32, 32), classes=10,
-                         seed=0 if split == "train" else 1)
+        return synthetic_cifar(SYNTHETIC_CIFAR_SIZES[split], seed=0 if split == "train" else 1)
     if name.startswith("cifar10"):
         root = name.partition(":")[2] or os.environ.get("CIFAR10_ROOT", "data/cifar10")
         return load_cifar10(root, split)
     if not Path(name).exists():
-        raise DataError(f"{name}: unknown data set (use fashion-mnist, cifar10[:ROOT], synthetic "
-                        f"or a directory of IDX files)")
+        raise DataError(f"{name}: unknown data set (use fashion-mnist, cifar10[:ROOT], synthetic, "
+                        f"synthetic-cifar or a directory of IDX files)")
     return load_idx_dir(name, split)

@@ -20,12 +20,22 @@ from prunefab.sw.prune import PruningMethod, apply_masks, bake, make
 from prunefab.sw.prune.kep import KernelElementPruning
 from prunefab.sw.qnet import QuantizedNetwork
 from prunefab.sw.quantize import quantize
-from prunefab.sw.train import Regime, accuracy, batches, remove_state, seed_everything, train
+from prunefab.sw.train import Regime, Update, accuracy, batches, remove_state, seed_everything, train
+
+# The common regime of every pruning method's sparsity and fine-tune phases: SGD with momentum
+# 0.9 and weight decay 1e-4 on every parameter (the SWP and L1-norm filter references' optimizer)
+# under a one-cycle schedule (docs/pruning.md).
+PRUNE_REGIME = Regime(Update.SGD_ONE_CYCLE, momentum=0.9, weight_decay=1e-4)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training budget of one run, in epochs over the training set."""
+    """Training budget of one run, in epochs over the training set.
+
+    Dense training uses `regime` at `lr`.  The pruning phases use `prune_regime`, peaking at
+    `prune_lr` in the sparsity phase and at `finetune_lr` in the fine-tune phase, the same for
+    every method.
+    """
 
     train_epochs: int = 3          # dense training
     sparsity_epochs: int = 2       # penalty-driven phase (KEP, IESSP, SWP)
@@ -34,6 +44,9 @@ class Budget:
     batch_size: int = 128
     calibration_images: int = 2000
     regime: Regime = Regime()
+    prune_regime: Regime = PRUNE_REGIME
+    prune_lr: float = 0.05
+    finetune_lr: float = 0.02
 
     def __post_init__(self):
         for name in ("train_epochs", "sparsity_epochs", "finetune_epochs", "batch_size",
@@ -47,6 +60,10 @@ def prune(model: nn.Module, method: PruningMethod | str, data: Dataset, flops_cu
           **options) -> nn.Module:
     """A pruned copy of a trained model: sparsity phase, hard prune, fine-tune, masks baked.
 
+    A method that does not fine-tune (SWP in its reference mode) spends the fine-tune epochs in
+    its sparsity phase and prunes at the end; one that does not follow the target (the same)
+    stops at its own threshold, whatever cut that gives.
+
     state: prefix of the training-state files (`<state>.sparsity-state`, `<state>.finetune-state`)
     from which an interrupted run continues (see `train`).
     """
@@ -57,17 +74,19 @@ def prune(model: nn.Module, method: PruningMethod | str, data: Dataset, flops_cu
         method.set_target(flops_cut)
     calib = list(batches(data.subset(2000), 500, shuffle=False))
     method.prepare(model, calib)
+    finetune_epochs = budget.finetune_epochs if method.fine_tunes else 0
     if method.wants_sparsity_phase:
-        train(model, data, budget.sparsity_epochs, lr=budget.lr, batch_size=budget.batch_size,
-              seed=seed + 1, penalty=method.penalty, desc=f"{method.name} sparsity", progress=progress,
-              regime=budget.regime, state=state and f"{state}.sparsity-state", extra=method)
+        train(model, data, budget.sparsity_epochs + budget.finetune_epochs - finetune_epochs,
+              lr=budget.prune_lr, batch_size=budget.batch_size, seed=seed + 1, penalty=method.penalty,
+              after_backward=method.after_backward, desc=f"{method.name} sparsity", progress=progress,
+              regime=budget.prune_regime, state=state and f"{state}.sparsity-state", extra=method)
     masks = method.compute_masks(model, flops_cut)
     distributed.broadcast_tensors(list(masks.values()))    # every rank prunes rank 0's choice
     method.finalize(model)
     apply_masks(masks)
-    train(model, data, budget.finetune_epochs, lr=budget.lr / 3, batch_size=budget.batch_size,
+    train(model, data, finetune_epochs, lr=budget.finetune_lr, batch_size=budget.batch_size,
           seed=seed + 2, desc=f"{method.name} fine-tune", progress=progress,
-          regime=budget.regime, state=state and f"{state}.finetune-state")
+          regime=budget.prune_regime, state=state and f"{state}.finetune-state")
     bake(model)
     if state is not None:
         remove_state(f"{state}.sparsity-state")

@@ -24,6 +24,8 @@ from prunefab.sw.data import Dataset
 
 # (model, output loss, progress in 0..1) -> extra loss
 Penalty = Callable[[nn.Module, torch.Tensor, float], torch.Tensor]
+# (model) -> None, called between backward and the optimizer step (gradient masking)
+AfterBackward = Callable[[nn.Module], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -51,6 +53,7 @@ class Update(str, Enum):
 
     ADAM_ONE_CYCLE = "adam"   # Adam, one-cycle: warm-up over the first quarter, then cosine down
     SGD_STEP = "sgd"          # SGD with momentum, the rate times `gamma` at each milestone
+    SGD_ONE_CYCLE = "sgd-one-cycle"   # SGD with momentum (held), one-cycle like ADAM_ONE_CYCLE
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ class Regime:
             return opt, torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
         opt = torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.update is Update.SGD_ONE_CYCLE:
+            return opt, torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25,
+                cycle_momentum=False)
         steps = sorted({round(m * epochs) * steps_per_epoch for m in self.milestones})
         return opt, torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=self.gamma)
 
@@ -131,7 +138,8 @@ def _shift_and_flip(images: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -
 def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
           batch_size: int = 128, seed: int = 0, penalty: Penalty | None = None,
           desc: str = "train", progress: bool = True, regime: Regime = Regime(),
-          state: str | os.PathLike | None = None, extra: Stateful | None = None) -> list[float]:
+          state: str | os.PathLike | None = None, extra: Stateful | None = None,
+          after_backward: AfterBackward | None = None) -> list[float]:
     """Train for `epochs`; returns the mean output loss of each epoch.
 
     Runs on the device and ranks of `distributed.current()`: under torchrun every rank takes its
@@ -178,6 +186,9 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
                         loss = loss + penalty(model, out_loss, step / max(total - 1, 1))
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    if after_backward is not None:
+                        scaler.unscale_(opt)
+                        after_backward(model)
                     scaler.step(opt)
                     scaler.update()
                     sched.step()

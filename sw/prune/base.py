@@ -5,6 +5,8 @@ A method is a strategy object.  The pipeline (`prunefab.sw.pipeline.prune`) driv
 1. `prepare(model, batches)`   look at the trained model (prior masks, stripe scales, ...)
 2. `penalty(model, loss, t)`   the training hook: a regularization term added to the output loss
                                during the sparsity phase (t runs from 0 to 1 over that phase)
+   `after_backward(model)`     the other hook: between backward and the optimizer step of the
+                               sparsity phase (in-loop thresholding, gradient masking)
 3. `importance(model)`         scores at the method's granularity
 4. `compute_masks(model, cut)` keep-masks that reach a conv-FLOPs reduction `cut`
 5. `finalize(model)`           fold any reparametrization into the weights
@@ -36,6 +38,12 @@ class PruningMethod(ABC):
     name: str = ""
     #: epochs of penalty-driven sparsity training before hard pruning (0: prune at once)
     wants_sparsity_phase: bool = False
+    #: compute_masks meets the FLOPs target it is given (SWP's reference mode stops at its own
+    #: threshold instead)
+    follows_target: bool = True
+    #: the pipeline fine-tunes after the hard prune; a method that does not is trained through
+    #: the sparsity and fine-tune epochs together before it prunes
+    fine_tunes: bool = True
 
     def prepare(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
         """Inspect the trained model before the sparsity phase (default: nothing)."""
@@ -43,6 +51,9 @@ class PruningMethod(ABC):
     def penalty(self, model: nn.Module, output_loss: torch.Tensor, progress: float) -> torch.Tensor:
         """Regularization added to the loss during the sparsity phase (default: none)."""
         return output_loss.new_zeros(())
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called between backward and the optimizer step in the sparsity phase (default: nothing)."""
 
     @abstractmethod
     def importance(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,7 +16,11 @@ Interpretation (docs/pruning.md has the reasoning):
   with L_ref the output loss of the trained model before pruning and L_t a running average of
   the current output loss.  While pruning hurts the output, the pressure relaxes; while the
   output loss is low, stripes are pushed harder, so sparsity adapts during training.
-* Hard prune: drop the stripes with the lowest score / sqrt(FLOPs saved) until the target is met.
+* In-loop thresholding, as in SWP: after every backward pass, scales at or below `threshold`
+  are zeroed with their gradient, and a filter left without a stripe loses its BatchNorm.
+* Hard prune: keep the stripes whose score / sqrt(FLOPs saved) is above the smallest threshold
+  that meets the target (bisection); filters left without a stripe go with the next layer's
+  inputs, as in SWP.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from torch import nn
 
 from prunefab.sw import distributed
 from prunefab.sw.prune.base import Masks, PruningMethod, flops_per_element
-from prunefab.sw.prune.stripes import attach_scales, fold_scales, select_stripes, stripe_scales
+from prunefab.sw.prune.stripes import (attach_scales, filter_masks, fold_scales, stripe_scales,
+                                       stripes_for_target, threshold_skeleton)
 
 
 class InformationExtraction:
@@ -92,9 +97,11 @@ class InformationExtractionStripePruning(PruningMethod):
     wants_sparsity_phase = True
 
     def __init__(self, strength: float = 1e-2, gamma: float = 2.0, max_boost: float = 4.0,
-                 loss_momentum: float = 0.98, refresh_every: int = 20, flops_exponent: float = 0.5):
-        if strength < 0 or gamma < 0 or max_boost <= 0:
-            raise ValueError("IESSP strength and gamma must be >= 0 and max_boost > 0")
+                 loss_momentum: float = 0.98, refresh_every: int = 20, flops_exponent: float = 0.5,
+                 threshold: float = 0.01):
+        if strength < 0 or gamma < 0 or max_boost <= 0 or threshold < 0:
+            raise ValueError("IESSP strength, gamma and threshold must be >= 0 and max_boost > 0")
+        self.threshold = threshold
         self.strength = strength
         self.gamma = gamma
         self.max_boost = max_boost
@@ -142,6 +149,9 @@ class InformationExtractionStripePruning(PruningMethod):
             total = total + (s.abs() * weight).sum()
         return lam * total
 
+    def after_backward(self, model: nn.Module) -> None:
+        threshold_skeleton(model, self.threshold)
+
     def importance(self, model: nn.Module) -> dict[str, torch.Tensor]:
         if self.iem is None:
             self.prepare(model, ())
@@ -149,7 +159,12 @@ class InformationExtractionStripePruning(PruningMethod):
         return {n: s.detach().abs().reshape(-1, 9) * info[n] for n, s in stripe_scales(model).items()}
 
     def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
-        return select_stripes(model, self.importance(model), flops_cut, self.flops_exponent)
+        """Stripes ranked by score / (FLOPs the stripe saves) ** flops_exponent: 0 ranks by score
+        alone, 1 by score per FLOP (which strips the largest layer almost bare)."""
+        spec, per_elem = flops_per_element(model)
+        scores = [s / float(f * c.conv.in_channels) ** self.flops_exponent
+                  for (c, f), s in zip(zip(spec.convs, per_elem), self.importance(model).values())]
+        return filter_masks(model, stripes_for_target(model, scores, flops_cut))
 
     def state_dict(self) -> dict:
         return {"input_strength": dict(self.iem.input_strength) if self.iem else {},

@@ -39,7 +39,7 @@ class KernelElementPruning(PruningMethod):
     wants_sparsity_phase = True
 
     def __init__(self, strength: float = 5e-3, schedule: Schedule = Schedule.LINEAR,
-                 prior_weight: float = 1.0, min_elements: int = 1):
+                 prior_weight: float = 1.0, min_elements: int = 1, mask_from: float = 1.0):
         if strength < 0:
             raise ValueError(f"KEP penalty strength must be >= 0, not {strength}")
         if not 1 <= min_elements <= KERNEL_ELEMENTS:
@@ -48,6 +48,8 @@ class KernelElementPruning(PruningMethod):
         self.schedule = Schedule(schedule)
         self.prior_weight = prior_weight
         self.min_elements = min_elements
+        self.mask_from = mask_from
+        self._progress = 0.0
         self._target: float | None = None
         self._prior: dict[str, torch.Tensor] = {}
         self.elements: dict[str, int] = {}
@@ -124,6 +126,7 @@ class KernelElementPruning(PruningMethod):
         return self.strength if progress >= 0.5 else 0.0
 
     def penalty(self, model: nn.Module, output_loss: torch.Tensor, progress: float) -> torch.Tensor:
+        self._progress = progress
         lam = self.strength_at(progress)
         spec, _ = flops_per_element(model)
         total = output_loss.new_zeros(())
@@ -135,6 +138,19 @@ class KernelElementPruning(PruningMethod):
             dropped = c.conv.weight * (1.0 - self._prior[c.name])
             total = total + dropped.pow(2).sum()
         return lam * total
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module) -> None:
+        """From `mask_from` (progress in the sparsity phase) on, the elements the prior mask drops
+        are held at zero and get no gradient: the network adapts to the cut inside the phase."""
+        if self._progress < self.mask_from or not self._prior:
+            return
+        spec, _ = flops_per_element(model)
+        for c in spec.convs:
+            keep = self._prior[c.name]
+            c.conv.weight.mul_(keep)
+            if c.conv.weight.grad is not None:
+                c.conv.weight.grad.mul_(keep)
 
     # -- hard pruning --------------------------------------------------------------------------
 
