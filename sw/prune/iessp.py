@@ -96,7 +96,7 @@ class InformationExtractionStripePruning(PruningMethod):
     name = "iessp"
     wants_sparsity_phase = True
 
-    def __init__(self, strength: float = 1e-2, gamma: float = 2.0, max_boost: float = 4.0,
+    def __init__(self, strength: float = 5e-3, gamma: float = 2.0, max_boost: float = 4.0,
                  loss_momentum: float = 0.98, refresh_every: int = 20, flops_exponent: float = 0.5,
                  threshold: float = 0.01):
         if strength < 0 or gamma < 0 or max_boost <= 0 or threshold < 0:

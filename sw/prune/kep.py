@@ -38,7 +38,7 @@ class KernelElementPruning(PruningMethod):
     name = "kep"
     wants_sparsity_phase = True
 
-    def __init__(self, strength: float = 5e-3, schedule: Schedule = Schedule.LINEAR,
+    def __init__(self, strength: float = 1.7e-2, schedule: Schedule = Schedule.LINEAR,
                  prior_weight: float = 1.0, min_elements: int = 1, mask_from: float = 1.0):
         if strength < 0:
             raise ValueError(f"KEP penalty strength must be >= 0, not {strength}")
