@@ -46,7 +46,7 @@ CHOSEN = {
         "swp": {"meet_target": True, "strength": 3.4e-3},
         "filter": {},
         "magnitude": {},
-        "swp-reference": {"strength": 3e-3},
+        "swp-reference": {"strength": 2.1e-3},
     },
     "synthetic-cifar": {
         "kep": {"strength": 0.1, "schedule": "linear"},
