@@ -216,9 +216,11 @@ def _save_state(path, run: dict, epoch: int, losses: list[float], model: nn.Modu
                 scaler, extra: Stateful | None) -> None:
     if not distributed.current().is_main:
         return
+    run_text = json.dumps(run, sort_keys=True)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
-    torch.save({"run": json.dumps(run, sort_keys=True), "epoch": epoch, "losses": losses,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    torch.save({"run": run_text, "epoch": epoch, "losses": losses, "model": weights,
+                "sha256": checkpoint_digest(run_text, str(epoch), weights),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "extra": extra.state_dict() if extra else {}}, buf)
     write_atomic(path, buf.getvalue())
@@ -230,8 +232,12 @@ def _load_state(path, run: dict, model: nn.Module, opt, sched, scaler, extra: St
     try:
         blob = torch.load(path, map_location=distributed.current().device, weights_only=True)
         saved = json.loads(blob["run"])
+        intact = blob["sha256"] == checkpoint_digest(blob["run"], str(blob["epoch"]), blob["model"])
     except Exception as e:  # any defect of an untrusted file becomes one line
         raise CheckpointError(f"{path}: not a prunefab training state ({_first_line(e)})") from None
+    if not intact:
+        raise CheckpointError(f"{path}: checksum mismatch: the training state is damaged or was "
+                              f"altered; remove it to start afresh")
     if saved != run:
         diff = ", ".join(f"{k} {saved.get(k)} != {v}" for k, v in run.items() if saved.get(k) != v)
         raise CheckpointError(f"{path}: a training state of another run ({diff}); remove it to "

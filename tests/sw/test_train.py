@@ -55,6 +55,11 @@ def test_state_of_another_run_is_refused(tmp_path):
     train(_model(), DATA, 1, batch_size=32, state=state, progress=False)
     with pytest.raises(CheckpointError, match="another run .*batch_size 32 != 48"):
         train(_model(), DATA, 1, batch_size=48, state=state, progress=False)
+    blob = torch.load(state, weights_only=True)
+    blob["epoch"] = 0
+    torch.save(blob, state)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        train(_model(), DATA, 1, batch_size=32, state=state, progress=False)
     state.write_bytes(b"not a state")
     with pytest.raises(CheckpointError, match="not a prunefab training state"):
         train(_model(), DATA, 1, batch_size=32, state=state, progress=False)
