@@ -23,12 +23,16 @@ BATCH = 32          # global batch; 200 images make 7 steps an epoch, the last o
 
 
 def _runs() -> dict[str, dict[str, torch.Tensor]]:
-    """Plain training (3 epochs), then KEP and IESSP pruning of its result (1 + 1 epochs each)."""
+    """Plain training (3 epochs), then KEP and IESSP pruning of its result (1 + 1 epochs each);
+    and one epoch whose last batch is a single image, so that one rank has none."""
+    seed_everything(0)
+    uneven = HardwareNet((3, 32, 32), (4, 8), (True, True), 10)
+    train(uneven, synthetic(193, shape=(3, 32, 32), classes=10), 1, batch_size=BATCH, progress=False)
     data = synthetic(200, shape=(3, 32, 32), classes=10)
     seed_everything(0)
     model = HardwareNet((3, 32, 32), (4, 8), (True, True), 10)
     train(model, data, 3, batch_size=BATCH, progress=False)
-    out = {"train": model.state_dict()}
+    out = {"uneven": uneven.state_dict(), "train": model.state_dict()}
     budget = Budget(sparsity_epochs=1, finetune_epochs=1, batch_size=BATCH)
     for method in ("kep", "iessp"):
         out[method] = prune(model, method, data, 0.6, budget, progress=False).state_dict()
@@ -53,7 +57,7 @@ def test_two_gloo_ranks_match_one_process(single, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for run in ("train", "kep", "iessp"):
+    for run in ("uneven", "train", "kep", "iessp"):
         assert ranks[0][run].keys() == single[run].keys()
         for name, want in single[run].items():
             got0, got1 = ranks[0][run][name], ranks[1][run][name]
