@@ -8,8 +8,9 @@ the process group (gloo on CPU, NCCL on GPU) and the training loop (`sw/train.py
   so that DistributedDataParallel's gradient average is the global batch's mean;
 * normalizes with statistics of the whole global batch (`global_batchnorm`), so BatchNorm's
   output and its running statistics are those of one process, identical on every rank;
-* hands penalties the global batch's output loss (`mean_over_batch`), so an adaptive penalty
-  (IESSP) steps identically everywhere.
+* hands penalties the global batch's output loss (`batch_loss`), so an adaptive penalty (IESSP)
+  steps identically everywhere, and averages what a method measures on activations over the
+  global batch (`mean_over_batch`: IESSP's information extraction).
 
 Only the main rank (rank 0) writes files.  `torchrun_command` builds the launch line for a job
 of several processes or nodes (sweeps run each point as one such job).
