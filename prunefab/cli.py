@@ -36,7 +36,7 @@ def _budget(args):
     given = {field: getattr(args, option, None) for field, option in (
         ("train_epochs", "epochs"), ("sparsity_epochs", "sparsity_epochs"),
         ("finetune_epochs", "finetune_epochs"), ("calibration_images", "calibration"),
-        ("lr", "lr"), ("batch_size", "batch_size"))}
+        ("prune_lr" if getattr(args, "command", None) == "prune" else "lr", "lr"), ("batch_size", "batch_size"))}
     return dataclasses.replace(budget, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -323,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         from prunefab.sw.recipes import RECIPES
         sp.add_argument("--recipe", choices=sorted(RECIPES),
                         help="paper-scale schedule (epochs, SGD, batch, FLOPs target); options given here win")
-        sp.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
+        sp.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate of dense training (train) or of the sparsity phase "
+                             "(prune); default: the recipe's, else sw/pipeline.py's Budget")
         sp.add_argument("--batch-size", type=int, default=None,
                         help="global batch, split across torchrun's processes (default 128)")
         sp.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if visible")
