@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sim import verilator
 from prunefab.sim.runner import pick_images, simulate_rtl
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.cycles import layer_cycles
-from prunefab.hw.engine_sim import verify
+from prunefab.sim.engine_sim import verify
 from prunefab.hw.loader import pack_network
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sw import artifact, data
 
 

@@ -30,6 +30,7 @@ from prunefab.sim.cases import PLAN_ENV, BenchPlan, Observations, read_observati
 BUILD_ENV = "PRUNEFAB_SIM_BUILD"
 TIMESCALE = ("1ns", "1ps")
 WAVES_MODULE = "prunefab_waves"
+SUFFIX_ENV = "SIM_CMD_SUFFIX"     # cocotb: arguments appended to the simulator command
 
 
 class SimulationError(RuntimeError):
@@ -87,20 +88,6 @@ def design(config: EngineConfig, root: Path | None = None) -> Path:
     return emitted(design_key(config), emit, f"{TOP_NAME}.v", root)
 
 
-class _Icarus(Icarus):
-    """Icarus with the waveform format chosen by the dump file's name, and none without one."""
-
-    waves_path: Path | None = None
-
-    def _test_command(self):
-        cmds = super()._test_command()
-        if self.waves_path is None:
-            fmt = "-none"
-        else:
-            fmt = "-vcd" if self.waves_path.suffix == ".vcd" else "-fst"
-        return [[a for a in cmd if a not in ("-none", "-fst")] + [fmt] for cmd in cmds]
-
-
 def _waves_source(folder: Path) -> Path:
     path = folder / f"{WAVES_MODULE}.v"
     if path.exists():     # rewriting it would make the compiled design look outdated
@@ -117,17 +104,36 @@ def _waves_source(folder: Path) -> Path:
     return path
 
 
-def icarus_runner(config: EngineConfig) -> _Icarus:
+def icarus_runner(config: EngineConfig) -> Icarus:
     """A runner with `config`'s design built (the runner compiles only when the Verilog is newer
     than its compiled form)."""
     folder = design(config)
     build = folder / "icarus"
-    runner = _Icarus()
+    runner = Icarus()
     with locked(build):
         runner.build(sources=[folder / f"{TOP_NAME}.v", _waves_source(build)],
                      hdl_toplevel=TOP_NAME, build_dir=build, timescale=TIMESCALE,
                      build_args=["-s", WAVES_MODULE])
     return runner
+
+
+@contextlib.contextmanager
+def _dump_format(waves: Path | None):
+    """vvp's dump format for `waves`.  The runner asks for FST (`-fst`) when waves are on and for
+    none (`-none`) otherwise; a `.vcd` file gets `-vcd` through cocotb's SIM_CMD_SUFFIX, which
+    follows those on the vvp command line and so wins."""
+    if waves is None or waves.suffix != ".vcd":
+        yield
+        return
+    before = os.environ.get(SUFFIX_ENV)
+    os.environ[SUFFIX_ENV] = " ".join(filter(None, [before, "-vcd"]))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[SUFFIX_ENV]
+        else:
+            os.environ[SUFFIX_ENV] = before
 
 
 def run_icarus(plan: BenchPlan, work_dir: str | os.PathLike, waves: str | os.PathLike | None = None,
@@ -144,15 +150,15 @@ def run_icarus(plan: BenchPlan, work_dir: str | os.PathLike, waves: str | os.Pat
     work.mkdir(parents=True, exist_ok=True)
     manifest = write_plan(plan, work)
     runner = icarus_runner(plan.config)
-    runner.waves_path = Path(waves).resolve() if waves else None
-    plusargs = [f"+prunefab_waves={runner.waves_path}"] if waves else []
+    waves_path = Path(waves).resolve() if waves else None
+    plusargs = [f"+prunefab_waves={waves_path}"] if waves_path else []
     log = work / "sim.log"
-    with contextlib.suppress(SystemExit):
+    with contextlib.suppress(SystemExit), _dump_format(waves_path):
         # Under pytest the runner exits when the bench fails; the observations say why.
         runner.test(test_module="prunefab.sim.bench", hdl_toplevel=TOP_NAME,
                     build_dir=runner.build_dir, test_dir=work, extra_env={PLAN_ENV: str(manifest)},
-                    plusargs=plusargs, results_xml=str(work / "results.xml"), log_file=log,
-                    timescale=TIMESCALE)
+                    plusargs=plusargs, waves=waves_path is not None,
+                    results_xml=str(work / "results.xml"), log_file=log, timescale=TIMESCALE)
     obs = read_observations(work)
     if obs is None:
         raise SimulationError(f"the simulator stopped before the bench wrote its observations; "

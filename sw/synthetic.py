@@ -96,3 +96,37 @@ def random_network(rng: np.random.Generator, input_shape=(1, 8, 8), channels=(4,
 def random_images(rng: np.random.Generator, n: int, shape=(1, 8, 8)) -> np.ndarray:
     """uint8 images [n, C, H, W]."""
     return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+# The reference Fashion-MNIST network shape (1x28x28; conv 1->8 + pool, 8->16, 16->32 + pool;
+# linear 1568 -> 10) with KEP-pruned random weights: the cycle checks and the benches use it when
+# no trained artifact is at hand.
+REFERENCE_INPUT_SHAPE = (1, 28, 28)
+REFERENCE_CHANNELS = (8, 16, 32)
+REFERENCE_POOLS = (True, False, True)
+REFERENCE_CLASSES = 10
+REFERENCE_KEP_COUNTS = (5, 3, 2)
+
+
+def reference_shaped_network(rng: np.random.Generator, counts: tuple[int, ...] | None = REFERENCE_KEP_COUNTS,
+                             linear_density: float = 0.5) -> QuantizedNetwork:
+    """The reference shape; `counts` gives KEP's k per conv layer, None for dense layers."""
+    convs = []
+    c, h, w = REFERENCE_INPUT_SHAPE
+    for i, (n_out, pool) in enumerate(zip(REFERENCE_CHANNELS, REFERENCE_POOLS)):
+        if counts is None:
+            layer = random_conv(rng, c, n_out, pool=pool, pattern=Pattern.DENSE)
+        else:
+            layer = random_conv(rng, c, n_out, pool=pool, pattern=Pattern.KERNEL_ELEMENTS,
+                                density=counts[i] / KERNEL_ELEMENTS)
+        convs.append(layer)
+        c = n_out
+        if pool:
+            h, w = h // 2, w // 2
+    fw = rng.integers(-127, 128, size=(REFERENCE_CLASSES, c * h * w))
+    fw[rng.random(fw.shape) > linear_density] = 0
+    fb = rng.integers(-5000, 5001, size=REFERENCE_CLASSES).astype(np.int32)
+    net = QuantizedNetwork(REFERENCE_INPUT_SHAPE, tuple(convs), LinearLayer(fw.astype(np.int8), fb),
+                           activation_scales=tuple([1 / 255] * (len(convs) + 1)))
+    net.validate()
+    return net

@@ -144,7 +144,3 @@ def bake(model: nn.Module) -> None:
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):
                 torch_prune.remove(module, hook._tensor_name)
-
-
-def masked_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_buffers() if n.endswith("_mask")]

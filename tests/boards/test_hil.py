@@ -10,7 +10,7 @@ import pytest
 from prunefab.boards.hil import board_engine, run_hil, simulated_engine_board
 from prunefab.boards.simboard import LineFaults
 from prunefab.cli import main
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sw import artifact, data
 
 pytestmark = pytest.mark.skipif(shutil.which("verilator") is None,

@@ -12,6 +12,7 @@ from prunefab.hw.config import BANK_ROWS, BANKS
 from prunefab.hw.layouts import param_layout, step_layout, unpack
 from prunefab.hw.loader import Program
 from prunefab.sw.qnet import KERNEL
+from prunefab.sw.reference import requantize
 
 
 def run_program(program: Program, image: np.ndarray) -> list[int]:
@@ -67,7 +68,8 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                         if d["linear"]:
                             logits.append(v)
                             continue
-                        q = min(max((v * pr["mult"] + (1 << (pr["shift"] - 1))) >> pr["shift"], 0), 255)
+                        q = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
+                                           np.array([pr["shift"]]))[0, 0])
                         bank = (oy % BANK_ROWS) * BANK_ROWS + ox % BANK_ROWS
                         addr = (d["out_base"] + g * d["group_stride"] + l * d["plane_out"]
                                 + ((oy // BANK_ROWS) << d["pitch_out"]) + ox // BANK_ROWS)

@@ -3,7 +3,7 @@ import pytest
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.cycles import fixed_overhead, issue_cycles, layer_cycles
-from prunefab.hw.engine_sim import simulate
+from prunefab.sim.engine_sim import simulate
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
 from prunefab.sw.synthetic import Pattern, random_images, random_network

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sim.cases import BenchPlan, Case, Stalls
 from prunefab.sim.runner import RtlMismatch, verify_plan
 from prunefab.sw import data, reference

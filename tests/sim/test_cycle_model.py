@@ -9,7 +9,7 @@ import pytest
 
 from prunefab.hw import cycles as closed_form
 from prunefab.hw.loader import pack_network
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sim.cycle_model import dense_network, layer_cycles, network_report, program_cycles
 from prunefab.sw.synthetic import Pattern, random_network
 

@@ -5,7 +5,7 @@ import pytest
 
 from prunefab.hw.cycles import issue_cycles
 from prunefab.hw.loader import pack_network
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sim.cycle_model import dense_network, program_cycles
 from prunefab.sim.verilator import run_verilator
 from prunefab.sw import reference

@@ -10,9 +10,9 @@ import pytest
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.cycles import fixed_overhead, issue_cycles
-from prunefab.hw.engine_sim import verify
+from prunefab.sim.engine_sim import verify
 from prunefab.hw.loader import pack_network
-from prunefab.hw.reference_net import reference_shaped_network
+from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sw import artifact, data
 from prunefab.sw.artifact import conv_elements
 
