@@ -4,25 +4,29 @@
     python bench/bench_fit.py build/ulx3s-85f other/dir   # these reports (files or folders)
     python bench/bench_fit.py --run icebreaker:1,2,4 ulx3s-85f:8,16,32 [--out build/fit]
     python bench/bench_fit.py --run ... --pack-only       # nextpnr stops after packing (faster)
-    python bench/bench_fit.py ... --lines                 # least-squares logic lines for fit.LOGIC
+    python bench/bench_fit.py --refit                     # refit the logic lines to the recorded builds
+    python bench/bench_fit.py --run ... --refit --revision REV   # record these builds, then refit
 
 `--run` builds each board:lanes (no fit check, so designs over the device are measured too)
 into OUT/<board>-<lanes>/ one after the other, then reads their reports.  The table gives, per
 design and resource, the estimate, the real count and the estimate's error relative to the real
-count; `--lines` fits `base + per_lane * lanes` to the real LUT, FF and logic-cell counts of each
-board, the form of fit.LOGIC.
+count.  `--refit` adds the reports' LUT, FF and logic-cell counts to boards/fit_builds.json as
+builds of gateware revision REV (the current commit by default) and rewrites its `logic` from
+all recorded builds with `fit.logic_lines`: the lines `fit.estimate` uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from prunefab.boards import build as B
-from prunefab.boards.fit import estimate
-from prunefab.boards.top import board_spec
+from prunefab.boards import fit as F
 from prunefab.hw.config import EngineConfig
 
 RESOURCES = ("lut", "ff", "lc", "dsp", "bram", "spram")
@@ -55,7 +59,7 @@ def load(paths: list[Path]) -> list[dict]:
                 continue
             data = json.loads(f.read_text())
             config = EngineConfig.from_json(json.dumps(data["config"]))
-            est = estimate(config, data["board"]).used()       # today's model, not the recorded one
+            est = F.estimate(config, data["board"]).used()       # today's model, not the recorded one
             rows.append({"path": f, "board": data["board"], "lanes": data["lanes"],
                          "real": {k: v["used"] for k, v in data["resources"].items()},
                          "estimate": est, "fmax": data.get("fmax_mhz")})
@@ -82,22 +86,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def logic_lines(rows: list[dict]) -> dict:
-    """Least-squares base + per_lane * lanes per board and logic resource."""
-    out = {}
-    for board in sorted({r["board"] for r in rows}):
-        family = board_spec(board).family
-        mine = [r for r in rows if r["board"] == board]
-        for res in ("lut", "ff", "lc"):
-            pts = [(r["lanes"], r["real"][res]) for r in mine if res in r["real"]]
-            if len({p for p, _ in pts}) < 2:
-                continue
-            n = len(pts)
-            mx = sum(p for p, _ in pts) / n
-            my = sum(v for _, v in pts) / n
-            slope = sum((p - mx) * (v - my) for p, v in pts) / sum((p - mx) ** 2 for p, _ in pts)
-            out.setdefault(family, {})[res] = (round(my - slope * mx), round(slope))
-    return out
+def refit(rows: list[dict], revision: str | None, path: Path = F.BUILDS) -> dict:
+    """Record `rows` as builds of `revision`, refit the logic lines over every recorded build and
+    rewrite `path` (through a temporary file); returns the new lines."""
+    doc = json.loads(path.read_text())
+    for row in rows:
+        used = {k: row["real"][k] for k in ("lut", "ff", "lc") if k in row["real"]}
+        doc["builds"].append({"revision": revision, "board": row["board"], "lanes": row["lanes"],
+                              "how": "routed" if row["fmax"] else "packed", "used": used})
+    doc["logic"] = F.logic_lines(doc["builds"])
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        f.write(json.dumps(doc, indent=1) + "\n")
+    os.replace(f.name, path)
+    return doc["logic"]
+
+
+def current_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def main(argv=None) -> int:
@@ -107,21 +117,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("build/fit"))
     ap.add_argument("--pack-only", action="store_true", help="stop nextpnr after packing")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--lines", action="store_true", help="print fitted logic lines")
+    ap.add_argument("--refit", action="store_true",
+                    help="record the reports' builds and refit the logic lines in boards/fit_builds.json")
+    ap.add_argument("--revision", help="with --refit: the gateware revision the reports were built from")
     args = ap.parse_args(argv)
     paths = list(args.reports)
     if args.run:
         paths += run(args.run, args.out, pack_only=args.pack_only, seed=args.seed)
-    if not paths:
-        paths = [Path("build")]
-    rows = load(paths)
-    if not rows:
+    rows = load(paths or ([] if args.refit else [Path("build")]))
+    if not rows and not args.refit:
         print("no build reports found; run `make bitstreams` or pass --run", file=sys.stderr)
         return 1
-    print(table(rows))
-    if args.lines:
-        for family, lines in logic_lines(rows).items():
-            print(f"{family}: " + ", ".join(f'"{k}": {v}' for k, v in lines.items()))
+    if rows:
+        print(table(rows))
+    if args.refit:
+        lines = refit(rows, args.revision or current_revision())
+        for family, per in lines.items():
+            print(f"{family}: " + ", ".join(f"{k} = {b} + {s} * lanes" for k, (b, s) in per.items()))
     return 0
 
 

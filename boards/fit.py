@@ -7,26 +7,30 @@ that fits.
     choose("icebreaker")                -> Choice: the config, its estimate and a one-line note
 
 Memories are counted as yosys maps them (`memory_libmap`'s costs, checked against its log): each
-memory of the engine (16 activation banks, weights, parameters and layer counters, descriptors,
-the logit FIFO) and of the link (receive and transmit buffers, the identity ROM) goes to block RAM, LUT RAM or
-logic, whichever costs least, a block RAM taking `ceil(width / w) * ceil(depth / d)` primitives
-of the cheapest shape (w, d); the iCE40 puts the weight memory in SPRAM (it is asked for as
-"huge" RAM).  Multipliers: one per lane plus the requantizer's.  Logic (LUT, FF and, on the iCE40,
-logic cells) is linear in the lane count (`LOGIC` says where each line comes from);
-`bench/bench_fit.py` compares the estimate with build reports.
+memory of the engine (`prunefab.hw.memories.engine_memories`: 16 activation banks, weights,
+parameters and layer counters, descriptors, logits) and of the link (receive and transmit
+buffers, the identity ROM) goes to block RAM, LUT RAM or logic, whichever costs least, a block
+RAM taking `ceil(width / w) * ceil(depth / d)` primitives of the cheapest shape (w, d); the
+iCE40 puts memories hinted HUGE (the weights) in SPRAM.  Multipliers: one per lane plus the
+requantizer's.  Logic (LUT, FF and, on the iCE40, logic cells) is linear in the lane count:
+`logic_lines` fits the lines to the recorded builds in `fit_builds.json`, which
+`bench/bench_fit.py --refit` extends; `bench/bench_fit.py` compares the estimate with build
+reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from prunefab.boards.engine_link import config_json
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
-from prunefab.hw.config import ACC_BITS, BANKS, MULT_BITS, SHIFT_BITS, EngineConfig
-from prunefab.hw.engine import params_depth
+from prunefab.hw.config import EngineConfig
+from prunefab.hw.memories import MemoryHint, MemorySpec, engine_memories
 
 # How yosys' memory_libmap maps a memory: the cheapest of block RAM, LUT RAM and logic, with the
 # costs of its library files (share/ice40/brams.txt: SB_RAM40_4K 64; share/lattice/
@@ -40,22 +44,11 @@ BRAM_SHAPES = {
 BRAM_COST = {"ice40": 64, "ecp5": 128}
 LUTRAM = {"ecp5": ((4, 16), 4)}  # TRELLIS_DPR16X4: shape, cost; the iCE40 has none
 LOGIC_COST = {"ram": 1.0, "rom": 1 / 16}
-SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA, where the iCE40's weight memory is asked to go
-ROMS = {"identity"}
+SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA, where the iCE40 puts memories hinted HUGE
 
-
-# Logic: used = base + per_lane * lanes, per family and resource: least-squares lines through
-# packed builds of the board top on main at 08d8b49 (`bench/bench_fit.py --run
-# icebreaker:1,2,4,8 ulx3s-85f:8,16,32 --pack-only --lines`; largest error 1 %).  Lines fitted
-# one gateware revision earlier predicted the next one's builds within 5 % across the pipelining
-# of 646ed33, but up to 22 % (FF) and 15 % (logic cells) too high across the iCE40 reductions of
-# 08d8b49, so re-run and update them when the gateware changes.
-LOGIC = {
-    # iCE40 bases moved to the routed 2-lane board build at b029e56 (LUT 3496, FF 2129, LC 4754)
-    # after the link shrank (40cd2b6, 88d7315); the per-lane slopes are those fitted at 08d8b49
-    "ice40": {"lut": (2860, 318), "ff": (1741, 194), "lc": (3816, 469)},
-    "ecp5": {"lut": (4870, 336), "ff": (2072, 212)},                         # at 08d8b49
-}
+# Logic: used = base + per_lane * lanes, per family and resource, fitted by `logic_lines` to the
+# recorded builds (`bench/bench_fit.py --refit` records more and rewrites `logic` there).
+BUILDS = Path(__file__).with_name("fit_builds.json")
 REQUANTIZER_DSPS = 2             # the 32x16 requantization product
 # Place and route needs some free logic to legalise and close timing.
 HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
@@ -121,17 +114,54 @@ def memory_mapping(family: str, width: int, depth: int, *, rom: bool = False) ->
     return kind, count
 
 
-def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[tuple[str, int, int]]:
-    """(name, width, depth) of every memory of the board top."""
+def link_memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
+    """The link's memories: its frame buffers and the identity ROM."""
     identity = len(identity_payload(config_json(config), max_payload))
-    return ([(f"act{b}", 8, config.act_depth) for b in range(BANKS)] + [
-        ("weights", config.step_bits, config.weight_depth),
-        # the parameter word's bits the arithmetic uses (yosys drops the always-zero rest)
-        ("params", ACC_BITS + MULT_BITS + SHIFT_BITS, params_depth(config)),     # + layer counters
-        ("descriptors", config.descriptor_bits, config.max_layers),
-        ("logits", ACC_BITS, config.max_classes),
-        ("receiver", 8, max_payload), ("transmitter", 8, max_payload),
-        ("identity", 8, identity)])
+    return (MemorySpec("receiver", 8, max_payload, "the received frame's payload"),
+            MemorySpec("transmitter", 8, max_payload, "the frame being sent, kept for a resend"),
+            MemorySpec("identity", 8, identity, "the IDENTIFY reply", rom=True))
+
+
+def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
+    """Every memory of the board top: the engine's and the link's."""
+    return engine_memories(config) + link_memories(config, max_payload)
+
+
+def logic_lines(builds: list[dict]) -> dict[str, dict[str, tuple[int, int]]]:
+    """(base, per_lane) per family and logic resource from recorded builds (oldest first).
+
+    The slope is the least-squares slope of the newest revision that was built at two or more
+    lane counts; the base puts the line through the newest revision's builds (on average), so a
+    single later build moves the line without a new sweep.
+    """
+    from prunefab.boards.top import board_spec
+    lines: dict[str, dict[str, tuple[int, int]]] = {}
+    families = {b["board"]: board_spec(b["board"]).family for b in builds}
+    for family in sorted(set(families.values())):
+        mine = [b for b in builds if families[b["board"]] == family]
+        for res in sorted({r for b in mine for r in b["used"]}):
+            points = [(b["revision"], b["lanes"], b["used"][res]) for b in mine if res in b["used"]]
+            revisions = list(dict.fromkeys(rev for rev, _, _ in points))
+            swept = [rev for rev in revisions if len({p for r, p, _ in points if r == rev}) > 1]
+            if not swept:
+                continue
+            sweep = [(p, v) for r, p, v in points if r == swept[-1]]
+            mx = sum(p for p, _ in sweep) / len(sweep)
+            my = sum(v for _, v in sweep) / len(sweep)
+            slope = round(sum((p - mx) * (v - my) for p, v in sweep)
+                          / sum((p - mx) ** 2 for p, _ in sweep))
+            newest = [(p, v) for r, p, v in points if r == revisions[-1]]
+            base = round(sum(v - slope * p for p, v in newest) / len(newest))
+            lines.setdefault(family, {})[res] = (base, slope)
+    return lines
+
+
+def _load_logic() -> dict[str, dict[str, tuple[int, int]]]:
+    logic = json.loads(BUILDS.read_text())["logic"]
+    return {fam: {res: tuple(line) for res, line in lines.items()} for fam, lines in logic.items()}
+
+
+LOGIC = _load_logic()
 
 
 def estimate(config: EngineConfig, board: str | BoardSpec, *,
@@ -140,11 +170,11 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
     spec = board if isinstance(board, BoardSpec) else board_spec(board)
     fam = spec.family
     bram = spram = 0
-    for name, width, depth in memories(config, max_payload):
-        if fam == "ice40" and name == "weights":
-            spram += blocks(width, depth, (SPRAM_SHAPE,))
+    for mem in memories(config, max_payload):
+        if fam == "ice40" and mem.hint is MemoryHint.HUGE:
+            spram += blocks(mem.mapped_width, mem.depth, (SPRAM_SHAPE,))
         else:
-            kind, count = memory_mapping(fam, width, depth, rom=name in ROMS)
+            kind, count = memory_mapping(fam, mem.mapped_width, mem.depth, rom=mem.rom)
             if kind == "bram":
                 bram += count               # LUT RAM and logic are inside the logic lines
     logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}

@@ -51,7 +51,7 @@ class EngineConfig:
     max_height, max_width: largest conv input feature map
     max_channels:   most input or output channels of a conv layer
     max_layers:     most layers, classifier included
-    max_classes:    most classifier outputs (depth of the logit FIFO)
+    max_classes:    most classifier outputs (depth of the logit memory)
     act_depth:      words per activation bank (16 banks of 8 bits); holds a layer's input and
                     output feature maps at once (ping-pong, one at each end)
     weight_depth:   step words in the weight memory (one word = one cycle of all lanes)

@@ -7,12 +7,17 @@ last value is written, a fixed pipeline depth plus the last vector's lanes after
 
 from __future__ import annotations
 
+from prunefab.hw.engine import PIPELINE
 from prunefab.hw.loader import LayerPlan, Program
+from prunefab.hw.sequencer import Sequencer
 
-# Descriptor read (2) + WindowFetch (3) + IndexDecoder (1) + MacArray (2) + MaxPool (1) +
-# ChannelSerializer (1) + Requantizer (6) + write/drain check (1): measured by
+# The layer's last step is offered Sequencer.LATENCY + issue - 1 cycles after its descriptor read;
+# it passes every block's latency (the serializer's first value; the last of `last` values leaves
+# last - 1 cycles later); the sequencer sees the last value written DRAIN_LATENCY cycles after it,
+# and the counter includes that cycle.  Checked against the engine by
 # tests/hw/test_engine.py::test_layer_cycles_follow_the_model.
-PIPELINE_DEPTH = 17
+PIPELINE_DEPTH = (Sequencer.LATENCY - 1 + sum(component.LATENCY for _, component in PIPELINE)
+                  - 1 + Sequencer.DRAIN_LATENCY + 1)
 
 
 def issue_cycles(plan: LayerPlan) -> int:
@@ -22,14 +27,14 @@ def issue_cycles(plan: LayerPlan) -> int:
 
 def serial_cycles(plan: LayerPlan, lanes: int) -> int:
     """Cycles the single requantizer needs: one per output value."""
-    pool = plan.descriptor["pool"]
+    pool = plan.descriptor.pool
     vectors = plan.pixels // 4 if pool else plan.pixels
-    return vectors * plan.descriptor["out_channels"]
+    return vectors * plan.descriptor.out_channels
 
 
 def fixed_overhead(plan: LayerPlan, lanes: int) -> int:
     """Cycles after the last step: the pipeline depth plus the last group's lanes."""
-    last = plan.descriptor["out_channels"] - lanes * (len(plan.group_steps) - 1)
+    last = plan.descriptor.out_channels - lanes * (len(plan.group_steps) - 1)
     return PIPELINE_DEPTH + last
 
 

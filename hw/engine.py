@@ -1,17 +1,16 @@
 """Engine: the whole accelerator, with its memories, loader port and performance counters."""
 
-from dataclasses import dataclass
-
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from prunefab.hw.config import ACC_BITS, BANKS, LOAD_DATA_BITS, EngineConfig
+from prunefab.hw.config import ACC_BITS, BANKS, EngineConfig
 from prunefab.hw.index_decoder import IndexDecoder
-from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
-                                 LOAD_TARGET_PARAMS, LOAD_TARGET_WEIGHTS, descriptor_layout,
-                                 load_layout, param_layout, step_layout)
+from prunefab.hw.layouts import load_layout
+from prunefab.hw.load_port import LoadPort
+from prunefab.hw.logit_memory import LogitMemory
 from prunefab.hw.mac_array import MacArray
+from prunefab.hw.memories import engine_memories, unchecked_read_port
 from prunefab.hw.pool import MaxPool
 from prunefab.hw.requantizer import Requantizer
 from prunefab.hw.sequencer import Sequencer
@@ -20,44 +19,18 @@ from prunefab.hw.window_fetch import WindowFetch
 
 COUNTER_BITS = 32
 
-# Loads happen only while idle and a layer never reads what it writes (ping-pong feature maps;
-# descriptors and parameters are written before a run), so a read never meets a write to the
-# same word.  Saying so (yosys's `no_rw_check`, honoured where it merges a read port's output
-# register) spares the logic that would emulate read-before-write on block RAM that lacks it:
-# a register of the write data and a bypass multiplexer on every read port.
-NO_RW_CHECK = {"no_rw_check": 1}
-
-
-@dataclass(frozen=True)
-class _ReadPort:
-    addr: Signal
-    en: Signal
-    data: Signal
-
-
-def params_depth(config: EngineConfig) -> int:
-    """Words of the parameter memory: `param_depth` channel parameters, then one cycle count
-    per layer."""
-    return config.param_depth + config.max_layers
-
-
-def _unchecked_read_port(m: Module, mem: memory.Memory, name: str) -> _ReadPort:
-    """A synchronous read port of `mem` (data one cycle after `en`, held while `en` is low),
-    made of an asynchronous port and a register so that yosys merges the two and applies the
-    memory's `no_rw_check`."""
-    port = mem.read_port(domain="comb")
-    en = Signal(name=f"{name}_rd_en")
-    data = Signal(mem.shape, name=f"{name}_rd_data", reset_less=True)
-    with m.If(en):
-        m.d.sync += data.eq(port.data)
-    return _ReadPort(port.addr, en, data)
+# The pipeline after the Sequencer, in stream order: (submodule name, Component).  The engine
+# joins them in this order, and the cycle models compose their LATENCY and BACKPRESSURE.
+PIPELINE = (("fetch", WindowFetch), ("decoder", IndexDecoder), ("mac", MacArray),
+            ("pool", MaxPool), ("serializer", ChannelSerializer), ("requantizer", Requantizer))
 
 
 class Engine(wiring.Component):
     """The zero-skipping sparse convolution accelerator.
 
     Sequencer -> WindowFetch -> IndexDecoder -> MacArray -> MaxPool -> ChannelSerializer ->
-    Requantizer -> writer (activation banks, or the logit FIFO for the classifier).
+    Requantizer -> writer (activation banks, or the LogitMemory for the classifier);
+    the LoadPort writes the memories (`prunefab.hw.memories.engine_memories`) while idle.
 
     Ports:
       i_load:   In(stream of load_layout): writes the weight, parameter and descriptor memories
@@ -94,133 +67,95 @@ class Engine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
+        # Every memory from its spec.  Loads happen only while idle and a layer never reads
+        # what it writes (ping-pong feature maps; descriptors and parameters are written before
+        # a run), so a read never meets a write to the same word: the `no_rw_check` attribute
+        # spares the logic that would emulate read-before-write on block RAM that lacks it.
+        mems = {}
+        for spec in engine_memories(cfg):
+            if spec.name != "logits":       # inside the LogitMemory
+                m.submodules[spec.name] = mems[spec.name] = memory.Memory(
+                    shape=spec.shape, depth=spec.depth, init=[], attrs=spec.attrs)
 
-        # -- memories: all synchronous-read, one read and one write port (block RAM) ----------
-        m.submodules.weights = wmem = memory.Memory(shape=step_layout(cfg), depth=cfg.weight_depth, init=[])
-        # The parameter memory also keeps each layer's cycle count, above the parameters: the
-        # counters then cost block-RAM words, not flip-flops and a multiplexer.
-        m.submodules.params = pmem = memory.Memory(shape=param_layout(cfg), depth=params_depth(cfg),
-                                                   init=[], attrs=NO_RW_CHECK)
-        m.submodules.descriptors = dmem = memory.Memory(
-            shape=descriptor_layout(cfg), depth=cfg.max_layers, init=[], attrs=NO_RW_CHECK)
-        banks = []
-        for b in range(BANKS):
-            bank = memory.Memory(shape=8, depth=cfg.act_depth, init=[], attrs=NO_RW_CHECK)
-            m.submodules[f"act{b}"] = bank
-            banks.append(bank)
-        w_wr, p_wr, d_wr = wmem.write_port(), pmem.write_port(), dmem.write_port()
-        w_rd = wmem.read_port()
-        p_rd, d_rd = _unchecked_read_port(m, pmem, "params"), _unchecked_read_port(m, dmem, "descriptors")
-        a_rd = [_unchecked_read_port(m, bank, f"act{b}") for b, bank in enumerate(banks)]
-        a_wr = [bank.write_port() for bank in banks]
-
-        # -- the pipeline ----------------------------------------------------------------------
         m.submodules.sequencer = seq = Sequencer(cfg)
-        m.submodules.fetch = fetch = WindowFetch(cfg)
-        m.submodules.decoder = dec = IndexDecoder(cfg)
-        m.submodules.mac = mac = MacArray(cfg)
-        m.submodules.pool = pool = MaxPool(cfg)
-        m.submodules.serializer = ser = ChannelSerializer(cfg)
-        m.submodules.requantizer = rq = Requantizer(cfg)
+        stages, upstream = [], seq.o_stream
+        for name, component in PIPELINE:
+            m.submodules[name] = stage = component(cfg)
+            wiring.connect(m, upstream, stage.i_stream)
+            stages.append(stage)
+            upstream = stage.o_stream
+        fetch, _, mac, _, ser, rq = stages
+        m.submodules.loader = load = LoadPort(cfg)
+        wiring.connect(m, wiring.flipped(self.i_load), load.i_stream)
+        m.d.comb += [seq.start.eq(self.start & ~seq.busy), self.busy.eq(seq.busy),
+                     load.busy.eq(seq.busy)]
 
-        wiring.connect(m, seq.o_stream, fetch.i_stream)
-        wiring.connect(m, fetch.o_stream, dec.i_stream)
-        wiring.connect(m, dec.o_stream, mac.i_stream)
-        wiring.connect(m, mac.o_stream, pool.i_stream)
-        wiring.connect(m, pool.o_stream, ser.i_stream)
-        wiring.connect(m, ser.o_stream, rq.i_stream)
+        self._weights(m, mems["weights"], seq, load)
+        params = self._params(m, mems["params"], seq, ser, load)
+        desc_wr, desc_rd = mems["descriptors"].write_port(), unchecked_read_port(
+            m, mems["descriptors"], "descriptors")
+        m.d.comb += [desc_rd.addr.eq(seq.desc_addr), desc_rd.en.eq(seq.desc_en),
+                     seq.desc_data.eq(desc_rd.data), desc_wr.addr.eq(load.descriptors_addr),
+                     desc_wr.data.eq(load.descriptors_data), desc_wr.en.eq(load.descriptors_en)]
+        self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, rq, load)
 
         layer = seq.layer
-        m.d.comb += [
-            seq.start.eq(self.start & ~seq.busy),
-            self.busy.eq(seq.busy),
-            seq.w_data.eq(w_rd.data),
-            d_rd.addr.eq(seq.desc_addr), d_rd.en.eq(seq.desc_en), seq.desc_data.eq(d_rd.data),
-            fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h), fetch.in_w.eq(layer.in_w),
-            fetch.pitch_in.eq(layer.pitch_in),
-            ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out),
-            ser.param_data.eq(p_rd.data),
-        ]
-        # While idle the parameter memory's read port shows the counter of layer `layer_sel`.
-        with m.If(seq.busy):
-            m.d.comb += [p_rd.addr.eq(ser.param_addr), p_rd.en.eq(ser.param_en)]
-        with m.Else():
-            m.d.comb += [p_rd.addr.eq(cfg.param_depth + self.layer_sel), p_rd.en.eq(1)]
-        for b in range(BANKS):
-            m.d.comb += [a_rd[b].addr.eq(fetch.rd_addr[b]), a_rd[b].en.eq(fetch.rd_en),
-                         fetch.rd_data[b].eq(a_rd[b].data)]
+        m.d.comb += [fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h),
+                     fetch.in_w.eq(layer.in_w), fetch.pitch_in.eq(layer.pitch_in),
+                     ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out)]
 
-        # -- writer: activations to the banks, logits to the logit memory ----------------------
+        # The writer never waits: activations go to the banks, logits to the LogitMemory.
         out = rq.o_stream
-        m.d.comb += [out.ready.eq(1), seq.written.eq(out.valid & out.ready)]
+        m.submodules.logits = logits = LogitMemory(cfg)
+        m.d.comb += [out.ready.eq(1), seq.written.eq(out.valid & out.ready),
+                     logits.i_stream.valid.eq(out.valid & out.payload.raw),
+                     logits.i_stream.payload.eq(out.payload.value), logits.clear.eq(seq.start)]
+        wiring.connect(m, logits.o_stream, wiring.flipped(self.o_logits))
+        self._counters(m, seq, mac, params)
+        return m
 
-        # Logits: a run writes at most max_classes of them from address 0 (start clears the
-        # counts), so the writer never waits and the requantizer has no back-pressure at all.
-        # o_logits reads them in order.  A logit is offered once the cycle after its write has
-        # passed (`written_seen`), so its read never meets its write (no_rw_check holds).
-        m.submodules.logits = lmem = memory.Memory(shape=signed(ACC_BITS), depth=cfg.max_classes,
-                                                   init=[], attrs=NO_RW_CHECK)
-        l_wr, l_rd = lmem.write_port(), _unchecked_read_port(m, lmem, "logits")
-        count_bits = range(cfg.max_classes + 1)
-        l_written, written_seen, l_read = Signal(count_bits), Signal(count_bits), Signal(count_bits)
-        l_read_next = Signal(count_bits)
-        logit_out = self.o_logits
-        m.d.comb += [
-            l_wr.addr.eq(l_written), l_wr.data.eq(out.payload.value),
-            l_wr.en.eq(out.valid & out.payload.raw),
-            logit_out.valid.eq(l_read < written_seen),
-            l_read_next.eq(l_read + (logit_out.valid & logit_out.ready)),
-            l_rd.addr.eq(l_read_next), l_rd.en.eq(1),
-            logit_out.payload.eq(l_rd.data),
-        ]
-        with m.If(seq.start):
-            m.d.sync += [l_written.eq(0), written_seen.eq(0), l_read.eq(0)]
+    def _weights(self, m, mem, seq, load):
+        # The read and write ports share one address (loads happen only while idle), so the
+        # memory maps onto single-port RAM such as the iCE40UP5K's SPRAM.
+        wr, rd = mem.write_port(), mem.read_port()
+        addr = Signal(self.config.weight_addr_bits)
+        m.d.comb += [addr.eq(Mux(seq.busy, seq.w_addr, load.weights_addr)),
+                     rd.addr.eq(addr), wr.addr.eq(addr), wr.data.eq(load.weights_data),
+                     wr.en.eq(load.weights_en), rd.en.eq(seq.w_en & ~wr.en),
+                     seq.w_data.eq(rd.data)]
+
+    def _params(self, m, mem, seq, ser, load):
+        """The parameter memory: loaded while idle, read by the serializer while running; the
+        layer counters live above the parameters (`layer_sel` reads them while idle)."""
+        cfg = self.config
+        wr, rd = mem.write_port(), unchecked_read_port(m, mem, "params")
+        m.d.comb += ser.param_data.eq(rd.data)
+        with m.If(seq.busy):
+            m.d.comb += [rd.addr.eq(ser.param_addr), rd.en.eq(ser.param_en)]
         with m.Else():
-            m.d.sync += [l_written.eq(l_written + l_wr.en), written_seen.eq(l_written),
-                         l_read.eq(l_read_next)]
+            m.d.comb += [rd.addr.eq(cfg.param_depth + self.layer_sel), rd.en.eq(1),
+                         wr.addr.eq(load.params_addr), wr.data.eq(load.params_data),
+                         wr.en.eq(load.params_en)]
+        return wr, rd
 
-        # -- loader: 32-bit slices gathered; the word is written in the cycle its last slice
-        # arrives, from the slices held so far and that last one --------------------------------
-        load = self.i_load
-        word = load.payload
-        m.d.comb += load.ready.eq(~seq.busy)
-        widest = max(cfg.step_bits, cfg.param_bits, cfg.descriptor_bits)
-        held = cfg.slices(widest) - 1
-        staging = Signal(max(held, 1) * LOAD_DATA_BITS, reset_less=True)
-        loading = load.valid & load.ready
-        with m.If(loading):
-            with m.Switch(word.slice):
-                for s in range(held):
-                    with m.Case(s):
-                        m.d.sync += staging.word_select(s, LOAD_DATA_BITS).eq(word.data)
-        for port, target, bits in ((w_wr, LOAD_TARGET_WEIGHTS, cfg.step_bits),
-                                   (p_wr, LOAD_TARGET_PARAMS, cfg.param_bits),
-                                   (d_wr, LOAD_TARGET_DESCRIPTORS, cfg.descriptor_bits)):
-            last = cfg.slices(bits) - 1
-            # (the parameter memory's write port stores the layer counters while running)
-            with m.If(~seq.busy if port is p_wr else True):
-                m.d.comb += [port.addr.eq(word.addr),
-                             port.data.eq(Cat(staging[:last * LOAD_DATA_BITS], word.data)),
-                             port.en.eq(loading & (word.target == target) & (word.slice == last))]
-        # The weight memory's read and write ports share one address (loads happen only while
-        # idle), so it maps onto single-port RAM such as the iCE40UP5K's SPRAM.
-        w_addr = Signal(cfg.weight_addr_bits)
-        m.d.comb += [w_addr.eq(Mux(seq.busy, seq.w_addr, word.addr)),
-                     w_rd.addr.eq(w_addr), w_wr.addr.eq(w_addr),
-                     w_rd.en.eq(seq.w_en & ~w_wr.en)]
-
-        # Activation banks: the writer while running, image loads while idle.
-        act_bits = cfg.act_addr_bits
-        image = loading & (word.target == LOAD_TARGET_ACTIVATIONS)
-        for b in range(BANKS):
+    def _activations(self, m, banks, seq, fetch, rq, load):
+        """The 16 banks: read by the WindowFetch; written by the writer while running and by
+        image loads while idle."""
+        out = rq.o_stream.payload
+        for b, bank in enumerate(banks):
+            wr, rd = bank.write_port(), unchecked_read_port(m, bank, f"act{b}")
+            m.d.comb += [rd.addr.eq(fetch.rd_addr[b]), rd.en.eq(fetch.rd_en),
+                         fetch.rd_data[b].eq(rd.data)]
             with m.If(seq.busy):
-                m.d.comb += [a_wr[b].addr.eq(out.payload.dest_addr), a_wr[b].data.eq(out.payload.value),
-                             a_wr[b].en.eq(out.valid & ~out.payload.raw & (out.payload.dest_bank == b))]
+                m.d.comb += [wr.addr.eq(out.dest_addr), wr.data.eq(out.value),
+                             wr.en.eq(rq.o_stream.valid & ~out.raw & (out.dest_bank == b))]
             with m.Else():
-                m.d.comb += [a_wr[b].addr.eq(word.addr[:act_bits]), a_wr[b].data.eq(word.data),
-                             a_wr[b].en.eq(image & (word.addr[act_bits:act_bits + 4] == b))]
+                m.d.comb += [wr.addr.eq(load.act_addr), wr.data.eq(load.act_data),
+                             wr.en.eq(load.act_en & (load.act_bank == b))]
 
-        # -- performance counters: a layer's count goes to the parameter memory at its end ------
+    def _counters(self, m, seq, mac, params):
+        """Performance counters: a layer's count goes to the parameter memory at its end."""
+        p_wr, p_rd = params
         layer_count = Signal(COUNTER_BITS)
         with m.If(seq.start):
             m.d.sync += [self.total_cycles.eq(0), self.mac_cycles.eq(0), layer_count.eq(0),
@@ -231,10 +166,9 @@ class Engine(wiring.Component):
                 m.d.sync += self.mac_cycles.eq(self.mac_cycles + 1)
             with m.If(seq.layer_end):
                 m.d.sync += layer_count.eq(0)
-                with m.If(layer.linear):
+                with m.If(seq.layer.linear):
                     m.d.sync += self.done.eq(1)
         with m.If(seq.busy):
-            m.d.comb += [p_wr.addr.eq(cfg.param_depth + seq.layer_index),
+            m.d.comb += [p_wr.addr.eq(self.config.param_depth + seq.layer_index),
                          p_wr.data.bias.eq(layer_count + 1), p_wr.en.eq(seq.layer_end)]
         m.d.comb += self.layer_cycles.eq(p_rd.data.bias)
-        return m

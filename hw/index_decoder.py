@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.layouts import operand_layout, window_layout
+from prunefab.hw.timing import Backpressure
 
 
 class IndexDecoder(wiring.Component):
@@ -21,6 +22,9 @@ class IndexDecoder(wiring.Component):
       i_stream: In(stream of window_layout): P weights, P (bank, inside), the 16 banks' words
       o_stream: Out(stream of operand_layout): P (weight, activation) pairs, flags and tag unchanged
     """
+
+    LATENCY = 1
+    BACKPRESSURE = Backpressure.LOCKSTEP
 
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):

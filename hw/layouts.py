@@ -203,25 +203,42 @@ def _leaves(layout, offset=0):
         yield (), offset, shape.width, shape.signed
 
 
-def pack(layout: data.Layout, values: dict) -> int:
+def pack(layout: data.Layout, values) -> int:
     """Pack nested dicts/lists of Python ints into an integer with `layout`'s bit positions.
 
-    Missing fields are 0; a value that does not fit its field raises ValueError.
+    Every field must be given, and nothing else: a missing field, an unknown key, a list of the
+    wrong length or a value that does not fit its field raises ValueError naming the field.
     """
-    word = 0
-    for path, offset, width, is_signed in _leaves(layout):
-        v = values
-        try:
-            for key in path:
-                v = v[key]
-        except (KeyError, IndexError, TypeError):
-            continue
-        v = int(v)
-        lo, hi = (-(1 << (width - 1)), 1 << (width - 1)) if is_signed else (0, 1 << width)
-        if not lo <= v < hi:
-            raise ValueError(f"value {v} does not fit the {width}-bit field {'.'.join(map(str, path))}")
-        word |= (v & ((1 << width) - 1)) << offset
-    return word
+    return _pack(layout, values, ())
+
+
+def _pack(layout, values, path) -> int:
+    where = ".".join(map(str, path)) or "the word"
+    if isinstance(layout, data.StructLayout):
+        if not isinstance(values, dict):
+            raise ValueError(f"{where} needs a dict of {sorted(dict(layout.members))}, not {values!r}")
+        names = dict(layout.members)
+        unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
+        if unknown or missing:
+            raise ValueError(f"{where}: " + "; ".join(
+                ([f"unknown fields {unknown}"] if unknown else []) +
+                ([f"missing fields {missing}"] if missing else [])))
+        return sum(_pack(layout[name].shape, values[name], path + (name,)) << layout[name].offset
+                   for name in names)
+    if isinstance(layout, data.ArrayLayout):
+        if not isinstance(values, (list, tuple)) or len(values) != layout.length:
+            raise ValueError(f"{where} needs a list of {layout.length}, not {values!r}")
+        size = data.Layout.cast(layout.elem_shape).size if isinstance(layout.elem_shape, data.Layout) \
+            else Shape.cast(layout.elem_shape).width
+        return sum(_pack(layout.elem_shape, v, path + (i,)) << (i * size)
+                   for i, v in enumerate(values))
+    shape = Shape.cast(layout)
+    width = shape.width
+    v = int(values)
+    lo, hi = (-(1 << (width - 1)), 1 << (width - 1)) if shape.signed else (0, 1 << width)
+    if not lo <= v < hi:
+        raise ValueError(f"value {v} does not fit the {width}-bit field {where}")
+    return v & ((1 << width) - 1)
 
 
 def unpack(layout: data.Layout, word: int) -> dict:

@@ -8,15 +8,16 @@ input channel.  See docs/hardware.md for the memory map and the load protocol.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from prunefab.hw.config import (BANK_ROWS, BANKS, LOAD_DATA_BITS, EngineConfig, EngineLimitError,
                                 plane_words, row_pitch)
-from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
-                                 LOAD_TARGET_PARAMS, LOAD_TARGET_WEIGHTS, descriptor_layout,
-                                 load_layout, pack, param_layout, step_layout)
+from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, descriptor_layout, load_layout, pack,
+                                 param_layout, step_layout)
+from prunefab.hw.memories import loaded_memories, memory_spec
 from prunefab.sw.artifact import conv_elements, linear_elements
 from prunefab.sw.qnet import QuantizedNetwork
 
@@ -54,15 +55,52 @@ class FeatureMap:
 
 
 @dataclass(frozen=True)
+class LayerDescriptor:
+    """The fields of one descriptor word (`layouts.descriptor_layout`), as plain ints."""
+
+    linear: int
+    pool: int
+    in_h: int
+    in_w: int
+    pitch_in: int
+    out_base: int
+    plane_out: int
+    pitch_out: int
+    out_channels: int
+    n_outputs: int
+
+    def pack(self, cfg: EngineConfig) -> int:
+        return pack(descriptor_layout(cfg), dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
 class LayerPlan:
-    """One layer as the engine runs it (also the input of the cycle model)."""
+    """One layer as the engine runs it (also the input of the cycle model).
+
+    descriptor:      what the hardware's descriptor word holds
+    w_base, param_base: its first step word and its first channel's parameters (the sequencer
+                     carries both from the previous layer, so the descriptor names neither)
+    group_steps:     step words per pixel of each lane group
+    pixels:          pixels computed per group (1 for the classifier)
+    zero_skip_bound: ceil(nonzeros * H * W / P) (conv), ceil(nonzeros / P) (classifier)
+    """
 
     name: str
-    descriptor: dict
-    group_steps: tuple[int, ...]    # step words per pixel of each lane group
-    pixels: int                     # pixels computed per group (1 for the classifier)
+    descriptor: LayerDescriptor
+    w_base: int
+    param_base: int
+    group_steps: tuple[int, ...]
+    pixels: int
     nonzeros: int
-    zero_skip_bound: int            # ceil(nonzeros * H * W / P) (conv), ceil(nonzeros / P) (linear)
+    zero_skip_bound: int
+
+    @property
+    def sweep(self) -> tuple[int, int]:
+        """(rows, columns) of pixels computed: the even part of the input when pooling."""
+        d = self.descriptor
+        if d.pool:
+            return d.in_h - d.in_h % 2, d.in_w - d.in_w % 2
+        return d.in_h, d.in_w
 
 
 @dataclass(frozen=True)
@@ -79,12 +117,10 @@ class Program:
 
     def load_words(self) -> list[int]:
         """The load stream (packed `load_layout` words) writing weights, params and descriptors."""
-        cfg = self.config
+        images = {"weights": self.weights, "params": self.params, "descriptors": self.descriptors}
         out = []
-        for target, words, bits in ((LOAD_TARGET_WEIGHTS, self.weights, cfg.step_bits),
-                                    (LOAD_TARGET_PARAMS, self.params, cfg.param_bits),
-                                    (LOAD_TARGET_DESCRIPTORS, self.descriptors, cfg.descriptor_bits)):
-            out += _sliced(cfg, target, words, bits)
+        for spec in loaded_memories(self.config):
+            out += _sliced(self.config, spec.load_target, images[spec.name], spec.width)
         return out
 
     def image_words(self, image: np.ndarray) -> list[int]:
@@ -101,7 +137,7 @@ class Program:
             for y in range(m.height):
                 for x in range(m.width):
                     bank, addr = m.locate(c, y, x)
-                    out.append(pack(layout, {"target": LOAD_TARGET_ACTIVATIONS,
+                    out.append(pack(layout, {"target": LOAD_TARGET_ACTIVATIONS, "slice": 0,
                                              "addr": (bank << cfg.act_addr_bits) | addr,
                                              "data": int(image[c, y, x])}))
         return out
@@ -123,123 +159,137 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     not fit: shapes, activation, weight or parameter memory.
     """
     cfg.check_network(net)
-    P = cfg.lanes
-    slayout, playout, dlayout = step_layout(cfg), param_layout(cfg), descriptor_layout(cfg)
-    weights: list[int] = []
-    params: list[int] = []
-    descriptors: list[int] = []
-    plans: list[LayerPlan] = []
-    shapes = net.feature_shapes()
+    orders = _lane_orders(net)
+    maps = _feature_maps(cfg, net, orders)
+    steps: list[dict] = []
+    params: list[dict] = []
+    plans = [_pack_conv(cfg, f"conv{i}", layer, maps[i], maps[i + 1], orders[i], steps, params)
+             for i, layer in enumerate(net.convs)]
+    plans.append(_pack_linear(cfg, net.linear, maps[-1], steps, params))
+    _check_memories(cfg, steps, params)
+    return Program(cfg, maps[0], tuple(plans), [pack(step_layout(cfg), w) for w in steps],
+                   [pack(param_layout(cfg), p) for p in params],
+                   [p.descriptor.pack(cfg) for p in plans], net.linear.out_features)
 
-    # Lane balance: a group costs, per input channel, its fullest lane.  Output channels are
-    # dealt to lanes in order of their nonzero count, so a group holds filters of similar size
-    # (stripe-pruned filters with the same stripe count, removed filters together).  The output
-    # planes are stored in that order; the next layer finds channel c at its slot.
+
+def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
+    """Each conv layer's output channels in the order they are dealt to lanes.
+
+    Lane balance: a group costs, per input channel, its fullest lane.  Output channels are
+    dealt to lanes in order of their nonzero count, so a group holds filters of similar size
+    (stripe-pruned filters with the same stripe count, removed filters together).  The output
+    planes are stored in that order; the next layer finds channel c at its slot.
+    """
     orders = []
     for layer in net.convs:
         per_filter = (layer.weights.reshape(layer.out_channels, -1) != 0).sum(axis=1)
         orders.append([int(o) for o in np.argsort(-per_filter, kind="stable")])
+    return orders
 
-    def place(i: int, shape) -> FeatureMap:
-        # Feature map i sits at the bottom of the banks when i is even, at the top when odd, so
-        # a layer's input and output never overlap.
-        c, h, w = shape
-        words = c * plane_words(h, w)
+
+def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[FeatureMap]:
+    """Where every feature map lives: map i at the bottom of the banks when i is even, at the
+    top when odd, so a layer's input and output never overlap."""
+    maps = []
+    for i, (c, h, w) in enumerate(net.feature_shapes()):
         slots = None
         if i > 0:
             slots = [0] * c
             for j, o in enumerate(orders[i - 1]):
                 slots[o] = j
             slots = tuple(slots)
-        return FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w, slots)
+        words = c * plane_words(h, w)
+        maps.append(FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w, slots))
+    return maps
 
-    maps = [place(i, s) for i, s in enumerate(shapes)]
-    for i, layer in enumerate(net.convs):
-        src, dst = maps[i], maps[i + 1]
-        name = f"conv{i}"
-        if src.words + dst.words > cfg.act_depth:
-            need = src.words + dst.words
-            raise EngineLimitError(
-                f"{name}: input and output feature maps need {need} words per activation bank, "
-                f"this engine has {cfg.act_depth}; generate an engine with act_depth >= {need}")
-        counts, positions, values = conv_elements(layer)
-        starts = np.concatenate([[0], np.cumsum(counts.ravel().astype(np.int64))]).reshape(-1)
-        co, ci = counts.shape
-        w_base = len(weights)
-        group_steps = []
-        order = orders[i]
-        for g in range(0, co, P):
-            lanes = order[g:g + P]
-            n_before = len(weights)
-            for c in range(ci):
-                depth = max(int(counts[o, c]) for o in lanes)
-                for s in range(depth):
-                    wv, pv = [0] * P, [0] * P
-                    for l, o in enumerate(lanes):
-                        if s < counts[o, c]:
-                            k = starts[o * ci + c] + s
-                            wv[l], pv[l] = int(values[k]), int(positions[k])
-                    weights.append({"weight": wv, "position": pv,
-                                    "addr": src.plane_base(c), "last": 0})
-            if len(weights) == n_before:
-                # A group with no nonzero at all still needs one step to produce its bias.
-                weights.append({"weight": [0] * P, "position": [0] * P, "addr": src.base, "last": 0})
-            weights[-1]["last"] = 1
-            group_steps.append(len(weights) - n_before)
-        sweep_h = src.height - src.height % 2 if layer.pool else src.height
-        sweep_w = src.width - src.width % 2 if layer.pool else src.width
-        desc = {"linear": 0, "pool": int(layer.pool), "in_h": src.height, "in_w": src.width,
-                "sweep_h": sweep_h, "sweep_w": sweep_w,
-                "pitch_in": src.pitch.bit_length() - 1, "w_base": w_base,
-                "out_base": dst.base, "plane_out": dst.plane,
-                "pitch_out": dst.pitch.bit_length() - 1, "group_stride": P * dst.plane,
-                "param_base": len(params), "out_channels": co,
-                "n_outputs": co * dst.height * dst.width}
-        for o in order:
-            params.append({"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
-                           "shift": int(layer.shift[o])})
-        nnz = len(values)
-        plans.append(LayerPlan(name, desc, tuple(group_steps), sweep_h * sweep_w, nnz,
-                               -(-nnz * src.height * src.width // P)))
 
-    # The classifier: lane l of group g computes class g*P + l; each step broadcasts one input
-    # that some lane of the group needs, found by its bank and address.
-    src = maps[-1]
-    lin = net.linear
-    counts, indices, values = linear_elements(lin)
-    k = lin.out_features
-    w_base = len(weights)
+def _close_group(steps: list[dict], n_before: int, addr: int, lanes: int) -> int:
+    """Mark the group's last step (a group with no nonzero at all still needs one step, to
+    produce its bias); returns the group's step count."""
+    if len(steps) == n_before:
+        steps.append({"weight": [0] * lanes, "position": [0] * lanes, "addr": addr, "last": 0})
+    steps[-1]["last"] = 1
+    return len(steps) - n_before
+
+
+def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: FeatureMap,
+               order: list[int], steps: list[dict], params: list[dict]) -> LayerPlan:
+    """Append one conv layer's step words and parameters; its plan.
+
+    Lane l of group g computes output channel order[g*P + l]; one step word gives every lane
+    its next nonzero of the same input channel.
+    """
+    P = cfg.lanes
+    if src.words + dst.words > cfg.act_depth:
+        need = src.words + dst.words
+        raise EngineLimitError(
+            f"{name}: input and output feature maps need {need} words per activation bank, "
+            f"this engine has {cfg.act_depth}; generate an engine with act_depth >= {need}")
+    counts, positions, values = conv_elements(layer)
+    starts = np.concatenate([[0], np.cumsum(counts.ravel().astype(np.int64))]).reshape(-1)
+    co, ci = counts.shape
+    w_base, param_base = len(steps), len(params)
     group_steps = []
-    hw_ = src.height * src.width
+    for g in range(0, co, P):
+        lanes = order[g:g + P]
+        n_before = len(steps)
+        for c in range(ci):
+            for s in range(max(int(counts[o, c]) for o in lanes)):
+                wv, pv = [0] * P, [0] * P
+                for l, o in enumerate(lanes):
+                    if s < counts[o, c]:
+                        k = starts[o * ci + c] + s
+                        wv[l], pv[l] = int(values[k]), int(positions[k])
+                steps.append({"weight": wv, "position": pv, "addr": src.plane_base(c), "last": 0})
+        group_steps.append(_close_group(steps, n_before, src.base, P))
+    params += [{"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
+                "shift": int(layer.shift[o])} for o in order]
+    desc = LayerDescriptor(linear=0, pool=int(layer.pool), in_h=src.height, in_w=src.width,
+                           pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
+                           plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
+                           out_channels=co, n_outputs=co * dst.height * dst.width)
+    plan = LayerPlan(name, desc, w_base, param_base, tuple(group_steps), 0, len(values),
+                     -(-len(values) * src.height * src.width // P))
+    rows, cols = plan.sweep
+    return dataclasses.replace(plan, pixels=rows * cols)
+
+
+def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
+                 params: list[dict]) -> LayerPlan:
+    """Append the classifier's step words and parameters; its plan.
+
+    Lane l of group g computes class g*P + l; each step broadcasts one input that some lane of
+    the group needs, found by its bank and address.
+    """
+    P = cfg.lanes
+    _, _, values = linear_elements(lin)
+    k = lin.out_features
+    w_base, param_base = len(steps), len(params)
+    group_steps = []
+    pixels = src.height * src.width
     for g in range(0, k, P):
         lanes = range(g, min(g + P, k))
-        used = np.flatnonzero((lin.weights[list(lanes)] != 0).any(axis=0))
-        n_before = len(weights)
-        for j in used:
-            c, rem = divmod(int(j), hw_)
+        n_before = len(steps)
+        for j in np.flatnonzero((lin.weights[list(lanes)] != 0).any(axis=0)):
+            c, rem = divmod(int(j), pixels)
             bank, addr = src.locate(c, *divmod(rem, src.width))
             wv = [int(lin.weights[o, j]) for o in lanes] + [0] * (P - len(lanes))
-            weights.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
-        if len(weights) == n_before:
-            weights.append({"weight": [0] * P, "position": [0] * P, "addr": 0, "last": 0})
-        weights[-1]["last"] = 1
-        group_steps.append(len(weights) - n_before)
-    lin_desc = {"linear": 1, "pool": 0, "in_h": 1, "in_w": 1, "sweep_h": 1, "sweep_w": 1,
-                "pitch_in": 0, "w_base": w_base, "out_base": 0, "plane_out": 0, "pitch_out": 0,
-                "group_stride": 0, "param_base": len(params), "out_channels": k, "n_outputs": k}
-    for o in range(k):
-        params.append({"bias": int(lin.bias[o]), "mult": 0, "shift": 0})
-    plans.append(LayerPlan("linear", lin_desc, tuple(group_steps), 1, len(values),
-                           -(-len(values) // P)))
+            steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
+        group_steps.append(_close_group(steps, n_before, 0, P))
+    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0} for o in range(k)]
+    desc = LayerDescriptor(linear=1, pool=0, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
+                           pitch_out=0, out_channels=k, n_outputs=k)
+    return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),
+                     -(-len(values) // P))
 
-    if len(weights) > cfg.weight_depth:
+
+def _check_memories(cfg: EngineConfig, steps: list, params: list) -> None:
+    weights = memory_spec(cfg, "weights")
+    if len(steps) > weights.depth:
         raise EngineLimitError(
-            f"network: {len(weights)} step words exceed this engine's weight memory of "
-            f"{cfg.weight_depth}; generate an engine with weight_depth >= {len(weights)}")
+            f"network: {len(steps)} step words exceed this engine's weight memory of "
+            f"{weights.depth}; generate an engine with weight_depth >= {len(steps)}")
     if len(params) > cfg.param_depth:
         raise EngineLimitError(
             f"network: {len(params)} channel parameters exceed this engine's parameter memory of "
             f"{cfg.param_depth}; generate an engine with param_depth >= {len(params)}")
-    descriptors = [pack(dlayout, p.descriptor) for p in plans]
-    return Program(cfg, maps[0], tuple(plans), [pack(slayout, w) for w in weights],
-                   [pack(playout, p) for p in params], descriptors, k)

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, EngineConfig
 from prunefab.hw.layouts import accumulator_layout, flags_layout, operand_layout, vector_tag_layout
+from prunefab.hw.timing import Backpressure
 
 
 class MacArray(wiring.Component):
@@ -19,6 +20,9 @@ class MacArray(wiring.Component):
       o_stream: Out(stream of accumulator_layout): P signed 32-bit sums, the pool flags and the
                 tag of the step that ended them
     """
+
+    LATENCY = 2     # the products registered, then the sum in the output register
+    BACKPRESSURE = Backpressure.HOLD
 
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, EngineConfig
 from prunefab.hw.layouts import accumulator_layout, vector_tag_layout
+from prunefab.hw.timing import Backpressure
 
 
 class MaxPool(wiring.Component):
@@ -22,6 +23,9 @@ class MaxPool(wiring.Component):
       o_stream: Out(stream of accumulator_layout): one vector per pool window, with the tag of
                 the window's last vector
     """
+
+    LATENCY = 1
+    BACKPRESSURE = Backpressure.REDUCE
 
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):

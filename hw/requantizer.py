@@ -6,8 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, MULT_BITS, SHIFT_BITS, EngineConfig
 from prunefab.hw.layouts import requant_in_layout, requant_out_layout
+from prunefab.hw.timing import Backpressure
 
-STAGES = 6
 LOW_BITS = 17   # the sum's low part: unsigned, so it fits an 18x18 signed multiplier
 
 
@@ -27,6 +27,9 @@ class Requantizer(wiring.Component):
       i_stream: In(stream of requant_in_layout): acc, bias, M, s, raw, destination
       o_stream: Out(stream of requant_out_layout): value (0..255, or the raw sum), destination
     """
+
+    LATENCY = 6     # the six stages above, one register each
+    BACKPRESSURE = Backpressure.PIPELINE
 
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):

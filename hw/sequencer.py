@@ -1,6 +1,7 @@
 """Sequencer: runs a network layer by layer from its descriptors."""
 
 import enum
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
@@ -8,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.layouts import descriptor_layout, request_layout, step_layout
+from prunefab.hw.timing import Backpressure
 
 
 class SequencerState(enum.Enum):
@@ -40,6 +42,12 @@ class Sequencer(wiring.Component):
       w_addr, w_en: Out, w_data: In, the weight memory's synchronous read port
     """
 
+    # Cycles from a layer's descriptor read to its first step offered (DESCRIPTOR, PRIME), and
+    # from its last output written to `layer_end` (the written count's register).
+    LATENCY = 2
+    DRAIN_LATENCY = 1
+    BACKPRESSURE = Backpressure.SOURCE
+
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):
             raise TypeError(f"Sequencer needs an EngineConfig, not {config!r}")
@@ -62,11 +70,34 @@ class Sequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
-        P = cfg.lanes
-        o = self.o_stream
-        d = self.layer
+        r = self._registers()
+        m.d.comb += [self.busy.eq(r.state != SequencerState.IDLE), self.desc_addr.eq(r.next_layer),
+                     self.desc_en.eq(1)]
+        self._request(m, r)
+        n_written_next = Signal.like(r.n_written)
+        m.d.comb += n_written_next.eq(r.n_written + self.written)
+        m.d.sync += [r.n_written.eq(n_written_next),
+                     r.all_written.eq(n_written_next == self.layer.n_outputs)]
+        with m.Switch(r.state):
+            with m.Case(SequencerState.IDLE):
+                m.d.sync += r.next_layer.eq(0)
+                with m.If(self.start):
+                    # The first layer's step words and parameters start at address 0.
+                    m.d.sync += [self.layer_index.eq(0), r.ptr.eq(0), r.gstart.eq(0),
+                                 r.pbase.eq(0), r.state.eq(SequencerState.DESCRIPTOR)]
+            with m.Case(SequencerState.DESCRIPTOR):
+                m.d.sync += [self.layer.eq(self.desc_data), r.next_layer.eq(self.layer_index + 1),
+                             r.state.eq(SequencerState.PRIME)]
+            with m.Case(SequencerState.PRIME):
+                self._prime(m, r)
+            with m.Case(SequencerState.ISSUE):
+                self._issue(m, r)
+            with m.Case(SequencerState.DRAIN):
+                self._drain(m, r)
+        return m
 
+    def _registers(self) -> SimpleNamespace:
+        cfg = self.config
         ptr = Signal(cfg.weight_addr_bits)      # address of the word now on w_data
         gstart = Signal(cfg.weight_addr_bits)   # first word of the current group
         pbase = Signal(cfg.param_addr_bits)     # parameter index of the layer's channel 0
@@ -90,98 +121,99 @@ class Sequencer(wiring.Component):
         # n_written == n_outputs, registered from the counter's next value (same cycle, shorter
         # path into the state machine).
         all_written = Signal()
+        d = self.layer
+        step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
+        return SimpleNamespace(
+            ptr=ptr, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
+            y0=y0, x0=x0, dy=dy, dx=dx, at_first=at_first, n_written=n_written, state=state,
+            x_more=x_more, y_more=y_more, next_layer=next_layer, all_written=all_written,
+            step=step,
+            # Pixels computed: the even part of the map when pooling (floor pooling drops the rest).
+            sweep_h=Cat(d.in_h[0] & ~d.pool, d.in_h[1:]),
+            sweep_w=Cat(d.in_w[0] & ~d.pool, d.in_w[1:]))
 
-        m.d.comb += [self.busy.eq(state != SequencerState.IDLE), self.desc_addr.eq(next_layer),
-                     self.desc_en.eq(1)]
-
-        # The request: the word on w_data and the pixel it applies to.
-        oy = Mux(d.pool, y0 >> 1, y0)
-        ox = Mux(d.pool, x0 >> 1, x0)
-        req = o.payload
+    def _request(self, m: Module, r: SimpleNamespace) -> None:
+        """The request: the word on w_data and the pixel it applies to."""
+        P = self.config.lanes
+        d = self.layer
+        req = self.o_stream.payload
+        oy = Mux(d.pool, r.y0 >> 1, r.y0)
+        ox = Mux(d.pool, r.x0 >> 1, r.x0)
         m.d.comb += [
+            r.step.eq(Mux(d.pool, 2, 1)),
             req.step.eq(self.w_data),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
-            req.y.eq(y0 | dy), req.x.eq(x0 | dx),
-            req.flags.first.eq(at_first),
+            req.y.eq(r.y0 | r.dy), req.x.eq(r.x0 | r.dx),
+            req.flags.first.eq(r.at_first),
             req.flags.last.eq(self.w_data.last),
-            req.flags.pool_first.eq(~dy & ~dx),
-            req.flags.pool_last.eq(~d.pool | (dy & dx)),
+            req.flags.pool_first.eq(~r.dy & ~r.dx),
+            req.flags.pool_last.eq(~d.pool | (r.dy & r.dx)),
             req.tag.dest_bank.eq(Cat(ox[:2], oy[:2])),
-            req.tag.dest_addr.eq(d.out_base + gbase + ((oy >> 2) << d.pitch_out) + (ox >> 2)),
-            req.tag.param_index.eq(pidx),
-            req.tag.n_lanes.eq(Mux(remaining > P, P, remaining)),
+            req.tag.dest_addr.eq(d.out_base + r.gbase + ((oy >> 2) << d.pitch_out) + (ox >> 2)),
+            req.tag.param_index.eq(r.pidx),
+            req.tag.n_lanes.eq(Mux(r.remaining > P, P, r.remaining)),
         ]
 
-        n_written_next = Signal.like(n_written)
-        m.d.comb += n_written_next.eq(n_written + self.written)
-        m.d.sync += [n_written.eq(n_written_next), all_written.eq(n_written_next == d.n_outputs)]
+    def _prime(self, m: Module, r: SimpleNamespace) -> None:
+        # ptr and gstart already point at the layer's first step word, which follows the
+        # previous layer's last.
+        m.d.comb += [self.w_addr.eq(r.ptr), self.w_en.eq(1)]
+        m.d.sync += [r.remaining.eq(self.layer.out_channels),
+                     r.pidx.eq(r.pbase), r.gbase.eq(0), r.y0.eq(0), r.x0.eq(0), r.dy.eq(0),
+                     r.dx.eq(0), r.at_first.eq(1), r.n_written.eq(0), r.all_written.eq(0),
+                     r.x_more.eq(r.step < r.sweep_w), r.y_more.eq(r.step < r.sweep_h),
+                     self.o_stream.valid.eq(1), r.state.eq(SequencerState.ISSUE)]
 
-        step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
-        m.d.comb += step.eq(Mux(d.pool, 2, 1))
-        # Pixels computed: the even part of the map when pooling (floor pooling drops the rest).
-        sweep_h = Cat(d.in_h[0] & ~d.pool, d.in_h[1:])
-        sweep_w = Cat(d.in_w[0] & ~d.pool, d.in_w[1:])
-        group_stride = d.plane_out * P
+    def _issue(self, m: Module, r: SimpleNamespace) -> None:
+        cfg = self.config
+        d = self.layer
+        # The word on w_data picks the next address, so `last` (a memory output) must reach the
+        # weight memory's address in the same cycle: everything else that decides it is
+        # computed from registers, leaving one 2:1 select after `last`.
+        more_pixels = Signal()
+        m.d.comb += more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more)
+        # The address does not wait for `ready` (only the read enable does), so the pipeline's
+        # stall ends at the memory's enable, not at its address.
+        next_addr = Signal(cfg.weight_addr_bits)
+        m.d.comb += [next_addr.eq(Mux(self.w_data.last & more_pixels, r.gstart, r.ptr + 1)),
+                     self.w_addr.eq(next_addr)]
+        with m.If(self.o_stream.ready):
+            m.d.comb += self.w_en.eq(1)
+            m.d.sync += [r.ptr.eq(next_addr), r.at_first.eq(self.w_data.last)]
+            with m.If(self.w_data.last):
+                self._next_pixel(m, r)
 
-        with m.Switch(state):
-            with m.Case(SequencerState.IDLE):
-                m.d.sync += next_layer.eq(0)
-                with m.If(self.start):
-                    # The first layer's step words and parameters start at address 0.
-                    m.d.sync += [self.layer_index.eq(0), ptr.eq(0), gstart.eq(0), pbase.eq(0),
-                                 state.eq(SequencerState.DESCRIPTOR)]
-            with m.Case(SequencerState.DESCRIPTOR):
-                m.d.sync += [d.eq(self.desc_data), next_layer.eq(self.layer_index + 1),
-                             state.eq(SequencerState.PRIME)]
-            with m.Case(SequencerState.PRIME):
-                # ptr and gstart already point at the layer's first step word, which follows
-                # the previous layer's last.
-                m.d.comb += [self.w_addr.eq(ptr), self.w_en.eq(1)]
-                m.d.sync += [remaining.eq(d.out_channels),
-                             pidx.eq(pbase), gbase.eq(0), y0.eq(0), x0.eq(0), dy.eq(0),
-                             dx.eq(0), at_first.eq(1), n_written.eq(0), all_written.eq(0),
-                             x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
-                             o.valid.eq(1), state.eq(SequencerState.ISSUE)]
-            with m.Case(SequencerState.ISSUE):
-                # The word on w_data picks the next address, so `last` (a memory output) must
-                # reach the weight memory's address in the same cycle: everything else that
-                # decides it is computed from registers, leaving one 2:1 select after `last`.
-                more_pixels = Signal()
-                m.d.comb += more_pixels.eq((d.pool & ~(dy & dx)) | x_more | y_more)
-                # The address does not wait for `ready` (only the read enable does), so the
-                # pipeline's stall ends at the memory's enable, not at its address.
-                next_addr = Signal(cfg.weight_addr_bits)
-                m.d.comb += [next_addr.eq(Mux(self.w_data.last & more_pixels, gstart, ptr + 1)),
-                             self.w_addr.eq(next_addr)]
-                with m.If(o.ready):
-                    m.d.comb += self.w_en.eq(1)
-                    m.d.sync += [ptr.eq(next_addr), at_first.eq(self.w_data.last)]
-                    with m.If(self.w_data.last):
-                        with m.If(d.pool & ~(dy & dx)):
-                            # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
-                            m.d.sync += [dx.eq(~dx), dy.eq(dy | dx)]
-                        with m.Elif(x_more):
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(x0 + step),
-                                         x_more.eq(x0 + 2 * step < sweep_w)]
-                        with m.Elif(y_more):
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(y0 + step),
-                                         x_more.eq(step < sweep_w),
-                                         y_more.eq(y0 + 2 * step < sweep_h)]
-                        with m.Else():
-                            # The group is done: the next group's words follow this one's.
-                            m.d.sync += [dx.eq(0), dy.eq(0), x0.eq(0), y0.eq(0), gstart.eq(ptr + 1),
-                                         x_more.eq(step < sweep_w), y_more.eq(step < sweep_h),
-                                         remaining.eq(remaining - P), pidx.eq(pidx + P),
-                                         gbase.eq(gbase + group_stride)]
-                            with m.If(remaining <= P):
-                                m.d.sync += [o.valid.eq(0), state.eq(SequencerState.DRAIN)]
-            with m.Case(SequencerState.DRAIN):
-                with m.If(all_written):
-                    m.d.comb += self.layer_end.eq(1)
-                    m.d.sync += pbase.eq(pbase + d.out_channels)
-                    with m.If(d.linear):
-                        m.d.sync += state.eq(SequencerState.IDLE)
-                    with m.Else():
-                        m.d.sync += [self.layer_index.eq(self.layer_index + 1),
-                                     state.eq(SequencerState.DESCRIPTOR)]
-        return m
+    def _next_pixel(self, m: Module, r: SimpleNamespace) -> None:
+        """After a pixel's last step: the next pixel of the block, of the row, of the map, or
+        the next group."""
+        P = self.config.lanes
+        d = self.layer
+        step, sweep_w, sweep_h = r.step, r.sweep_w, r.sweep_h
+        with m.If(d.pool & ~(r.dy & r.dx)):
+            # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
+            m.d.sync += [r.dx.eq(~r.dx), r.dy.eq(r.dy | r.dx)]
+        with m.Elif(r.x_more):
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(r.x0 + step),
+                         r.x_more.eq(r.x0 + 2 * step < sweep_w)]
+        with m.Elif(r.y_more):
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(r.y0 + step),
+                         r.x_more.eq(step < sweep_w), r.y_more.eq(r.y0 + 2 * step < sweep_h)]
+        with m.Else():
+            # The group is done: the next group's words follow this one's.
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(0), r.gstart.eq(r.ptr + 1),
+                         r.x_more.eq(step < sweep_w), r.y_more.eq(step < sweep_h),
+                         r.remaining.eq(r.remaining - P), r.pidx.eq(r.pidx + P),
+                         r.gbase.eq(r.gbase + d.plane_out * P)]
+            with m.If(r.remaining <= P):
+                m.d.sync += [self.o_stream.valid.eq(0), r.state.eq(SequencerState.DRAIN)]
+
+    def _drain(self, m: Module, r: SimpleNamespace) -> None:
+        d = self.layer
+        with m.If(r.all_written):
+            m.d.comb += self.layer_end.eq(1)
+            m.d.sync += r.pbase.eq(r.pbase + d.out_channels)
+            with m.If(d.linear):
+                m.d.sync += r.state.eq(SequencerState.IDLE)
+            with m.Else():
+                m.d.sync += [self.layer_index.eq(self.layer_index + 1),
+                             r.state.eq(SequencerState.DESCRIPTOR)]

@@ -6,6 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, EngineConfig
 from prunefab.hw.layouts import accumulator_layout, param_layout, requant_in_layout
+from prunefab.hw.timing import Backpressure
 
 
 class ChannelSerializer(wiring.Component):
@@ -24,6 +25,9 @@ class ChannelSerializer(wiring.Component):
       param_addr, param_en: Out, the parameter memory's synchronous read port
       param_data: In(param_layout), its data one cycle after param_en
     """
+
+    LATENCY = 2     # the vector registered, then its first value; its n values leave in n cycles
+    BACKPRESSURE = Backpressure.SERIALIZE
 
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
+from prunefab.hw.memories import MemoryHint, engine_memories
 
 # ECP5 LUT mapping with the classic ABC mapper: synth_ecp5's ABC9 step (yosys 0.70) stops on the
 # engine with an internal assertion in ABC_OPS_REINTEGRATE, with or without DSPs, carry chains or
@@ -30,9 +31,9 @@ ECP5_SYNTH = ("synth_ecp5 -run begin:map_luts",
               "synth_ecp5 -run map_cells:")
 
 FAMILIES = {
-    # The weight memory is asked for as "huge" RAM: yosys would otherwise spend EBR on it,
-    # which the 16 activation banks need.
-    "ice40": (f"setattr -set ram_style \"huge\" {TOP_NAME}/weights; synth_ice40 -dsp -spram", {
+    # Memories hinted HUGE (the weight memory) are asked for as "huge" RAM (`memory_hints`):
+    # yosys would otherwise spend EBR on them, which the 16 activation banks need.
+    "ice40": ("synth_ice40 -dsp -spram", {
         "lut": ["SB_LUT4"], "carry": ["SB_CARRY"], "ff": ["SB_DFF"], "dsp": ["SB_MAC16"],
         "ebr": ["SB_RAM40_4K"], "spram": ["SB_SPRAM256KA"]}),
     "ecp5": ("; ".join(ECP5_SYNTH), {
@@ -45,6 +46,19 @@ FAMILIES = {
 # not matter; the all-zero initial value the generator writes would stop SPRAM (which cannot be
 # initialized) from being used.
 STRIP_INIT = "delete t:$meminit_v2;"
+
+
+# The families with large single-port RAM for memories hinted HUGE (the iCE40UP5K's SPRAM).
+HUGE_RAM = {"ice40"}
+
+
+def memory_hints(config: EngineConfig, family: str, scope: str = TOP_NAME) -> str:
+    """yosys commands giving `family` each engine memory's mapping hint
+    (`prunefab.hw.memories`); `scope` is the module holding the memories (`*` for any)."""
+    if family not in HUGE_RAM:
+        return ""
+    return "".join(f'setattr -set ram_style "huge" {scope}/{spec.name}; '
+                   for spec in engine_memories(config) if spec.hint is MemoryHint.HUGE)
 
 
 def yosys() -> str:
@@ -81,7 +95,8 @@ def synthesize(config: EngineConfig, family: str, workdir: str | Path) -> dict:
     work = Path(workdir)
     generate(config, work)
     log = subprocess.run([yosys(), "-q", "-p",
-                          f"read_rtlil {TOP_NAME}.il; {STRIP_INIT} {script} -top {TOP_NAME}; "
+                          f"read_rtlil {TOP_NAME}.il; {STRIP_INIT} {memory_hints(config, family)}"
+                          f"{script} -top {TOP_NAME}; "
                           f"tee -o stat.txt stat"],
                          cwd=work, capture_output=True, text=True)
     if log.returncode != 0:
@@ -192,7 +207,7 @@ def place_and_route(config: EngineConfig, target: str, workdir: str | Path, *,
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{SHELL_NAME}.il").write_text(rtlil.convert(SynthesisShell(config), name=SHELL_NAME))
     (work / "config.json").write_text(config.to_json())
-    script = FAMILIES[t.family][0].replace(f"{TOP_NAME}/", "*/")
+    script = memory_hints(config, t.family, "*") + FAMILIES[t.family][0]
     log = subprocess.run([yosys(), "-q", "-l", "yosys.log", "-p",
                           f"read_rtlil {SHELL_NAME}.il; {STRIP_INIT} {script} -top {SHELL_NAME} "
                           f"-json {SHELL_NAME}.json; tee -o stat.txt stat"],

@@ -1,11 +1,14 @@
 """WindowFetch: reads the 3x3 activation window (or one classifier input) a step needs."""
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import BANK_ROWS, BANKS, EngineConfig
 from prunefab.hw.layouts import request_layout, window_layout
+from prunefab.hw.timing import Backpressure
 from prunefab.sw.qnet import KERNEL
 
 
@@ -33,6 +36,9 @@ class WindowFetch(wiring.Component):
       rd_data:   In, the banks' read data, one cycle after rd_en
     """
 
+    LATENCY = 3     # the request registered, the bank read, the banks' words registered
+    BACKPRESSURE = Backpressure.LOCKSTEP
+
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):
             raise TypeError(f"WindowFetch needs an EngineConfig, not {config!r}")
@@ -51,9 +57,7 @@ class WindowFetch(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
         i, o = self.i_stream, self.o_stream
-        req = i.payload
 
         # Lock-step pipeline: all three stages move exactly when the consumer is ready, so i.ready is
         # o.ready itself and the engine's one stall signal reaches every stage without passing
@@ -61,20 +65,48 @@ class WindowFetch(wiring.Component):
         # within a layer.)  The consumer must not wait for valid before raising ready.
         en = Signal()
         m.d.comb += [en.eq(o.ready), i.ready.eq(en), self.rd_en.eq(en)]
+        s0, s0_valid = self._stage0(m, en)
 
-        # Per kernel row/column offset k (0..2): the coordinate y + k - 1 and whether it is inside.
-        def axis(coord, size):
-            inside, quot, res = [], [], []
-            for k in range(KERNEL):
-                c = Signal(signed(cfg.coord_bits + 2), name=f"c{k}")
-                m.d.comb += c.eq(coord + k - 1)
-                inside.append((c >= 0) & (c < size))
-                quot.append(c[2:])               # floor(c / 4); negative only when outside
-                res.append(c[:2])
-            return inside, quot, res
+        # Stage 1: the read is in flight; each lane's bank and padding bit.
+        lane_bank, lane_inside = self._lane_banks(m, s0)
+        s1 = Signal(window_layout(self.config), reset_less=True)
+        s1_valid = Signal()
+        with m.If(en):
+            m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0.window), s1.bank.eq(lane_bank),
+                         s1.inside.eq(lane_inside)]
 
-        row_in, row_q, row_r = axis(req.y, self.in_h)
-        col_in, col_q, col_r = axis(req.x, self.in_w)
+        # Stage 2: the banks' words, registered beside the step.
+        with m.If(en):
+            m.d.sync += [
+                o.valid.eq(s1_valid),
+                o.payload.weight.eq(s1.weight), o.payload.bank.eq(s1.bank),
+                o.payload.inside.eq(s1.inside), o.payload.flags.eq(s1.flags),
+                o.payload.tag.eq(s1.tag), o.payload.window.eq(self.rd_data),
+            ]
+        return m
+
+    def _axis(self, m: Module, coord, size):
+        """Per kernel row/column offset k (0..2): whether coordinate + k - 1 is inside, its
+        quotient by 4 and its residue mod 4."""
+        inside, quot, res = [], [], []
+        for k in range(KERNEL):
+            c = Signal(signed(self.config.coord_bits + 2), name=f"c{k}")
+            m.d.comb += c.eq(coord + k - 1)
+            inside.append((c >= 0) & (c < size))
+            quot.append(c[2:])               # floor(c / 4); negative only when outside
+            res.append(c[:2])
+        return inside, quot, res
+
+    def _stage0(self, m: Module, en):
+        """Stage 0: the request, each bank row's base address (step address + row offset), each
+        bank column's offset and the window's row and column residues and padding bits
+        registered, so each bank address is one adder after registers (the step word arrives
+        straight from the weight memory and the offsets are several adders, selects and a shift
+        after the sequencer's counters).  Drives the banks' read addresses."""
+        cfg = self.config
+        req = self.i_stream.payload
+        row_in, row_q, row_r = self._axis(m, req.y, self.in_h)
+        col_in, col_q, col_r = self._axis(m, req.x, self.in_w)
 
         # Bank row br serves the window row whose coordinate is br mod 4 (at most one does), at
         # word offset quotient << pitch; bank column bc likewise at offset quotient.  The
@@ -89,11 +121,6 @@ class WindowFetch(wiring.Component):
                     with m.If(col_r[k] == r):
                         m.d.comb += col_off[r].eq(col_q[k])
 
-        # Stage 0: the request, each bank row's base address (step address + row offset), each
-        # bank column's offset and the window's row and column residues and padding bits
-        # registered, so each bank address is one adder after registers (the step word arrives
-        # straight from the weight memory and the offsets are several adders, selects and a
-        # shift after the sequencer's counters).
         # Only the valid bits need a reset; data registers have none.
         s0 = Signal(window_layout(cfg), reset_less=True)   # bank: each lane's kernel position
         s0_valid = Signal()
@@ -105,7 +132,7 @@ class WindowFetch(wiring.Component):
         s0_col_in = Signal(KERNEL, reset_less=True)
         with m.If(en):
             m.d.sync += [
-                s0_valid.eq(i.valid), s0_col_off.eq(col_off),
+                s0_valid.eq(self.i_stream.valid), s0_col_off.eq(col_off),
                 s0.weight.eq(req.step.weight), s0.bank.eq(req.step.position),
                 s0.flags.eq(req.flags), s0.tag.eq(req.tag),
             ]
@@ -117,14 +144,18 @@ class WindowFetch(wiring.Component):
         for br in range(BANK_ROWS):
             for bc in range(BANK_ROWS):
                 m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(s0_row_base[br] + s0_col_off[bc])
+        return SimpleNamespace(window=s0, row_r=s0_row_r, col_r=s0_col_r, row_in=s0_row_in,
+                               col_in=s0_col_in), s0_valid
 
-        # Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
-        # mod 4 are the bank.  Positions 9..15 never occur in conv steps.  Computed from stage 0's
-        # registers while the read is in flight.
+    def _lane_banks(self, m: Module, s0: SimpleNamespace):
+        """Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
+        mod 4 are the bank.  Positions 9..15 never occur in conv steps.  Computed from stage 0's
+        registers while the read is in flight."""
+        cfg = self.config
         lane_bank = Signal(data.ArrayLayout(4, cfg.lanes))
         lane_inside = Signal(cfg.lanes)
         for lane in range(cfg.lanes):
-            pos = s0.bank[lane]
+            pos = s0.window.bank[lane]
             with m.If(self.linear):
                 m.d.comb += [lane_bank[lane].eq(pos), lane_inside[lane].eq(1)]
             with m.Else():
@@ -132,22 +163,6 @@ class WindowFetch(wiring.Component):
                     for ky in range(KERNEL):
                         for kx in range(KERNEL):
                             with m.Case(ky * KERNEL + kx):
-                                m.d.comb += [lane_bank[lane].eq(Cat(s0_col_r[kx], s0_row_r[ky])),
-                                             lane_inside[lane].eq(s0_row_in[ky] & s0_col_in[kx])]
-
-        # Stage 1: the read is in flight; each lane's bank and padding bit.
-        s1 = Signal(window_layout(cfg), reset_less=True)
-        s1_valid = Signal()
-        with m.If(en):
-            m.d.sync += [s1_valid.eq(s0_valid), s1.eq(s0), s1.bank.eq(lane_bank),
-                         s1.inside.eq(lane_inside)]
-
-        # Stage 2: the banks' words, registered beside the step.
-        with m.If(en):
-            m.d.sync += [
-                o.valid.eq(s1_valid),
-                o.payload.weight.eq(s1.weight), o.payload.bank.eq(s1.bank),
-                o.payload.inside.eq(s1.inside), o.payload.flags.eq(s1.flags),
-                o.payload.tag.eq(s1.tag), o.payload.window.eq(self.rd_data),
-            ]
-        return m
+                                m.d.comb += [lane_bank[lane].eq(Cat(s0.col_r[kx], s0.row_r[ky])),
+                                             lane_inside[lane].eq(s0.row_in[ky] & s0.col_in[kx])]
+        return lane_bank, lane_inside

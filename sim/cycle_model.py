@@ -2,13 +2,11 @@
 
 `prunefab.hw.cycles` gives the closed form `max(issue, serial) + overhead`, exact when issuing
 step words is the bottleneck.  When a pixel has fewer steps than its group has lanes, the single
-requantizer is the bottleneck and back-pressure ripples up the pipeline, so this module replays
-the pipeline's handshakes register by register (Sequencer -> WindowFetch (3 stages) ->
-IndexDecoder -> MacArray (2 stages) -> MaxPool -> ChannelSerializer -> Requantizer (6 stages) ->
-writer) from the program's step stream.  The stages before the MacArray move in lock-step with
-it (one stall signal), and nothing after the ChannelSerializer ever waits (the writer is always
-ready).  The replay is exact in every case; where the closed form
-is exact too, the two agree (tests/sim/test_cycle_model.py).
+requantizer is the bottleneck and back-pressure ripples up the pipeline, so this module runs a
+timing model of every block of `prunefab.hw.engine.PIPELINE`, built from the block's `LATENCY`
+and `BACKPRESSURE` attributes (`prunefab.hw.timing`), on the program's step stream.  Only the
+valid bits and the payload fields timing depends on are modelled.  The model is exact in every
+case; where the closed form is exact too, the two agree (tests/sim/test_cycle_model.py).
 
 A layer's count runs from its descriptor read to the cycle the sequencer sees its last output
 written, as the engine's `layer_cycles` counter does.
@@ -18,96 +16,172 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.cycles import issue_cycles
+from prunefab.hw.engine import PIPELINE
 from prunefab.hw.loader import LayerPlan, Program, pack_network
+from prunefab.hw.sequencer import Sequencer
+from prunefab.hw.timing import Backpressure
 from prunefab.sw.qnet import ConvLayer, LinearLayer, QuantizedNetwork
 
-# Cycles from a value entering the requantizer to the sequencer counting it as written:
-# six requantizer stages, then the written counter's register.
-_REQUANTIZER_STAGES = 6
+
+class Step(NamedTuple):
+    """What timing needs of a step, a sum vector or a value (None: no valid item)."""
+
+    last: bool          # the pixel's last step
+    pool_last: bool     # the pool window's last pixel
+    n_lanes: int        # lanes holding real output channels
 
 
-def _pixel_steps(plan: LayerPlan, lanes: int):
-    """(steps, pool_last, n_lanes) of every pixel of the layer, in issue order."""
-    pool = plan.descriptor["pool"]
-    channels = plan.descriptor["out_channels"]
+class _Lockstep:
+    """`latency` registers that all move exactly when the consumer is ready."""
+
+    def __init__(self, latency: int):
+        self.regs = [None] * latency
+
+    def output(self):
+        return self.regs[-1]
+
+    def ready(self, down_ready: bool) -> bool:
+        return down_ready
+
+    def clock(self, incoming, down_ready: bool) -> None:
+        if down_ready:
+            self.regs = [incoming] + self.regs[:-1]
+
+
+class _Pipeline(_Lockstep):
+    """`latency` registers that all move when the output is empty or taken."""
+
+    def ready(self, down_ready: bool) -> bool:
+        return self.regs[-1] is None or down_ready
+
+    def clock(self, incoming, down_ready: bool) -> None:
+        super().clock(incoming, self.ready(down_ready))
+
+
+class _Hold:
+    """`latency - 1` registers, then an output register that a pixel's last step fills; the
+    registers stall only when that step meets a full output."""
+
+    def __init__(self, latency: int):
+        self.regs = [None] * (latency - 1)
+        self.out = None
+
+    def output(self):
+        return self.out
+
+    def ready(self, down_ready: bool) -> bool:
+        ending = self.regs[-1]
+        return not (ending is not None and ending.last and self.out is not None and not down_ready)
+
+    def clock(self, incoming, down_ready: bool) -> None:
+        moving = self.ready(down_ready)
+        if self.out is not None and down_ready:
+            self.out = None
+        if moving:
+            if self.regs[-1] is not None and self.regs[-1].last:
+                self.out = self.regs[-1]
+            self.regs = [incoming] + self.regs[:-1]
+
+
+class _Reduce:
+    """One register holding the running and then the finished window (latency 1)."""
+
+    def __init__(self, latency: int):
+        assert latency == 1, "a REDUCE block holds its window in one register"
+        self.out = None
+
+    def output(self):
+        return self.out
+
+    def ready(self, down_ready: bool) -> bool:
+        return self.out is None or down_ready
+
+    def clock(self, incoming, down_ready: bool) -> None:
+        accepting = self.ready(down_ready)
+        if self.out is not None and down_ready:
+            self.out = None
+        if incoming is not None and accepting and incoming.pool_last:
+            self.out = incoming
+
+
+class _Serialize:
+    """A vector is registered, then its lanes leave one per cycle through `latency - 1` output
+    registers; the next vector is taken in the cycle its predecessor's last lane leaves."""
+
+    def __init__(self, latency: int):
+        self.lanes_left = 0             # lanes still to leave, the one leaving now included
+        self.regs = [None] * (latency - 1)
+
+    def output(self):
+        return self.regs[-1]
+
+    def _moving(self, down_ready: bool) -> bool:
+        return self.regs[-1] is None or down_ready
+
+    def ready(self, down_ready: bool) -> bool:
+        return self.lanes_left == 0 or (self._moving(down_ready) and self.lanes_left == 1)
+
+    def clock(self, incoming, down_ready: bool) -> None:
+        accepting = self.ready(down_ready)
+        if self._moving(down_ready):
+            value = Step(True, True, 1) if self.lanes_left else None
+            self.regs = [value] + self.regs[:-1]
+            self.lanes_left = max(self.lanes_left - 1, 0)
+        if incoming is not None and accepting:
+            self.lanes_left = incoming.n_lanes
+
+
+_MODELS = {Backpressure.LOCKSTEP: _Lockstep, Backpressure.PIPELINE: _Pipeline,
+           Backpressure.HOLD: _Hold, Backpressure.REDUCE: _Reduce,
+           Backpressure.SERIALIZE: _Serialize}
+
+
+def stage_model(component):
+    """The timing model of a pipeline Component class: `output()` (the item its o_stream offers,
+    None when not valid), `ready(down_ready)` (its i_stream's ready) and `clock(offered,
+    down_ready)` (one cycle)."""
+    return _MODELS[component.BACKPRESSURE](component.LATENCY)
+
+
+def _steps(plan: LayerPlan, lanes: int):
+    """Every step of the layer in issue order."""
+    pool = plan.descriptor.pool
+    channels = plan.descriptor.out_channels
     for g, steps in enumerate(plan.group_steps):
         n_lanes = min(lanes, channels - g * lanes)
         for p in range(plan.pixels):
-            yield steps, (not pool) or p % 4 == 3, n_lanes
+            for s in range(steps):
+                yield Step(s == steps - 1, (not pool) or p % 4 == 3, n_lanes)
 
 
 def layer_cycles(plan: LayerPlan, lanes: int) -> int:
     """Exact cycles of one layer: the engine's `layer_cycles` counter for it."""
-    pixels = _pixel_steps(plan, lanes)
-    left, pool_last, n_lanes = 0, True, 0   # steps of the current pixel still to issue
-    cur = None                              # (last, pool_last, n_lanes) of the step on offer
-    seq_done = False
-
-    # Pipeline registers: a stage's valid bit and the payload fields timing depends on.
-    wf0 = wf1 = wf2 = dec = None            # step payloads (None: no valid step)
-    mac_s1 = None
-    mac_o_valid, mac_o_pool_last, mac_o_lanes = False, False, 0
-    pool_o_valid, pool_o_lanes = False, 0
-    ser_busy, ser_lane, ser_lanes, ser_o_valid = False, 0, 0, False
-    rq = [False] * _REQUANTIZER_STAGES
-    written = 0
-    outputs = plan.descriptor["n_outputs"]
-
-    # Cycle 0 reads the descriptor, cycle 1 primes the weight memory; the first step is offered
-    # in cycle 2.
-    cycle = 2
-    while True:
-        if cur is None and not seq_done:
-            if left == 0:
-                nxt = next(pixels, None)
-                if nxt is None:
-                    seq_done = True
-                else:
-                    left, pool_last, n_lanes = nxt
-            if not seq_done:
-                left -= 1
-                cur = (left == 0, pool_last, n_lanes)
-        if seq_done and written == outputs:
-            return cycle + 1        # the counter includes the cycle of layer_end
-
-        # -- combinational ready signals, from the writer back to the sequencer --------------
-        ser_ready = (not ser_busy) or ser_lane == ser_lanes - 1
-        pool_ready = not pool_o_valid or ser_ready     # one register: the window must be taken
-        mac_stall = mac_s1 is not None and mac_s1[0] and mac_o_valid and not pool_ready
-        front_en = not mac_stall            # WindowFetch, IndexDecoder and the sequencer
-
-        # -- register updates ----------------------------------------------------------------
-        written += rq[-1]
-        rq = [ser_o_valid] + rq[:-1]
-        ser_o_valid = ser_busy
-        ser_finishing = ser_busy and ser_lane == ser_lanes - 1
-        if ser_busy:
-            ser_lane += 1
-        if ser_finishing:
-            ser_busy = False
-        if pool_o_valid and ser_ready:
-            ser_busy, ser_lane, ser_lanes = True, 0, pool_o_lanes
-            pool_o_valid = False
-        if mac_o_valid and pool_ready:
-            mac_o_valid = False
-            if mac_o_pool_last:
-                pool_o_valid, pool_o_lanes = True, mac_o_lanes
-        if not mac_stall:
-            if mac_s1 is not None and mac_s1[0]:
-                mac_o_valid, mac_o_pool_last, mac_o_lanes = True, mac_s1[1], mac_s1[2]
-            mac_s1 = dec
-        if front_en:
-            dec = wf2
-            wf2 = wf1
-            wf1 = wf0
-            wf0 = cur
-            cur = None
+    stages = [stage_model(c) for _, c in PIPELINE]
+    steps = _steps(plan, lanes)
+    offered = next(steps, None)
+    written, outputs = 0, plan.descriptor.n_outputs     # the writer is always ready
+    cycle = Sequencer.LATENCY       # the descriptor read and the weight memory's first read
+    while offered is not None or written < outputs:
+        # Ready signals from the writer back to the sequencer, then every register at once.
+        ready = [True]
+        for stage in reversed(stages):
+            ready.insert(0, stage.ready(ready[0]))
+        outputs_now = [offered] + [stage.output() for stage in stages]
+        for k, stage in enumerate(stages):
+            stage.clock(outputs_now[k], ready[k + 1])
+        if offered is not None and ready[0]:
+            offered = next(steps, None)
+        written += outputs_now[-1] is not None
         cycle += 1
+    # The last value was written in cycle - 1; the sequencer sees it DRAIN_LATENCY cycles
+    # later, in the cycle of layer_end, which the counter includes.
+    return cycle - 1 + Sequencer.DRAIN_LATENCY + 1
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,9 @@ class Scoreboard:
         """Where each conv layer writes its output in the activation banks."""
         maps = []
         for plan, (c, h, w) in zip(self.program.layers, self.net.feature_shapes()[1:]):
-            if plan.descriptor["linear"]:
+            if plan.descriptor.linear:
                 break
-            maps.append(FeatureMap(plan.descriptor["out_base"], c, h, w))
+            maps.append(FeatureMap(plan.descriptor.out_base, c, h, w))
         return maps
 
     def first_difference(self, index: int, maps: list[np.ndarray], logits) -> str:

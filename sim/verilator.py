@@ -87,7 +87,7 @@ def run_verilator(program: Program, images: np.ndarray, work_dir: str | os.PathL
     load = program.load_words()
     per_image = [program.image_words(img) for img in images]
     n_layers = len(program.layers)
-    budget = 4 * sum(p.pixels * sum(p.group_steps) + p.descriptor["n_outputs"]
+    budget = 4 * sum(p.pixels * sum(p.group_steps) + p.descriptor.n_outputs
                      for p in program.layers) + 1000 * n_layers
     run_file, result_file = work / "run.bin", work / "result.bin"
     with open(run_file, "wb") as f:

@@ -97,3 +97,26 @@ def test_memory_mapping_follows_yosys_costs():
     assert F.memory_mapping("ecp5", 8, 128) == ("lutram", 16)           # a small one
     assert F.memory_mapping("ecp5", 8, 256) == ("bram", 1)              # link buffer: a tie
     assert F.memory_mapping("ecp5", 56, 512) == ("bram", 2)             # parameters, PDPW16KD
+
+
+def test_logic_lines_are_the_fit_of_the_recorded_builds():
+    import json
+    doc = json.loads(F.BUILDS.read_text())
+    fitted = F.logic_lines(doc["builds"])
+    assert F.LOGIC == fitted and set(fitted) == {"ice40", "ecp5"}
+    assert set(fitted["ice40"]) == {"lut", "ff", "lc"} and set(fitted["ecp5"]) == {"lut", "ff"}
+
+
+def test_a_later_single_build_moves_the_base_not_the_slope():
+    sweep = [{"revision": "a", "board": "icebreaker", "lanes": p, "used": {"lut": 1000 + 300 * p}}
+             for p in (1, 2, 4)]
+    later = {"revision": "b", "board": "icebreaker", "lanes": 2, "used": {"lut": 1500}}
+    assert F.logic_lines(sweep) == {"ice40": {"lut": (1000, 300)}}
+    assert F.logic_lines(sweep + [later]) == {"ice40": {"lut": (900, 300)}}
+
+
+def test_engine_memories_are_counted_from_their_description():
+    cfg = EngineConfig.ecp5_85f()
+    names = [m.name for m in F.memories(cfg)]
+    assert names[:3] == ["weights", "params", "descriptors"] and "logits" in names
+    assert {"receiver", "transmitter", "identity"} <= set(names)

@@ -29,14 +29,15 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
     params = [unpack(param_layout(cfg), w) for w in program.params]
     logits = []
     for plan in program.layers:
-        d = plan.descriptor     # the host's view: the packed word omits what the sequencer derives
-        ptr = d["w_base"]
-        bs = 2 if d["pool"] else 1
-        for g in range(-(-d["out_channels"] // P)):
+        d = plan.descriptor
+        sweep_h, sweep_w = plan.sweep
+        ptr = plan.w_base
+        bs = 2 if d.pool else 1
+        for g in range(-(-d.out_channels // P)):
             gstart = ptr
-            n_lanes = min(P, d["out_channels"] - g * P)
-            for y0 in range(0, d["sweep_h"], bs):
-                for x0 in range(0, d["sweep_w"], bs):
+            n_lanes = min(P, d.out_channels - g * P)
+            for y0 in range(0, sweep_h, bs):
+                for x0 in range(0, sweep_w, bs):
                     pooled = None
                     for dy in range(bs):
                         for dx in range(bs):
@@ -48,30 +49,30 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 ptr += 1
                                 for l in range(P):
                                     p = s["position"][l]
-                                    if d["linear"]:
+                                    if d.linear:
                                         a = mem[p, s["addr"]]
                                     else:
                                         ky, kx = divmod(p, KERNEL)
                                         yy, xx = y + ky - 1, x + kx - 1
                                         a = 0
-                                        if 0 <= yy < d["in_h"] and 0 <= xx < d["in_w"]:
+                                        if 0 <= yy < d.in_h and 0 <= xx < d.in_w:
                                             bank = (yy % BANK_ROWS) * BANK_ROWS + xx % BANK_ROWS
-                                            a = mem[bank, s["addr"] + ((yy // BANK_ROWS) << d["pitch_in"]) + xx // BANK_ROWS]
+                                            a = mem[bank, s["addr"] + ((yy // BANK_ROWS) << d.pitch_in) + xx // BANK_ROWS]
                                     acc[l] += s["weight"][l] * int(a)
                                 if s["last"]:
                                     break
                             pooled = acc if pooled is None else [max(u, v) for u, v in zip(pooled, acc)]
                     oy, ox = y0 // bs, x0 // bs
                     for l in range(n_lanes):
-                        pr = params[d["param_base"] + g * P + l]
+                        pr = params[plan.param_base + g * P + l]
                         v = pooled[l] + pr["bias"]
-                        if d["linear"]:
+                        if d.linear:
                             logits.append(v)
                             continue
                         q = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
                                            np.array([pr["shift"]]))[0, 0])
                         bank = (oy % BANK_ROWS) * BANK_ROWS + ox % BANK_ROWS
-                        addr = (d["out_base"] + g * d["group_stride"] + l * d["plane_out"]
-                                + ((oy // BANK_ROWS) << d["pitch_out"]) + ox // BANK_ROWS)
+                        addr = (d.out_base + g * (P * d.plane_out) + l * d.plane_out
+                                + ((oy // BANK_ROWS) << d.pitch_out) + ox // BANK_ROWS)
                         mem[bank, addr] = q
     return logits

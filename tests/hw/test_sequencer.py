@@ -46,19 +46,20 @@ def loop_order(program):
     P = cfg.lanes
     out = []
     for plan in program.layers:
-        d = plan.descriptor     # the host's view: the packed word omits what the sequencer derives
-        bs = 2 if d["pool"] else 1
-        ptr = d["w_base"]
-        for g in range(-(-d["out_channels"] // P)):
+        d = plan.descriptor
+        sweep_h, sweep_w = plan.sweep
+        bs = 2 if d.pool else 1
+        ptr = plan.w_base
+        for g in range(-(-d.out_channels // P)):
             gstart = ptr
-            for y0 in range(0, d["sweep_h"], bs):
-                for x0 in range(0, d["sweep_w"], bs):
+            for y0 in range(0, sweep_h, bs):
+                for x0 in range(0, sweep_w, bs):
                     oy, ox = y0 // bs, x0 // bs
                     tag = {"dest_bank": (oy % 4) * 4 + ox % 4,
-                           "dest_addr": (d["out_base"] + g * d["group_stride"]
-                                         + ((oy // 4) << d["pitch_out"]) + ox // 4) % cfg.act_depth,
-                           "param_index": d["param_base"] + g * P,
-                           "n_lanes": min(P, d["out_channels"] - g * P)}
+                           "dest_addr": (d.out_base + g * (P * d.plane_out)
+                                         + ((oy // 4) << d.pitch_out) + ox // 4) % cfg.act_depth,
+                           "param_index": plan.param_base + g * P,
+                           "n_lanes": min(P, d.out_channels - g * P)}
                     for dy in range(bs):
                         for dx in range(bs):
                             ptr = gstart

@@ -30,7 +30,7 @@ def test_issue_bound_layers_take_the_closed_form(name):
                              patterns=Pattern.KERNEL_ELEMENTS, density=float(rng.uniform(0.3, 1)))
         program = pack_network(cfg, net)
         for plan in program.layers[:-1]:
-            assert min(plan.group_steps) * (4 if plan.descriptor["pool"] else 1) >= cfg.lanes
+            assert min(plan.group_steps) * (4 if plan.descriptor.pool else 1) >= cfg.lanes
             assert layer_cycles(plan, cfg.lanes) == closed_form.layer_cycles(plan, cfg.lanes), plan.name
             checked += 1
     assert checked == 60
