@@ -77,12 +77,15 @@ SEARCH = {
 
 
 def reference_strength(name: str, out: Path) -> dict:
-    """The swp-reference strength of the search whose cut came nearest the target."""
+    """The swp-reference strength of the search whose cut came nearest the target, scaled by the
+    search's steps per epoch over the whole training set's: the skeleton's drive grows with the
+    number of steps, and at a fixed threshold the cut is steep in it."""
     runs = [json.loads(p.read_text()) for p in out.glob(f"{name}-search-swp-reference-*.json")]
     if not runs:
         raise SystemExit(f"no swp-reference search results for {name} in {out}: run search first")
     best = min(runs, key=lambda r: abs(r["conv_flops_cut"] - CUT))
-    return dict(best["options"])
+    steps = {split: -(-len(training_set(name, split)) // BUDGET.batch_size) for split in ("search", "test")}
+    return {**best["options"], "strength": round(best["options"]["strength"] * steps["search"] / steps["test"], 6)}
 
 
 def method_of(label: str) -> str:
