@@ -36,6 +36,7 @@ from prunefab.boards.fit import Estimate, estimate, fit
 from prunefab.boards.protocol import design_hash
 from prunefab.boards.pll import cycles_per_bit
 from prunefab.boards.top import BAUD, BoardSpec, BoardTop, board_spec
+from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.synthesis import ECP5_SYNTH, CellUse, parse_nextpnr_log, parse_stat
 
@@ -74,7 +75,7 @@ PROGRAMMERS = {"icebreaker": ("-b", "icebreaker"), "ulx3s-85f": ("-b", "ulx3s")}
 STRIP_INIT = "delete t:$meminit_v2 r:MEMID=*identity %d;"
 
 
-class BuildError(RuntimeError):
+class BuildError(PrunefabError, RuntimeError):
     """A build that failed, did not fit or missed timing; one line, with `report` when there is one."""
 
     def __init__(self, message: str, report: "BuildReport | None" = None):

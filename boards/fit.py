@@ -29,6 +29,7 @@ from prunefab.boards.engine_link import config_json
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
+from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.memories import MemoryHint, MemorySpec, engine_memories
 
@@ -56,7 +57,7 @@ HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
 LIMITS = {"ice40": ("lc", "dsp", "bram", "spram"), "ecp5": ("lut", "ff", "dsp", "bram")}
 
 
-class FitError(ValueError):
+class FitError(PrunefabError, ValueError):
     """An engine does not fit a board; the message is one line naming the resource."""
 
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from prunefab.boards.protocol import (CRC, HEADER, LENGTH_LIMIT, RESEND_AT_ONCE, RESPONSE_FLAG,
                                       SYNC, Command, ErrorCode, Frame, FrameError, FrameParser,
                                       Identity, encode_frame)
+from prunefab.errors import PrunefabError
 
 CHUNK = struct.Struct("<II")      # LOAD and INFER chunk header: offset, total (load words)
 FRAME_BYTES = len(SYNC) + HEADER.size + CRC.size     # a frame's bytes besides its payload
 NAK_BYTES = FRAME_BYTES + 2
 
 
-class LinkError(RuntimeError):
+class LinkError(PrunefabError, RuntimeError):
     """The device could not be reached or refused a command; the message is one line."""
 
 

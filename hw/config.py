@@ -8,8 +8,11 @@ engine and the engine itself cannot drift apart.  Variants are made with `datacl
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+from prunefab.errors import PrunefabError
 from prunefab.sw.qnet import KERNEL_ELEMENTS, QuantizedNetwork
 
 # Activation memory: 16 banks indexed by (y mod 4, x mod 4).  Any 3x3 window touches 9 distinct
@@ -24,8 +27,25 @@ SHIFT_BITS = 6
 LOAD_DATA_BITS = 32
 
 
-class EngineLimitError(ValueError):
+# The largest engine the generator makes: well beyond the biggest FPGA prunefab targets, yet
+# small enough to elaborate in minutes.  A configuration past these is a mistake (a lane count
+# typed with extra zeros), refused before any work rather than after hours of elaboration.
+MAX_LANES = 512
+MAX_MEMORY_BITS = 1 << 26      # any one of the engine's memories (64 Mbit)
+MAX_LAYERS = 256
+
+
+class ConfigError(PrunefabError, ValueError):
+    """An engine configuration is invalid; the message is one line naming the field and limit."""
+
+
+class EngineLimitError(PrunefabError, ValueError):
     """A network does not fit an engine; the message is one line naming the layer and the limit."""
+
+
+_MEMORY_FIELDS = {"weights": "lanes or weight_depth", "params": "param_depth or max_layers",
+                  "descriptors": "max_layers", "logits": "max_classes",
+                  **{f"act{b}": "act_depth" for b in range(16)}}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -75,19 +95,30 @@ class EngineConfig:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"EngineConfig.{f.name} must be an integer, not {v!r}")
             if v < 1:
-                raise ValueError(f"EngineConfig.{f.name} must be at least 1, not {v}")
+                raise ConfigError(f"EngineConfig.{f.name} must be at least 1, not {v}")
+        for name, most in (("lanes", MAX_LANES), ("max_layers", MAX_LAYERS)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"EngineConfig.{name}={getattr(self, name)} exceeds the generator's "
+                                  f"limit of {most}")
+        from prunefab.hw.memories import engine_memories
+        for mem in engine_memories(self):
+            if mem.width * mem.depth > MAX_MEMORY_BITS:
+                raise ConfigError(f"EngineConfig: the {mem.name} memory ({mem.depth} words of "
+                                  f"{mem.width} bits) exceeds the generator's limit of "
+                                  f"{MAX_MEMORY_BITS} bits; lower {_MEMORY_FIELDS.get(mem.name, 'its depth')}")
         if self.max_height < 2 or self.max_width < 2:
-            raise ValueError(f"EngineConfig: feature maps of {self.max_height}x{self.max_width} are "
-                             f"too small for a 2x2 pool; use max_height, max_width >= 2")
+            raise ConfigError(f"EngineConfig: feature maps of {self.max_height}x{self.max_width} are "
+                              f"too small for a 2x2 pool; use max_height, max_width >= 2")
         if self.max_layers < 2:
-            raise ValueError("EngineConfig.max_layers must be at least 2 (a conv layer and the classifier)")
+            raise ConfigError("EngineConfig.max_layers must be at least 2 (a conv layer and the "
+                              "classifier)")
         need = plane_words(self.max_height, self.max_width)
         if self.act_depth < 2 * need:
-            raise ValueError(f"EngineConfig.act_depth={self.act_depth} cannot hold two single-channel "
-                             f"{self.max_height}x{self.max_width} maps; use act_depth >= {2 * need}")
+            raise ConfigError(f"EngineConfig.act_depth={self.act_depth} cannot hold two single-channel "
+                              f"{self.max_height}x{self.max_width} maps; use act_depth >= {2 * need}")
         if self.param_depth < self.max_classes:
-            raise ValueError(f"EngineConfig.param_depth={self.param_depth} is below max_classes="
-                             f"{self.max_classes}; use param_depth >= {self.max_classes}")
+            raise ConfigError(f"EngineConfig.param_depth={self.param_depth} is below max_classes="
+                              f"{self.max_classes}; use param_depth >= {self.max_classes}")
 
     # -- derived widths -----------------------------------------------------------------------
 
@@ -192,15 +223,22 @@ class EngineConfig:
         return json.dumps({"engine": "prunefab", **asdict(self)}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "EngineConfig":
-        data = json.loads(text)
+    def from_json(cls, text: str | bytes) -> "EngineConfig":
+        """The configuration a JSON document describes; ConfigError (one line) for anything else."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"not a JSON engine configuration ({e})") from None
         if not isinstance(data, dict) or data.pop("engine", None) != "prunefab":
-            raise ValueError("not a prunefab engine configuration (missing \"engine\": \"prunefab\")")
+            raise ConfigError("not a prunefab engine configuration (missing \"engine\": \"prunefab\")")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"engine configuration has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+            raise ConfigError(f"engine configuration has unknown keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as e:                 # a field of another type: the file's fault
+            raise ConfigError(str(e)) from None
 
     # -- presets ------------------------------------------------------------------------------
 
@@ -217,6 +255,23 @@ class EngineConfig:
         """32 lanes for the ECP5-85F."""
         return cls(lanes=32, max_height=32, max_width=32, max_channels=64, max_layers=12,
                    max_classes=32, act_depth=2048, weight_depth=4096, param_depth=512)
+
+
+PRESETS = {"icebreaker": EngineConfig.icebreaker, "ecp5-85f": EngineConfig.ecp5_85f}
+
+
+def engine_config(spec: str | os.PathLike) -> EngineConfig:
+    """The configuration a preset name (icebreaker, ecp5-85f) or a config.json names."""
+    if str(spec) in PRESETS:
+        return PRESETS[str(spec)]()
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{spec}: neither an engine preset ({', '.join(PRESETS)}) nor a "
+                          f"configuration file")
+    try:
+        return EngineConfig.from_json(path.read_bytes())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 assert KERNEL_ELEMENTS <= BANKS   # a window position and a bank number share the 4-bit field

@@ -10,6 +10,7 @@ from amaranth.back import rtlil, verilog
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.engine import Engine
+from prunefab.sw.artifact import write_atomic
 
 TOP_NAME = "prunefab_engine"
 
@@ -28,10 +29,12 @@ def generate(config: EngineConfig, out_dir: str | os.PathLike) -> GeneratedDesig
     if not isinstance(config, EngineConfig):
         raise TypeError(f"generate needs an EngineConfig, not {config!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = GeneratedDesign(out / f"{TOP_NAME}.v", out / f"{TOP_NAME}.il", out / "config.json")
-    # Each backend elaborates its own instance: an elaborated component is not reusable.
-    paths.rtlil.write_text(rtlil.convert(Engine(config), name=TOP_NAME))
-    paths.verilog.write_text(verilog.convert(Engine(config), name=TOP_NAME))
-    paths.config.write_text(config.to_json())
+    # Each backend elaborates its own instance: an elaborated component is not reusable.  Both
+    # are converted before anything is written, and each file is written whole or not at all.
+    texts = {paths.rtlil: rtlil.convert(Engine(config), name=TOP_NAME),
+             paths.verilog: verilog.convert(Engine(config), name=TOP_NAME),
+             paths.config: config.to_json()}
+    for path, text in texts.items():
+        write_atomic(path, text.encode())
     return paths

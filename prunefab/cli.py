@@ -1,32 +1,38 @@
-"""The `prunefab` command: parse, call the library, print.  Every step is a library call too."""
+"""The `prunefab` command: parse, call the library, print.  Every step is a library call too.
+
+Every argument is checked before any work (prunefab.arguments).  An error a user can act on
+(`PrunefabError`, `OSError`) ends the command with one line on stderr and exit status 2, Ctrl-C
+with one line and 130; anything else is a bug and keeps its traceback.  `--debug` shows the
+traceback of every error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-import time
+import threading
+import traceback
 from pathlib import Path
 
+from prunefab import arguments as arg
+from prunefab.errors import PrunefabError, UsageError
+
+DATA_HELP = "fashion-mnist, synthetic, synthetic-cifar, cifar10[:ROOT] or a directory of IDX files"
 
 
-def _errors() -> tuple[type[Exception], ...]:
-    from prunefab.sw.artifact import ArtifactError
-    from prunefab.sw.data import DataError
-    from prunefab.sw.models import UnmappableModel
-    from prunefab.sw.qnet import NetworkError
-    from prunefab.sw.train import CheckpointError
-    from prunefab.sim.icarus import SimulationError
-    from prunefab.sim.runner import RtlMismatch
-    from prunefab.boards.build import BuildError
-    from prunefab.boards.host import LinkError
-    return (BuildError, ArtifactError, DataError, UnmappableModel, NetworkError, CheckpointError, ValueError,
-            TypeError, SimulationError, RtlMismatch, LinkError)
+class _ParseError(UsageError):
+    """argparse's complaint, already in its `prunefab CMD: error: ...` form."""
 
 
-def _seed(args) -> None:
-    from prunefab.sw.train import seed_everything
-    seed_everything(args.seed)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ParseError(f"{self.prog}: error: {message}")
 
+
+# ----------------------------------------------------------------------------------------------
+# commands
 
 def _budget(args):
     """The recipe's budget (or the default one), with the options given on the command line."""
@@ -36,7 +42,8 @@ def _budget(args):
     given = {field: getattr(args, option, None) for field, option in (
         ("train_epochs", "epochs"), ("sparsity_epochs", "sparsity_epochs"),
         ("finetune_epochs", "finetune_epochs"), ("calibration_images", "calibration"),
-        ("prune_lr" if getattr(args, "command", None) == "prune" else "lr", "lr"), ("batch_size", "batch_size"))}
+        ("prune_lr" if getattr(args, "command", None) == "prune" else "lr", "lr"),
+        ("batch_size", "batch_size"))}
     return dataclasses.replace(budget, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -51,84 +58,72 @@ def _distributed(args):
     return distributed.setup(args.device, args.amp)
 
 
+def _checkpoint_and_data(args, path):
+    """A checkpoint, its data set's name (--data, else the one it was trained on) and the train
+    and test splits, refused in one line when the network cannot take them."""
+    from prunefab.sw import data
+    from prunefab.sw.pipeline import check_data
+    from prunefab.sw.train import load_checkpoint
+    model, extra = load_checkpoint(path)
+    name = args.data if args.data is not None else extra.get("data", "fashion-mnist")
+    splits = data.load(name, "train"), data.load(name, "test")
+    for split in splits:
+        check_data(str(path), model.input_shape, model.config["num_classes"], split, name)
+    return model, name, splits
+
+
 def cmd_train(args) -> None:
     from prunefab.sw import data, models
-    from prunefab.sw.train import accuracy, remove_state, save_checkpoint, train
+    from prunefab.sw.pipeline import check_data
+    from prunefab.sw.train import accuracy, remove_state, save_checkpoint, seed_everything, train
     ctx = _distributed(args)
-    _seed(args)
+    seed_everything(args.seed)
     budget = _budget(args)
     chosen = _recipe(args) if args.recipe else None
-    args.data = args.data or (chosen.data if chosen else "fashion-mnist")
-    args.model = args.model or (chosen.model if chosen else "reference")
-    tr, te = data.load(args.data, "train"), data.load(args.data, "test")
-    model = models.build(args.model, num_classes=len(tr.classes))
-    if not isinstance(model, models.HardwareNet):         # ResNet-56: trained, never exported
-        if tuple(model.input_shape) != tr.shape:
-            raise ValueError(f"{args.model} takes {model.input_shape} images; {args.data} has {tr.shape}")
-    elif tuple(model.input_shape) != tr.shape:
-        model = models.HardwareNet(tr.shape, model.config["channels"], model.config["pools"],
-                                   len(tr.classes))
-    else:
+    name = args.data or (chosen.data if chosen else "fashion-mnist")
+    model_name = args.model or (chosen.model if chosen else "reference")
+    tr, te = data.load(name, "train"), data.load(name, "test")
+    model = models.for_data(model_name, tr.shape, len(tr.classes))
+    if isinstance(model, models.HardwareNet):
         models.layer_specs(model)
+    check_data(model_name, model.input_shape, len(tr.classes), te, name)
     state = f"{args.output}.train-state" if args.resume else None
     train(model, tr, budget.train_epochs, seed=args.seed, lr=budget.lr, batch_size=budget.batch_size,
           regime=budget.regime, state=state)
-    save_checkpoint(model, args.output, data=args.data, seed=args.seed)
+    save_checkpoint(model, args.output, data=name, seed=args.seed)
     remove_state(state)
     if ctx.is_main:
         print(f"float test accuracy {accuracy(model, te):.2%}; wrote {args.output}")
 
 
 def cmd_prune(args) -> None:
-    from prunefab.sw import data
-    from prunefab.sw.flops import count
-    from prunefab.sw.models import HardwareNet
-    from prunefab.sw.pipeline import prune
-    from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint
+    from prunefab.sw.pipeline import cuts, prune
+    from prunefab.sw.train import accuracy, save_checkpoint, seed_everything
+    if args.schedule is not None and args.method != "kep":
+        raise UsageError("--schedule applies to --method kep only")
     ctx = _distributed(args)
-    _seed(args)
+    seed_everything(args.seed)
     flops_cut = (args.flops_cut if args.flops_cut is not None
                  else _recipe(args).flops_cut if args.recipe else 0.75)
-    model, extra = load_checkpoint(args.checkpoint)
-    name = args.data or extra.get("data", "fashion-mnist")
-    tr, te = data.load(name, "train"), data.load(name, "test")
-    options = {}
-    if args.strength is not None:
-        options["strength"] = args.strength
-    if args.schedule is not None:
-        if args.method != "kep":
-            raise ValueError("--schedule applies to --method kep only")
-        options["schedule"] = args.schedule
+    model, name, (tr, te) = _checkpoint_and_data(args, args.checkpoint)
+    options = {k: getattr(args, k) for k in ("strength", "schedule") if getattr(args, k) is not None}
     pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
                    state=args.output if args.resume else None, **options)
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
                     flops_cut=flops_cut)
-    if not ctx.is_main:
-        return
-    if not isinstance(pruned, HardwareNet):
-        from prunefab.sw.prune.base import conv_flops, dense_conv_flops
-        print(f"{args.method}: conv-FLOPs cut {1 - conv_flops(pruned) / dense_conv_flops(pruned):.1%}, "
-              f"float test accuracy {accuracy(pruned, te):.2%}; wrote {args.output}")
-        return
-    c = count(pruned)
-    print(f"{args.method}: conv-FLOPs cut {c.conv_flops_cut:.1%}, parameters cut "
-          f"{c.parameter_cut:.1%}, float test accuracy {accuracy(pruned, te):.2%}; wrote {args.output}")
+    if ctx.is_main:
+        print(f"{args.method}: {cuts(pruned)}, float test accuracy {accuracy(pruned, te):.2%}; "
+              f"wrote {args.output}")
 
 
 def cmd_quantize(args) -> None:
-    from prunefab.sw import artifact, data, reference
-    from prunefab.sw.pipeline import quantize_model
-    from prunefab.sw.train import accuracy, load_checkpoint
-    model, extra = load_checkpoint(args.checkpoint)
-    name = args.data or extra.get("data", "fashion-mnist")
-    tr, te = data.load(name, "train"), data.load(name, "test")
+    from prunefab.sw import artifact
+    from prunefab.sw.pipeline import int8_accuracy, quantize_model, requantization_table
+    from prunefab.sw.train import accuracy
+    model, name, (tr, te) = _checkpoint_and_data(args, args.checkpoint)
     qnet = quantize_model(model, tr, _budget(args))
-    int_acc = float((reference.classify(qnet, te.images) == te.labels).mean())
-    print(f"float {accuracy(model, te):.2%}, int8 {int_acc:.2%} on {len(te)} test images")
-    for i, layer in enumerate(qnet.convs):
-        print(f"conv{i}: output scale {qnet.activation_scales[i + 1]:.5f}, requantization "
-              f"M/2^s in [{(layer.multiplier / 2.0 ** layer.shift).min():.3g}, "
-              f"{(layer.multiplier / 2.0 ** layer.shift).max():.3g}]")
+    print(f"float {accuracy(model, te):.2%}, int8 {int8_accuracy(qnet, te):.2%} on {len(te)} test images")
+    print(requantization_table(qnet))
     if args.output:
         st = artifact.save(qnet, args.output, data=name)
         print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
@@ -136,21 +131,18 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from prunefab.sw import artifact, data
+    from prunefab.sw import artifact
     from prunefab.sw.pipeline import quantize_model
-    source = Path(args.network)
-    if source.suffix == ".pfab":
-        art = artifact.read(source)
+    if args.network.suffix == ".pfab":
+        art = artifact.read(args.network)
         qnet, name = art.network, art.data
     else:
-        from prunefab.sw.train import load_checkpoint
-        model, extra = load_checkpoint(source)
-        name = args.data or extra.get("data", "fashion-mnist")
-        qnet = quantize_model(model, data.load(name, "train"), _budget(args))
+        model, name, (tr, _) = _checkpoint_and_data(args, args.network)
+        qnet = quantize_model(model, tr, _budget(args))
     program = None
     if args.config:
         from prunefab.hw.loader import pack_network
-        program = pack_network(_engine_config(args.config), qnet)   # refuses what does not fit
+        program = pack_network(args.config, qnet)   # refuses what does not fit
     st = artifact.save(qnet, args.output, data=name)
     print(f"wrote {args.output}: {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
           f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero, "
@@ -162,26 +154,10 @@ def cmd_export(args) -> None:
               f"{len(program.load_words())} load words")
 
 
-def _engine_config(spec: str):
-    """An engine configuration from a preset name or a config.json written by `prunefab gen`."""
-    from prunefab.hw.config import EngineConfig
-    presets = {"icebreaker": EngineConfig.icebreaker, "ecp5-85f": EngineConfig.ecp5_85f}
-    if spec in presets:
-        return presets[spec]()
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"{spec}: neither an engine preset ({', '.join(presets)}) nor a "
-                         f"configuration file")
-    try:
-        return EngineConfig.from_json(path.read_text())
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
 def cmd_gen(args) -> None:
     import dataclasses
     from prunefab.hw.generate import generate
-    cfg = _engine_config(args.config)
+    cfg = args.config
     if args.lanes is not None:
         cfg = dataclasses.replace(cfg, lanes=args.lanes)
     design = generate(cfg, args.output)
@@ -189,35 +165,13 @@ def cmd_gen(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from prunefab.sw import artifact, data, reference
-    from prunefab.sw.pipeline import evaluate, layer_table
-    path = Path(args.network)
-    if path.suffix == ".pfab":
-        art = artifact.read(path)
-        qnet = art.network
-        te = _evaluation_data(art, args.data, path).subset(args.images)
-        t = time.perf_counter()
-        pred = reference.classify(qnet, te.images)
-        dt = time.perf_counter() - t
-        st = artifact.stats(artifact.encode(qnet, art.data))
-        print(f"int8 accuracy {(pred == te.labels).mean():.2%} on {len(te)} images "
-              f"({dt:.2f} s in the integer reference)")
-        print(f"artifact {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
-              f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero")
-        for i, layer in enumerate(qnet.convs):
-            nz = int((layer.weights != 0).sum())
-            print(f"conv{i:<3}{'x'.join(map(str, layer.weights.shape)):>14}  nonzeros {nz:>7}  "
-                  f"sparsity {1 - nz / layer.weights.size:6.1%}")
-        return
-    from prunefab.sw.train import load_checkpoint
-    model, extra = load_checkpoint(path)
-    name = args.data or extra.get("data", "fashion-mnist")
-    tr, te = data.load(name, "train"), data.load(name, "test").subset(args.images)
-    qnet = None
-    if not args.float_only:
-        from prunefab.sw.pipeline import quantize_model
-        qnet = quantize_model(model, tr)
-    ev = evaluate(path.stem, model, te, qnet)
+    if args.network.suffix == ".pfab":
+        return _eval_artifact(args)
+    from prunefab.sw.pipeline import evaluate, layer_table, quantize_model
+    model, _, (tr, te) = _checkpoint_and_data(args, args.network)
+    te = te.subset(args.images)
+    qnet = None if args.float_only else quantize_model(model, tr)
+    ev = evaluate(args.network.stem, model, te, qnet)
     print(f"float accuracy {ev.float_accuracy:.2%}" +
           (f", int8 accuracy {ev.int8_accuracy:.2%}" if ev.int8_accuracy is not None else ""))
     print(f"conv MFLOPs {ev.counts.conv_flops / 1e6:.3f} of {ev.counts.dense_conv_flops / 1e6:.3f} dense "
@@ -226,37 +180,45 @@ def cmd_eval(args) -> None:
     print(layer_table(ev))
 
 
+def _eval_artifact(args) -> None:
+    from prunefab.sw import artifact
+    from prunefab.sw.pipeline import evaluate_artifact, sparsity_table
+    art = artifact.read(args.network)
+    qnet = art.network
+    ev = evaluate_artifact(art, _evaluation_data(art, args.data, args.network).subset(args.images))
+    print(f"int8 accuracy {ev.accuracy:.2%} on {ev.images} images "
+          f"({ev.seconds:.2f} s in the integer reference)")
+    print(f"artifact {ev.encoding.file_bytes} bytes, {ev.encoding.nonzeros} nonzeros, "
+          f"{ev.encoding.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero")
+    print(sparsity_table(qnet))
+
+
 def cmd_sim(args) -> None:
     from prunefab.sim.runner import format_report, simulate_rtl
     from prunefab.sw import artifact
-    config = args.config
-    if not Path(config).is_dir():
-        config = _engine_config(config)
     art, images = artifact.read(args.artifact), args.images
     if art.data is not None or args.data is not None:      # else the runner's own pick
         images = _evaluation_data(art, args.data, args.artifact).subset(args.images).images
-    result = simulate_rtl(art.network, config, images, waves=args.waves, backend=args.backend)
+    result = simulate_rtl(art.network, args.config, images, waves=args.waves, backend=args.backend)
     print(format_report(result))
 
 
 def cmd_hil(args) -> int:
     from prunefab.boards import hil
-    from prunefab.boards.simboard import LineFaults
     from prunefab.sw import artifact
-    if (args.port is None) == (args.simulate is None):
-        raise ValueError("give one of --port URL (a board) or --simulate BOARD (a simulated one)")
-    if args.faults and args.simulate is None:
-        raise ValueError("--faults applies to a simulated board (--simulate) only")
+    if args.faults is not None and args.simulate is None:
+        raise UsageError("--faults applies to a simulated board (--simulate) only")
+    if args.board is not None and args.simulate is not None:
+        raise UsageError("--board applies to a board on --port only; --simulate names the simulated one")
     if args.timeout is not None and args.simulate is not None:
-        raise ValueError("--timeout applies to a board on --port only; a simulated board is "
+        raise UsageError("--timeout applies to a board on --port only; a simulated board is "
                          "waited on in simulated time")
     art = artifact.read(args.artifact)
     net = art.network
     test = _evaluation_data(art, args.data, args.artifact).subset(args.images)
     if args.simulate is not None:
-        faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
-        run = hil.run_simulated_hil(args.simulate, net, test.images, test.labels, faults=faults,
-                                    retries=args.retries)
+        run = hil.run_simulated_hil(args.simulate, net, test.images, test.labels, retries=args.retries,
+                                    **({"faults": args.faults} if args.faults else {}))
         print(run.summary())
         report = run.report
     else:
@@ -270,9 +232,12 @@ def cmd_hil(args) -> int:
 
 
 def _evaluation_data(art, requested, where):
-    """The test images an artifact is evaluated on (its own data set wins); a note on stderr."""
+    """The test images an artifact is evaluated on (its own data set wins, refused in one line
+    when the network cannot take them); a note on stderr."""
     from prunefab.sw.artifact import evaluation_data
+    from prunefab.sw.pipeline import check_data
     choice = evaluation_data(art, requested, where=str(where))
+    check_data(str(where), art.input_shape, art.network.linear.out_features, choice.dataset, choice.name)
     if choice.note:
         print(f"prunefab: note: {choice.note}", file=sys.stderr)
     return choice.dataset
@@ -280,15 +245,14 @@ def _evaluation_data(art, requested, where):
 
 def cmd_simboard(args) -> None:
     from prunefab.boards.hil import serve_simulated_board
-    from prunefab.boards.simboard import LineFaults
-    faults = LineFaults.parse(args.faults) if args.faults else LineFaults()
-    serve_simulated_board(args.board, faults=faults, announce=lambda line: print(line, flush=True))
+    serve_simulated_board(args.board, announce=lambda line: print(line, flush=True),
+                          **({"faults": args.faults} if args.faults else {}))
 
 
 def cmd_demo(args) -> None:
     from prunefab.sw.demo import run_demo
-    run_demo(methods=args.methods.split(","), flops_cut=args.flops_cut, budget=_budget(args),
-             seed=args.seed, out_dir=Path(args.out), data_name=args.data)
+    run_demo(methods=args.methods, flops_cut=args.flops_cut, budget=_budget(args),
+             seed=args.seed, out_dir=args.out, data_name=args.data)
 
 
 def cmd_build(args) -> None:
@@ -309,104 +273,133 @@ def cmd_build(args) -> None:
           + ("; programmed the board" if report.programmed else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prunefab", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------------------------
+# the parser: one function per command, each argument with its range
 
-    def common(sp, data_default="fashion-mnist"):
-        sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        sp.add_argument("--data", default=data_default,
-                        help="fashion-mnist, synthetic, synthetic-cifar, cifar10[:ROOT] or a directory of IDX files")
+SEED = arg.integer(0, arg.SEED_LIMIT - 1)
+EPOCHS = arg.integer(0)
+COUNT = arg.integer(1)
+FRACTION = arg.number(0.0, 1.0, open_high=True)
 
-    def training(sp):     # options of the verbs that train; docs/scale.md
-        from prunefab.sw.distributed import DEVICES
-        from prunefab.sw.recipes import RECIPES
-        sp.add_argument("--recipe", choices=sorted(RECIPES),
-                        help="paper-scale schedule (epochs, SGD, batch, FLOPs target); options given here win")
-        sp.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate of dense training (train) or of the sparsity phase "
-                             "(prune); default: the recipe's, else sw/pipeline.py's Budget")
-        sp.add_argument("--batch-size", type=int, default=None,
-                        help="global batch, split across torchrun's processes (default 128)")
-        sp.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if visible")
-        sp.add_argument("--amp", action="store_true", help="mixed precision (float16, CUDA only)")
-        sp.add_argument("--resume", action="store_true",
-                        help="keep a training state next to the output after every epoch and "
-                             "continue from it")
 
-    sp = sub.add_parser("train", help="train a hardware-mappable network")
-    common(sp, None)
-    training(sp)
-    sp.add_argument("--model", default=None, help="reference | vgg16 | resnet56 (default reference)")
-    sp.add_argument("--epochs", type=int, default=None, help="default 3")
-    sp.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+def _data_seed(sp, data_default: str | None = "fashion-mnist",
+               data_help: str = " (default: the set the checkpoint was trained on)") -> None:
+    sp.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    sp.add_argument("--data", type=arg.text, default=data_default,
+                    help=DATA_HELP + (f" (default {data_default})" if data_default else data_help))
+
+
+def _training(sp) -> None:
+    """Options of the verbs that train; docs/scale.md."""
+    from prunefab.sw.distributed import DEVICES
+    from prunefab.sw.recipes import RECIPES
+    sp.add_argument("--recipe", choices=sorted(RECIPES),
+                    help="paper-scale schedule (epochs, SGD, batch, FLOPs target); options given here win")
+    sp.add_argument("--lr", type=arg.number(0.0, 1.0, open_low=True), default=None,
+                    help="peak learning rate, in (0, 1], of dense training (train) or of the sparsity "
+                         "phase (prune); default: the recipe's, else sw/pipeline.py's Budget")
+    sp.add_argument("--batch-size", type=COUNT, default=None,
+                    help="global batch, split across torchrun's processes (default 128)")
+    sp.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if visible")
+    sp.add_argument("--amp", action="store_true", help="mixed precision (float16, CUDA only)")
+    sp.add_argument("--resume", action="store_true",
+                    help="keep a training state next to the output after every epoch and continue from it")
+
+
+def _add_train(sub, common) -> None:
+    from prunefab.sw.models import MODELS
+    sp = sub.add_parser("train", parents=[common], help="train a network")
+    _data_seed(sp, None, " (default fashion-mnist, or the recipe's)")
+    _training(sp)
+    sp.add_argument("--model", default=None, choices=list(MODELS),
+                    help=f"{' | '.join(MODELS)} (default reference, or the recipe's); reference and "
+                         f"vgg16 take the data's shape and export, resnet56 takes 3x32x32 and does not")
+    sp.add_argument("--epochs", type=COUNT, default=None, help="training epochs (default 3)")
+    sp.add_argument("-o", "--output", type=arg.output_file, required=True,
+                    help="checkpoint to write (.pt)")
     sp.set_defaults(func=cmd_train)
 
+
+def _add_prune(sub, common) -> None:
     from prunefab.sw.prune import METHODS
-    sp = sub.add_parser("prune", help="prune a trained checkpoint to a conv-FLOPs target")
-    common(sp, None)
-    training(sp)
-    sp.add_argument("checkpoint")
+    sp = sub.add_parser("prune", parents=[common], help="prune a trained checkpoint to a conv-FLOPs target")
+    _data_seed(sp, None)
+    _training(sp)
+    sp.add_argument("checkpoint", type=Path)
     sp.add_argument("--method", required=True, choices=sorted(METHODS))
-    sp.add_argument("--flops-cut", type=float, default=None, help="conv-FLOPs reduction (default 0.75)")
-    sp.add_argument("--sparsity-epochs", type=int, default=None, help="default 2")
-    sp.add_argument("--finetune-epochs", type=int, default=None, help="default 3")
-    sp.add_argument("--strength", type=float, default=None, help="penalty strength (method default)")
+    sp.add_argument("--flops-cut", type=FRACTION, default=None,
+                    help="conv-FLOPs reduction in [0, 1) (default 0.75, or the recipe's)")
+    sp.add_argument("--sparsity-epochs", type=EPOCHS, default=None, help="default 2")
+    sp.add_argument("--finetune-epochs", type=EPOCHS, default=None, help="default 3")
+    sp.add_argument("--strength", type=arg.number(0.0), default=None,
+                    help="penalty strength, >= 0 (method default)")
     sp.add_argument("--schedule", choices=["constant", "linear", "step"], default=None,
                     help="KEP penalty schedule (default linear)")
-    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("-o", "--output", type=arg.output_file, required=True)
     sp.set_defaults(func=cmd_prune)
 
-    sp = sub.add_parser("quantize", help="int8-quantize a checkpoint and write the .pfab artifact")
-    common(sp, None)
-    sp.add_argument("checkpoint")
-    sp.add_argument("--calibration", type=int, default=2000, help="calibration images (default 2000)")
-    sp.add_argument("-o", "--output", help="also write the artifact (.pfab)")
+
+def _add_quantize_export(sub, common) -> None:
+    sp = sub.add_parser("quantize", parents=[common],
+                        help="int8-quantize a checkpoint and write the .pfab artifact")
+    _data_seed(sp, None)
+    sp.add_argument("checkpoint", type=Path)
+    sp.add_argument("--calibration", type=COUNT, default=2000, help="calibration images (default 2000)")
+    sp.add_argument("-o", "--output", type=arg.output_file, help="also write the artifact (.pfab)")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("export", help="write the .pfab artifact, checked against an engine")
-    common(sp, None)
-    sp.add_argument("network", help="a checkpoint (.pt, quantized here) or an artifact (.pfab)")
-    sp.add_argument("--calibration", type=int, default=2000)
-    sp.add_argument("--config", help="engine preset (icebreaker, ecp5-85f) or config.json: refuse "
-                                     "a network over its limits")
-    sp.add_argument("-o", "--output", required=True, help="artifact to write (.pfab)")
+    sp = sub.add_parser("export", parents=[common],
+                        help="write the .pfab artifact, checked against an engine")
+    _data_seed(sp, None)
+    sp.add_argument("network", type=Path, help="a checkpoint (.pt, quantized here) or an artifact (.pfab)")
+    sp.add_argument("--calibration", type=COUNT, default=2000)
+    sp.add_argument("--config", type=arg.engine(), help="engine preset (icebreaker, ecp5-85f) or "
+                                                        "config.json: refuse a network over its limits")
+    sp.add_argument("-o", "--output", type=arg.output_file, required=True, help="artifact to write (.pfab)")
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("gen", help="generate the accelerator's Verilog and RTLIL")
-    sp.add_argument("--config", default="icebreaker",
+
+def _add_gen_eval_sim(sub, common) -> None:
+    sp = sub.add_parser("gen", parents=[common], help="generate the accelerator's Verilog and RTLIL")
+    sp.add_argument("--config", type=arg.engine(), default="icebreaker",
                     help="engine preset (icebreaker, ecp5-85f) or config.json (default icebreaker)")
-    sp.add_argument("--lanes", type=int, help="override the preset's lane count")
-    sp.add_argument("-o", "--output", required=True, help="output directory")
+    sp.add_argument("--lanes", type=COUNT, help="override the preset's lane count")
+    sp.add_argument("-o", "--output", type=arg.output_dir, required=True, help="output directory")
     sp.set_defaults(func=cmd_gen)
 
-    sp = sub.add_parser("eval", help="accuracy, FLOPs, parameters and sparsity of a checkpoint or artifact")
-    common(sp, None)
-    sp.add_argument("network", help="a checkpoint (.pt) or an artifact (.pfab)")
-    sp.add_argument("--images", type=int, default=None, help="test images to use (default all)")
+    sp = sub.add_parser("eval", parents=[common],
+                        help="accuracy, FLOPs, parameters and sparsity of a checkpoint or artifact")
+    _data_seed(sp, None)
+    sp.add_argument("network", type=Path, help="a checkpoint (.pt) or an artifact (.pfab)")
+    sp.add_argument("--images", type=COUNT, default=None, help="test images to use (default all)")
     sp.add_argument("--float-only", action="store_true", help="skip quantization for a checkpoint")
     sp.set_defaults(func=cmd_eval)
 
-    sp = sub.add_parser("sim", help="cycle-accurate RTL simulation of an artifact on an engine")
-    sp.add_argument("--artifact", required=True, help="the network (.pfab)")
-    sp.add_argument("--config", default="icebreaker",
+    sp = sub.add_parser("sim", parents=[common],
+                        help="cycle-accurate RTL simulation of an artifact on an engine")
+    sp.add_argument("--artifact", type=Path, required=True, help="the network (.pfab)")
+    sp.add_argument("--config", type=arg.engine(folders=True), default="icebreaker",
                     help="engine preset, config.json or a folder written by gen (default icebreaker)")
-    sp.add_argument("--images", type=int, default=1,
+    sp.add_argument("--images", type=COUNT, default=1,
                     help="first N test images of the artifact's data set (--data; random images "
                          "when it names none)")
-    sp.add_argument("--data", help="test images of another data set of the same image shape")
-    sp.add_argument("--waves", help="write a waveform of the run (.vcd)")
+    sp.add_argument("--data", type=arg.text, help="test images of another data set of the same image shape")
+    sp.add_argument("--waves", type=arg.output_file, help="write a waveform of the run (.vcd)")
     sp.add_argument("--backend", choices=["icarus", "verilator"], default="icarus",
                     help="icarus (cocotb bench) or verilator (fast C++ harness)")
     sp.set_defaults(func=cmd_sim)
 
+
+def _add_boards(sub, common) -> None:
     from prunefab.boards.top import BOARDS
-    sp = sub.add_parser("build", help="build a board's bitstream: fit, synthesize, place and route, report")
-    sp.add_argument("--board", required=True, choices=sorted(BOARDS))
-    sp.add_argument("--lanes", type=int, help="MAC lanes (default: the most that fit the board)")
-    sp.add_argument("--out", help="output directory (default build/BOARD)")
-    sp.add_argument("--seed", type=int, default=1, help="place-and-route seed (default 1)")
-    sp.add_argument("--clock", type=float, metavar="MHZ",
+    boards = sorted(BOARDS)
+    sp = sub.add_parser("build", parents=[common],
+                        help="build a board's bitstream: fit, synthesize, place and route, report")
+    sp.add_argument("--board", required=True, choices=boards)
+    sp.add_argument("--lanes", type=COUNT, help="MAC lanes (default: the most that fit the board)")
+    sp.add_argument("--out", type=arg.output_dir, help="output directory (default build/BOARD)")
+    sp.add_argument("--seed", type=SEED, default=1, help="place-and-route seed (default 1)")
+    sp.add_argument("--clock", type=arg.number(0.0, open_low=True), metavar="MHZ",
                     help="design clock to ask for (default: the board's, 30 or 100 MHz); a design "
                          "that misses it is built again at the fastest clock it meets")
     sp.add_argument("--program", action="store_true",
@@ -414,53 +407,128 @@ def build_parser() -> argparse.ArgumentParser:
                          "or iceprog)")
     sp.set_defaults(func=cmd_build)
 
-    sp = sub.add_parser("hil", help="run test images on a board (or a simulated one) and compare "
-                                    "every answer with the integer reference")
-    sp.add_argument("--port", help="the board's serial port or pyserial URL (socket://HOST:PORT)")
-    sp.add_argument("--simulate", metavar="BOARD", choices=sorted(BOARDS),
-                    help=f"run against a simulated board instead ({', '.join(sorted(BOARDS))})")
-    sp.add_argument("--board", choices=sorted(BOARDS),
+    sp = sub.add_parser("hil", parents=[common], help="run test images on a board (or a simulated "
+                                                      "one) and compare every answer with the integer reference")
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=arg.text,
+                       help="the board's serial port or pyserial URL (socket://HOST:PORT)")
+    where.add_argument("--simulate", metavar="BOARD", choices=boards,
+                       help=f"run against a simulated board instead ({', '.join(boards)})")
+    sp.add_argument("--board", choices=boards,
                     help="with --port: the board, whose configured clock (build/BOARD/"
                          "build_report.json) gives the engine time per image")
-    sp.add_argument("--artifact", required=True, help="the network (.pfab)")
-    sp.add_argument("--images", type=int, default=100, help="first N test images (default 100)")
-    sp.add_argument("--data", help="test images (default: the artifact's own data set): "
-                                   "fashion-mnist, synthetic or a directory of IDX files")
-    sp.add_argument("--timeout", type=float, default=None,
-                    help="seconds to wait for a response before the round trips are measured "
-                         "(default 2; --port only)")
-    sp.add_argument("--retries", type=int, default=4, help="resends per exchange (default 4)")
-    sp.add_argument("--faults", help="simulated line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
+    sp.add_argument("--artifact", type=Path, required=True, help="the network (.pfab)")
+    sp.add_argument("--images", type=COUNT, default=100, help="first N test images (default 100)")
+    sp.add_argument("--data", type=arg.text, help="test images (default: the artifact's own data set): "
+                                                  + DATA_HELP)
+    sp.add_argument("--timeout", type=arg.number(0.0, open_low=True), default=None,
+                    help="seconds to wait for a response before the round trips are measured, "
+                         "> 0 (default 2; --port only)")
+    sp.add_argument("--retries", type=EPOCHS, default=4, help="resends per exchange (default 4)")
+    sp.add_argument("--faults", type=arg.line_faults,
+                    help="simulated line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
     sp.set_defaults(func=cmd_hil)
 
-    sp = sub.add_parser("simboard", help="serve a simulated board on a local socket until Ctrl-C")
-    sp.add_argument("--board", required=True, choices=sorted(BOARDS))
-    sp.add_argument("--faults", help="line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
+    sp = sub.add_parser("simboard", parents=[common],
+                        help="serve a simulated board on a local socket until Ctrl-C")
+    sp.add_argument("--board", required=True, choices=boards)
+    sp.add_argument("--faults", type=arg.line_faults,
+                    help="line damage per byte, e.g. flip=0.001,drop=0.0002,seed=1")
     sp.set_defaults(func=cmd_simboard)
 
-    sp = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST, every method, one table")
-    common(sp)
-    sp.add_argument("--methods", default="kep,iessp,swp,filter,magnitude")
-    sp.add_argument("--flops-cut", type=float, default=0.75)
-    sp.add_argument("--epochs", type=int, default=3, help="dense training epochs")
-    sp.add_argument("--sparsity-epochs", type=int, default=2)
-    sp.add_argument("--finetune-epochs", type=int, default=3)
-    sp.add_argument("--out", default="out/demo", help="where checkpoints and artifacts go")
+
+def _add_demo(sub, common) -> None:
+    from prunefab.sw.prune import METHODS
+    sp = sub.add_parser("demo", parents=[common],
+                        help="the whole pipeline on Fashion-MNIST, every method, one table")
+    _data_seed(sp)
+    sp.add_argument("--methods", type=arg.choice_list(tuple(METHODS)), default="kep,iessp,swp,filter,magnitude",
+                    help=f"comma-separated, from {','.join(METHODS)} (default all)")
+    sp.add_argument("--flops-cut", type=FRACTION, default=0.75, help="in [0, 1) (default 0.75)")
+    sp.add_argument("--epochs", type=COUNT, default=3, help="dense training epochs")
+    sp.add_argument("--sparsity-epochs", type=EPOCHS, default=2)
+    sp.add_argument("--finetune-epochs", type=EPOCHS, default=3)
+    sp.add_argument("--out", type=arg.output_dir, default="out/demo",
+                    help="where checkpoints and artifacts go")
     sp.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    p = _Parser(prog="prunefab", description=__doc__.split("\n")[0], parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_prune, _add_quantize_export, _add_gen_eval_sim, _add_boards,
+                _add_demo):
+        add(sub, common)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# ----------------------------------------------------------------------------------------------
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, _ParseError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        message = f"{e.filename}: {e.strerror}"
+    else:
+        message = str(e) or type(e).__name__
+    return "prunefab: error: " + " ".join(message.split())
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C.  A subclass, so that the interpreter does not take an interrupt that once passed
+    through library code it runs as a string (pybind11's eval) for one that ended the program
+    uncaught, and kill itself with SIGINT after `main` has returned 130."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted
+
+
+@contextlib.contextmanager
+def _sigint(handler):
+    """SIGINT goes to `handler` inside the block (main thread only: elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
     try:
-        status = args.func(args)
-    except _errors() as e:
-        print(f"prunefab: error: {e}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start(argv: list[str]) -> argparse.Namespace:
+    """Build the parser (it imports torch and amaranth) and parse, with Ctrl-C held until the
+    imports are done: an interrupt inside a C extension's import can leave it half made, or be
+    swallowed by a library's `except`, and the run go on."""
+    pending = []
+    with _sigint(lambda signum, frame: pending.append(signum)):
+        args = build_parser().parse_args(argv)
+    if pending:
+        raise Interrupted
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in argv
+    try:
+        with _sigint(_interrupt):
+            args = _start(argv)
+            return args.func(args) or 0
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("prunefab: interrupted", file=sys.stderr)
         return 130
-    return status or 0
+    except (PrunefabError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        print(_one_line(e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

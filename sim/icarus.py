@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cocotb_tools.runner import Icarus
 
+from prunefab.errors import PrunefabError
 import prunefab.hw
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
@@ -33,7 +34,7 @@ WAVES_MODULE = "prunefab_waves"
 SUFFIX_ENV = "SIM_CMD_SUFFIX"     # cocotb: arguments appended to the simulator command
 
 
-class SimulationError(RuntimeError):
+class SimulationError(PrunefabError, RuntimeError):
     """A simulation could not run or did not finish; the message is one line saying why."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.loader import pack_network
 from prunefab.sim.cases import BenchPlan, Case, ImageRun, Observations, Stalls
@@ -29,7 +30,7 @@ from prunefab.sw.qnet import QuantizedNetwork
 BACKENDS = ("icarus", "verilator")
 
 
-class RtlMismatch(AssertionError):
+class RtlMismatch(PrunefabError, AssertionError):
     """The RTL differs from the integer reference or the cycle model; one line says where."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefab.errors import PrunefabError
 from prunefab.sw import data as data_sets
 from prunefab.sw.data import Dataset
 from prunefab.sw.qnet import (KERNEL_ELEMENTS, MULT_BITS, SHIFT_MAX, SHIFT_MIN, WEIGHT_MAX, ConvLayer,
@@ -47,7 +48,7 @@ _LINEAR_KEYS = frozenset({"kind", "in_features", "out_features", "nonzeros", "in
 _ENTRY_KEYS = frozenset({"name", "dtype", "count", "offset"})
 
 
-class ArtifactError(ValueError):
+class ArtifactError(PrunefabError, ValueError):
     """An artifact cannot be read or written; the message is one line naming the file."""
 
 

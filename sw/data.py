@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prunefab.errors import PrunefabError
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -23,7 +25,7 @@ SYNTHETIC_CIFAR_SIZES = {"train": 10000, "test": 2000}
 SYNTHETIC_CIFAR_NOISE = 180.0
 
 
-class DataError(ValueError):
+class DataError(PrunefabError, ValueError):
     """A data set cannot be read; the message is one line naming the file."""
 
 
@@ -171,17 +173,22 @@ def synthetic_cifar(n: int, seed: int = 0, classes: int = 10, noise: float = SYN
 
 def load(name: str, split: str) -> Dataset:
     """A data set by name: 'fashion-mnist', 'cifar10[:ROOT]', 'synthetic', 'synthetic-cifar',
-    or an IDX directory."""
+    or an IDX directory.  An empty split is refused (DataError): no accuracy or training comes
+    of it."""
     if name == "fashion-mnist":
-        return load_idx_dir(FASHION_MNIST_DIR, split, FASHION_MNIST_CLASSES)
-    if name == "synthetic":
-        return synthetic(2000 if split == "train" else 500, seed=0 if split == "train" else 1)
-    if name == "synthetic-cifar":
-        return synthetic_cifar(SYNTHETIC_CIFAR_SIZES[split], seed=0 if split == "train" else 1)
-    if name.startswith("cifar10"):
+        found = load_idx_dir(FASHION_MNIST_DIR, split, FASHION_MNIST_CLASSES)
+    elif name == "synthetic":
+        found = synthetic(2000 if split == "train" else 500, seed=0 if split == "train" else 1)
+    elif name == "synthetic-cifar":
+        found = synthetic_cifar(SYNTHETIC_CIFAR_SIZES[split], seed=0 if split == "train" else 1)
+    elif name.startswith("cifar10"):
         root = name.partition(":")[2] or os.environ.get("CIFAR10_ROOT", "data/cifar10")
-        return load_cifar10(root, split)
-    if not Path(name).exists():
-        raise DataError(f"{name}: unknown data set (use fashion-mnist, cifar10[:ROOT], synthetic, "
+        found = load_cifar10(root, split)
+    elif not name or not Path(name).exists():
+        raise DataError(f"{name!r}: unknown data set (use fashion-mnist, cifar10[:ROOT], synthetic, "
                         f"synthetic-cifar or a directory of IDX files)")
-    return load_idx_dir(name, split)
+    else:
+        found = load_idx_dir(name, split)
+    if not len(found):
+        raise DataError(f"{name}: the {split} split has no images")
+    return found

@@ -19,11 +19,12 @@ def run_demo(methods: list[str], flops_cut: float = 0.75, budget: Budget = Budge
     """Returns the dense row followed by one row per method; writes checkpoints, artifacts and
     results.json under out_dir."""
     from prunefab.sw.prune import METHODS
+    from prunefab.sw.prune.base import check_cut
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown pruning method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    check_cut(flops_cut)                   # before any training or file
     tr, te = data.load(data_name, "train"), data.load(data_name, "test")
-    out_dir.mkdir(parents=True, exist_ok=True)
     dense_path = out_dir / f"dense-seed{seed}-e{budget.train_epochs}.pt"
     t0 = time.perf_counter()
     if dense_path.exists():

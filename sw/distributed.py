@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import _functional_collectives as funcol
 
+from prunefab.errors import PrunefabError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -57,6 +59,10 @@ class Context:
 _context = Context()
 
 
+class DeviceError(PrunefabError, ValueError):
+    """The device asked for is not there; one line."""
+
+
 def current() -> Context:
     return _context
 
@@ -68,7 +74,7 @@ def _device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible to this process")
+            raise DeviceError("--device cuda: no CUDA device is visible to this process")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -86,8 +92,8 @@ def setup(device: str = "auto", amp: bool = False) -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _device(device, local_rank)
     if amp and dev.type != "cuda":
-        raise ValueError("--amp needs a CUDA device (mixed precision runs on GPUs only); drop --amp "
-                         "or train with --device cuda")
+        raise DeviceError("--amp needs a CUDA device (mixed precision runs on GPUs only); drop --amp "
+                          "or train with --device cuda")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunefab.errors import PrunefabError
 
-class UnmappableModel(ValueError):
+
+class UnmappableModel(PrunefabError, ValueError):
     """A model is outside the hardware-mappable family; one line naming the layer."""
 
 
@@ -50,6 +52,13 @@ class HardwareNet(nn.Module):
         if len(channels) != len(pools) or not channels:
             raise ValueError(f"channels {channels} and pools {pools} must be non-empty and of equal length")
         c, h, w = input_shape
+        if min(input_shape) < 1:
+            raise UnmappableModel(f"input shape {'x'.join(map(str, input_shape))}: every "
+                                  f"dimension must be at least 1")
+        least = 2 ** sum(map(bool, pools))
+        if min(h, w) < least:
+            raise UnmappableModel(f"{h}x{w} inputs are too small for {sum(map(bool, pools))} 2x2 "
+                                  f"pools; this model needs at least {least}x{least}")
         blocks = []
         for n, pool in zip(channels, pools):
             blocks.append(ConvBlock(c, n, pool))
@@ -146,6 +155,23 @@ def build(name: str, num_classes: int = 10) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes)
+
+
+def for_data(name: str, input_shape, num_classes: int) -> nn.Module:
+    """Model `name` for `input_shape` images and `num_classes` classes, or UnmappableModel (one
+    line).  A family model keeps its conv widths and pools and takes the data's shape (refused
+    when the inputs are too small for its pools); ResNet-56 takes 3x32x32 images only."""
+    model = build(name, num_classes)
+    if not isinstance(model, HardwareNet):
+        if tuple(model.input_shape) != tuple(input_shape):
+            raise UnmappableModel(f"{name} takes {'x'.join(map(str, model.input_shape))} images "
+                                  f"only, not {'x'.join(map(str, input_shape))}")
+        return model
+    try:
+        return HardwareNet(tuple(input_shape), model.config["channels"], model.config["pools"],
+                           num_classes)
+    except UnmappableModel as e:
+        raise UnmappableModel(f"{name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from prunefab.sw import artifact, distributed, reference
-from prunefab.sw.data import Dataset
+from prunefab.sw.data import DataError, Dataset
 from prunefab.sw.flops import NetCount, count
 from prunefab.sw.prune import PruningMethod, apply_masks, bake, make
 from prunefab.sw.prune.kep import KernelElementPruning
@@ -110,13 +110,77 @@ class Evaluation:
     seconds: float = 0.0
 
 
+def check_data(where: str, input_shape, classes: int, data: Dataset, data_name: str) -> None:
+    """Refuse, in one line (DataError), data a network cannot take: images of another shape, or
+    labels beyond its classes.  `where` names the network (its file)."""
+    if tuple(data.shape) != tuple(input_shape):
+        raise DataError(f"{where}: the network takes {'x'.join(map(str, input_shape))} images, "
+                        f"{data_name} has {'x'.join(map(str, data.shape))}")
+    top = int(data.labels.max()) if len(data) else -1
+    if top >= classes:
+        raise DataError(f"{where}: the network has {classes} classes, {data_name} has labels up to {top}")
+
+
+def cuts(model: nn.Module) -> str:
+    """`conv-FLOPs cut X%, parameters cut Y%` of a pruned model; the conv-FLOPs cut alone for a
+    model outside the hardware family (ResNet-56)."""
+    from prunefab.sw.models import HardwareNet
+    from prunefab.sw.prune.base import conv_flops, dense_conv_flops
+    if not isinstance(model, HardwareNet):
+        return f"conv-FLOPs cut {1 - conv_flops(model) / dense_conv_flops(model):.1%}"
+    c = count(model)
+    return f"conv-FLOPs cut {c.conv_flops_cut:.1%}, parameters cut {c.parameter_cut:.1%}"
+
+
+def int8_accuracy(qnet: QuantizedNetwork, test: Dataset) -> float:
+    """Accuracy of the integer reference on `test`."""
+    return float((reference.classify(qnet, test.images) == test.labels).mean())
+
+
 def evaluate(name: str, model: nn.Module, test: Dataset, qnet: QuantizedNetwork | None = None
              ) -> Evaluation:
     int_acc = enc = None
     if qnet is not None:
-        int_acc = float((reference.classify(qnet, test.images) == test.labels).mean())
+        int_acc = int8_accuracy(qnet, test)
         enc = artifact.stats(artifact.encode(qnet))
     return Evaluation(name, accuracy(model, test), int_acc, count(model), enc)
+
+
+@dataclass(frozen=True)
+class ArtifactEvaluation:
+    """The integer reference's accuracy on an artifact, and its encoding."""
+
+    accuracy: float
+    images: int
+    seconds: float              # in the integer reference
+    encoding: artifact.EncodingStats
+
+
+def evaluate_artifact(art: artifact.Artifact, test: Dataset) -> ArtifactEvaluation:
+    t = time.perf_counter()
+    acc = int8_accuracy(art.network, test)
+    return ArtifactEvaluation(acc, len(test), time.perf_counter() - t,
+                              artifact.stats(artifact.encode(art.network, art.data)))
+
+
+def sparsity_table(qnet: QuantizedNetwork) -> str:
+    """Per conv layer of a quantized network: weight shape, nonzeros, sparsity."""
+    rows = []
+    for i, layer in enumerate(qnet.convs):
+        nz = int((layer.weights != 0).sum())
+        rows.append(f"conv{i:<3}{'x'.join(map(str, layer.weights.shape)):>14}  nonzeros {nz:>7}  "
+                    f"sparsity {1 - nz / layer.weights.size:6.1%}")
+    return "\n".join(rows)
+
+
+def requantization_table(qnet: QuantizedNetwork) -> str:
+    """Per conv layer: output scale and the range of its requantization factors M / 2^s."""
+    rows = []
+    for i, layer in enumerate(qnet.convs):
+        factor = layer.multiplier / 2.0 ** layer.shift
+        rows.append(f"conv{i}: output scale {qnet.activation_scales[i + 1]:.5f}, requantization "
+                    f"M/2^s in [{factor.min():.3g}, {factor.max():.3g}]")
+    return "\n".join(rows)
 
 
 def layer_table(ev: Evaluation) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prunefab.errors import PrunefabError
+
 ACT_BITS = 8            # activations: unsigned 8-bit, zero point 0
 WEIGHT_MAX = 127        # weights: signed 8-bit, symmetric, -127..127
 ACC_BITS = 32           # accumulators and biases: signed 32-bit
@@ -20,7 +22,7 @@ KERNEL = 3
 KERNEL_ELEMENTS = KERNEL * KERNEL
 
 
-class NetworkError(ValueError):
+class NetworkError(PrunefabError, ValueError):
     """A network breaks a rule of docs/arithmetic.md; the message is one line naming the layer."""
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from prunefab.errors import PrunefabError
 from prunefab.sw import distributed
 from prunefab.sw.artifact import write_atomic
 from prunefab.sw.data import Dataset
@@ -273,7 +274,7 @@ def accuracy(model: nn.Module, data: Dataset) -> float:
 # checkpoints: a state dict plus the model's constructor arguments, loaded without pickle code,
 # with a SHA-256 over everything prunefab wrote (docs/format.md, "Checkpoints")
 
-class CheckpointError(ValueError):
+class CheckpointError(PrunefabError, ValueError):
     """A checkpoint cannot be read or written; one line naming the file."""
 
 

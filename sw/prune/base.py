@@ -25,11 +25,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from prunefab.errors import PrunefabError
 from prunefab.sw.flops import conv_output_sizes
 from prunefab.sw.models import ConvSpec, NetSpec, UnmappableModel, layer_specs
 
 # (module, parameter name) -> keep-mask of the parameter's shape
 Masks = dict[tuple[nn.Module, str], torch.Tensor]
+
+
+class PruningError(PrunefabError, ValueError):
+    """A method cannot reach the requested cut on this model; one line naming the limit."""
 
 
 class PruningMethod(ABC):

@@ -7,7 +7,8 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from prunefab.sw.models import UnmappableModel
-from prunefab.sw.prune.base import Masks, PruningMethod, check_cut, dense_conv_flops, flops_per_element
+from prunefab.sw.prune.base import (Masks, PruningError, PruningMethod, check_cut, dense_conv_flops,
+                                    flops_per_element)
 from prunefab.sw.prune.stripes import filter_masks, stripe_flops
 
 
@@ -54,8 +55,8 @@ class FilterPruning(PruningMethod):
                 lo = mid
         keeps = self.kept_filters(model, hi)
         if stripe_flops(model, keeps) > budget:
-            raise ValueError(f"filter pruning cannot cut {flops_cut:.0%} of conv FLOPs while "
-                             f"keeping one filter per layer")
+            raise PruningError(f"filter pruning cannot cut {flops_cut:.0%} of conv FLOPs while "
+                               f"keeping one filter per layer")
         return filter_masks(model, keeps)
 
 

@@ -22,7 +22,8 @@ from enum import Enum
 import torch
 from torch import nn
 
-from prunefab.sw.prune.base import Masks, PruningMethod, check_cut, dense_conv_flops, flops_per_element
+from prunefab.sw.prune.base import (Masks, PruningError, PruningMethod, check_cut, dense_conv_flops,
+                                    flops_per_element)
 from prunefab.sw.qnet import KERNEL_ELEMENTS
 
 
@@ -96,8 +97,8 @@ class KernelElementPruning(PruningMethod):
                 if best_price is None or price < best_price:
                     best, best_price = n, price
             if best is None:
-                raise ValueError(f"KEP cannot cut {flops_cut:.0%} of conv FLOPs with at least "
-                                 f"{self.min_elements} element(s) per kernel plane")
+                raise PruningError(f"KEP cannot cut {flops_cut:.0%} of conv FLOPs with at least "
+                                   f"{self.min_elements} element(s) per kernel plane")
             k[best] -= 1
         return k
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunefab.sw.prune.base import Masks, PruningMethod, check_cut, dense_conv_flops, flops_per_element
+from prunefab.sw.prune.base import (Masks, PruningError, PruningMethod, check_cut, dense_conv_flops,
+                                    flops_per_element)
 
 
 class StripeScale(nn.Module):
@@ -140,8 +141,8 @@ def stripes_for_target(model: nn.Module, scores: list[torch.Tensor], flops_cut: 
     candidates = torch.unique(torch.cat([values[values > floor], torch.tensor([floor])])).tolist()
     lo, hi = 0, len(candidates) - 1           # FLOPs fall as the threshold rises
     if stripe_flops(model, stripes_above(scores, candidates[hi])) > budget:
-        raise ValueError(f"stripe pruning cannot cut {flops_cut:.0%} of conv FLOPs while keeping "
-                         f"one stripe per layer")
+        raise PruningError(f"stripe pruning cannot cut {flops_cut:.0%} of conv FLOPs while keeping "
+                           f"one stripe per layer")
     while lo < hi:
         mid = (lo + hi) // 2
         if stripe_flops(model, stripes_above(scores, candidates[mid])) <= budget:
