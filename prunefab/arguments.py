@@ -46,7 +46,7 @@ def number(least: float, most: float | None = None, *, open_low: bool = False,
             span = ("> " if open_low else ">= ") + f"{least:g}"
             if most is not None:
                 span = f"in {'(' if open_low else '['}{least:g}, {most:g}{')' if open_high else ']'}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {span}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, not {value:g}")
         return value
     parse.__name__ = "number"
     return parse

@@ -22,13 +22,11 @@ from prunefab.errors import PrunefabError, UsageError
 DATA_HELP = "fashion-mnist, synthetic, synthetic-cifar, cifar10[:ROOT] or a directory of IDX files"
 
 
-class _ParseError(UsageError):
-    """argparse's complaint, already in its `prunefab CMD: error: ...` form."""
-
-
 class _Parser(argparse.ArgumentParser):
+    """argparse's complaints become a UsageError: one line, like every other error."""
+
     def error(self, message):
-        raise _ParseError(f"{self.prog}: error: {message}")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,8 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------
 
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, _ParseError):
-        return str(e)
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         message = f"{e.filename}: {e.strerror}"
     else:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -152,17 +153,17 @@ def simulate_rtl(network: QuantizedNetwork | str | os.PathLike,
     imgs, source = pick_images(net, images)
     program = pack_network(cfg, net)
     report = network_report(cfg, net, program)
-    with tempfile.TemporaryDirectory(prefix="prunefab-sim-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="prunefab-sim-") as tmp, _whole(waves) as wave_file:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         if backend == "icarus":
             plan = BenchPlan(cfg, (Case(net, imgs, "network"),), Stalls(), diagnose=True)
-            obs = run_icarus(plan, work, waves=waves)
+            obs = run_icarus(plan, work, waves=wave_file)
             if obs.failure:
                 raise RtlMismatch(obs.failure)
             runs, cycles, seconds = obs.runs[0], obs.sim_cycles, obs.seconds
         else:
             from prunefab.sim.verilator import run_verilator
-            hr = run_verilator(program, imgs, work, waves=waves)
+            hr = run_verilator(program, imgs, work, waves=wave_file)
             runs, cycles, seconds = hr.runs, hr.sim_cycles, hr.seconds
             board = Scoreboard(cfg, Case(net, imgs, "network"), "network")
             for i, run in enumerate(runs):
@@ -172,6 +173,29 @@ def simulate_rtl(network: QuantizedNetwork | str | os.PathLike,
     logits = np.array([r.logits for r in runs], dtype=np.int64)
     return SimulationResult(logits, tuple(runs), report, backend, cycles, seconds, source,
                             Path(waves) if waves else None)
+
+
+@contextlib.contextmanager
+def _whole(path: str | os.PathLike | None):
+    """A temporary name for a file the simulator writes: renamed to `path` when the run ends
+    (with a mismatch too: the waves show it), removed when the run is cut short."""
+    if path is None:
+        yield None
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")    # the suffix picks the format
+    try:
+        yield partial
+    except RtlMismatch:
+        if partial.exists():
+            os.replace(partial, path)
+        raise
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if partial.exists():
+        os.replace(partial, path)
 
 
 def _locate(cfg: EngineConfig, net: QuantizedNetwork, image: np.ndarray, work: Path,

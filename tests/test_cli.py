@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import math
 import os
 import pty
 import select
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from prunefab.cli import main
+from prunefab.cli import build_parser, main
+from prunefab.errors import UsageError
 from prunefab.sw import artifact
 
 
@@ -264,6 +268,49 @@ def test_corpus_case_is_one_line_and_leaves_nothing(corpus, line, expected, caps
     assert len(err.splitlines()) == 1 and err.startswith("prunefab"), err
     assert expected in err and "Traceback" not in err
     assert _files(corpus["d"]) == before
+
+
+def _finite(v):
+    return isinstance(v, float) and math.isfinite(v)
+
+
+# (command line before the option, option, what a value it accepts must satisfy)
+OPTIONS = [
+    ("train -o {out}", "--epochs", lambda v: isinstance(v, int) and v >= 1),
+    ("train -o {out}", "--lr", lambda v: _finite(v) and 0 < v <= 1),
+    ("train -o {out}", "--seed", lambda v: isinstance(v, int) and 0 <= v < 2 ** 32),
+    ("prune x.pt --method kep -o {out}", "--flops-cut", lambda v: _finite(v) and 0 <= v < 1),
+    ("prune x.pt --method kep -o {out}", "--strength", lambda v: _finite(v) and v >= 0),
+    ("prune x.pt --method kep -o {out}", "--finetune-epochs", lambda v: isinstance(v, int) and v >= 0),
+    ("quantize x.pt", "--calibration", lambda v: isinstance(v, int) and v >= 1),
+    ("eval x.pfab", "--images", lambda v: isinstance(v, int) and v >= 1),
+    ("hil --simulate icebreaker --artifact x.pfab", "--timeout", lambda v: _finite(v) and v > 0),
+    ("hil --simulate icebreaker --artifact x.pfab", "--retries", lambda v: isinstance(v, int) and v >= 0),
+    ("gen -o {out}", "--lanes", lambda v: isinstance(v, int) and v >= 1),
+    ("demo", "--flops-cut", lambda v: _finite(v) and 0 <= v < 1),
+]
+VALUES = st.one_of(st.text(max_size=8), st.integers().map(str), st.floats().map(repr),
+                   st.sampled_from(["nan", "-inf", "1e309", "0x10", "1_000", " 3 ", "", "0.9999999999"]))
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return build_parser()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(OPTIONS), value=VALUES)
+def test_generated_option_values_parse_in_range_or_are_refused_in_one_line(parser, tmp_path, option,
+                                                                          value):
+    before, flag, accepts = option
+    args = shlex.split(before.format(out=tmp_path / "out")) + [f"{flag}={value}"]
+    try:
+        ns = parser.parse_args(args)
+    except UsageError as e:
+        assert "\n" not in str(e) and flag in str(e)
+    else:
+        assert accepts(getattr(ns, flag.lstrip("-").replace("-", "_")))
+    assert not any(tmp_path.iterdir())
 
 
 def test_help_lists_exactly_the_models_that_train(capsys):

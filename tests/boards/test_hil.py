@@ -87,9 +87,8 @@ def test_cli_hil_simulate(network, test_images, tmp_path, capsys, monkeypatch):
 def test_cli_hil_refuses_bad_arguments(tmp_path, capsys):
     path = tmp_path / "missing.pfab"
     assert main(["hil", "--artifact", str(path), "--images", "1"]) == 2
-    assert "--port URL" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["hil", "--simulate", "nosuchboard", "--artifact", str(path)])
+    assert "one of the arguments --port --simulate is required" in capsys.readouterr().err
+    assert main(["hil", "--simulate", "nosuchboard", "--artifact", str(path)]) == 2
     assert "invalid choice: 'nosuchboard'" in capsys.readouterr().err
     assert main(["hil", "--port", "socket://127.0.0.1:1", "--faults", "flip=0.1",
                  "--artifact", str(path)]) == 2

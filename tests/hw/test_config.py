@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from prunefab.hw.config import EngineConfig, EngineLimitError
+from prunefab.hw.config import ConfigError, EngineConfig, EngineLimitError
 from prunefab.sw.synthetic import random_network
 
 
@@ -32,6 +32,27 @@ def test_variants_are_replaced_copies():
 def test_invalid_configs_fail_with_one_actionable_line(kwargs, error, match):
     with pytest.raises(error, match=match):
         EngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lanes": 10 ** 6}, r"^EngineConfig.lanes=1000000 exceeds the generator's limit of 512$"),
+    ({"max_layers": 10 ** 6}, r"^EngineConfig.max_layers=1000000 exceeds the generator's limit of 256$"),
+    ({"act_depth": 10 ** 9}, r"the activation bank memory \(1000000000 words of 8 bits\) .* lower act_depth$"),
+    ({"lanes": 512, "weight_depth": 16384}, r"the weight memory .* lower lanes or weight_depth$"),
+    ({"max_height": 10 ** 6, "max_width": 10 ** 6}, r"act_depth >= "),
+])
+def test_absurd_engines_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        EngineConfig(**kwargs)
+
+
+def test_from_json_refuses_every_malformed_document_in_one_line():
+    base = json.loads(EngineConfig().to_json())
+    for text in ("{", "[" * 100000, json.dumps({**base, "lanes": "8"}), json.dumps({**base, "lanes": 1e6}),
+                 json.dumps({**base, "lanes": None}), json.dumps(["engine"]), b"\xff\xfe\x00"):
+        with pytest.raises(ConfigError) as e:
+            EngineConfig.from_json(text)
+        assert "\n" not in str(e.value)
 
 
 def test_from_json_rejects_other_documents():
