@@ -343,7 +343,7 @@ def test_programming_errors_keep_their_traceback(monkeypatch, corpus):
 def test_debug_shows_the_traceback_of_a_user_error(corpus, capsys):
     assert main(["eval", str(corpus["pfab"]), "--data", str(corpus["d"] / "data8"), "--debug"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and "DataError" in err
+    assert "Traceback" in err and "ArtifactError" in err
     assert err.splitlines()[-1].startswith("prunefab: error: ")
 
 
