@@ -37,8 +37,8 @@ def test_invalid_configs_fail_with_one_actionable_line(kwargs, error, match):
 @pytest.mark.parametrize("kwargs,match", [
     ({"lanes": 10 ** 6}, r"^EngineConfig.lanes=1000000 exceeds the generator's limit of 512$"),
     ({"max_layers": 10 ** 6}, r"^EngineConfig.max_layers=1000000 exceeds the generator's limit of 256$"),
-    ({"act_depth": 10 ** 9}, r"the activation bank memory \(1000000000 words of 8 bits\) .* lower act_depth$"),
-    ({"lanes": 512, "weight_depth": 16384}, r"the weight memory .* lower lanes or weight_depth$"),
+    ({"act_depth": 10 ** 9}, r"the act0 memory \(1000000000 words of 8 bits\) .* lower act_depth$"),
+    ({"lanes": 512, "weight_depth": 16384}, r"the weights memory .* lower lanes or weight_depth$"),
     ({"max_height": 10 ** 6, "max_width": 10 ** 6}, r"act_depth >= "),
 ])
 def test_absurd_engines_are_refused_at_construction(kwargs, match):
