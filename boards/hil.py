@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from prunefab import progress
 from prunefab.boards.host import EngineBoard, Link, LinkClosed, LinkError, ResponseTimeout
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
@@ -142,11 +143,12 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         board = persist(lambda: EngineBoard(link))
         program = board.program(net)
         t0 = time.perf_counter()
-        persist(lambda: board.load(program))
+        with progress.stage(f"loading the network ({len(program.load_words())} words)"):
+            persist(lambda: board.load(program))
         load_s = time.perf_counter() - t0
         answered, mismatches, errors, cycles, wall, predictions = [], [], [], [], [], []
         stopped = None
-        for k, image in enumerate(images):
+        for k, image in enumerate(progress.bar(images, desc="images on the board", unit="image")):
             t0 = time.perf_counter()
             try:
                 logits, n = persist(lambda: board.infer(image))
@@ -183,15 +185,16 @@ def board_engine(board: str, net: QuantizedNetwork | None = None
     a one-line note saying why, when the estimate says no lane count fits or when the engine
     that fits cannot run `net`.
     """
-    from prunefab.boards.fit import FitError, fit
+    from prunefab.boards.fit import FitError, choose
     from prunefab.hw.config import EngineLimitError
     from prunefab.hw.loader import pack_network
     spec = board_spec(board)
     preset = spec.config()
     try:
-        config = fit(spec)
+        choice = choose(spec)
     except FitError as e:
         return preset, f"{e}; simulating the {spec.preset} preset ({preset.lanes} lanes)"
+    config = choice.config
     if net is not None and config != preset:
         try:
             pack_network(config, net)
@@ -199,6 +202,7 @@ def board_engine(board: str, net: QuantizedNetwork | None = None
             return preset, (f"{spec.name}: the {config.lanes}-lane engine that fits cannot run "
                             f"this network ({e}); simulating the {spec.preset} preset "
                             f"({preset.lanes} lanes)")
+    progress.note(f"{choice.note}; the simulated board runs that engine")
     return config, None
 
 

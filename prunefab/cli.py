@@ -28,6 +28,17 @@ def _seed(args) -> None:
     seed_everything(args.seed)
 
 
+def _data_name(args, extra: dict) -> str:
+    """--data, else the data set the checkpoint was trained on, said in a note."""
+    from prunefab import progress
+    if args.data:
+        return args.data
+    name = extra.get("data")
+    progress.note(f"data: {name}, the checkpoint's" if name else
+                  "data: fashion-mnist; the checkpoint names none (--data picks one)")
+    return name or "fashion-mnist"
+
+
 def _budget(args):
     """The recipe's budget (or the default one), with the options given on the command line."""
     import dataclasses
@@ -90,8 +101,6 @@ def cmd_prune(args) -> None:
     flops_cut = (args.flops_cut if args.flops_cut is not None
                  else _recipe(args).flops_cut if args.recipe else 0.75)
     model, extra = load_checkpoint(args.checkpoint)
-    name = args.data or extra.get("data", "fashion-mnist")
-    tr, te = data.load(name, "train"), data.load(name, "test")
     options = {}
     if args.strength is not None:
         options["strength"] = args.strength
@@ -99,6 +108,8 @@ def cmd_prune(args) -> None:
         if args.method != "kep":
             raise ValueError("--schedule applies to --method kep only")
         options["schedule"] = args.schedule
+    name = _data_name(args, extra)
+    tr, te = data.load(name, "train"), data.load(name, "test")
     pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
                    state=args.output if args.resume else None, **options)
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
@@ -116,15 +127,13 @@ def cmd_prune(args) -> None:
 
 
 def cmd_quantize(args) -> None:
-    from prunefab.sw import artifact, data, reference
+    from prunefab.sw import artifact, data
     from prunefab.sw.pipeline import quantize_model
-    from prunefab.sw.train import accuracy, load_checkpoint
+    from prunefab.sw.train import load_checkpoint
     model, extra = load_checkpoint(args.checkpoint)
-    name = args.data or extra.get("data", "fashion-mnist")
+    name = _data_name(args, extra)
     tr, te = data.load(name, "train"), data.load(name, "test")
     qnet = quantize_model(model, tr, _budget(args))
-    int_acc = float((reference.classify(qnet, te.images) == te.labels).mean())
-    print(f"float {accuracy(model, te):.2%}, int8 {int_acc:.2%} on {len(te)} test images")
     for i, layer in enumerate(qnet.convs):
         print(f"conv{i}: output scale {qnet.activation_scales[i + 1]:.5f}, requantization "
               f"M/2^s in [{(layer.multiplier / 2.0 ** layer.shift).min():.3g}, "
@@ -133,19 +142,31 @@ def cmd_quantize(args) -> None:
         st = artifact.save(qnet, args.output, data=name)
         print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
               f"index bits per conv nonzero)")
+    print(_accuracy_line(qnet, te, model, name))
+
+
+def _accuracy_line(qnet, test, model, name: str) -> str:
+    """'int8 accuracy A (float F) on N NAME test images': what quantize and export end with
+    (the float figure only when there is a float model)."""
+    from prunefab.sw import reference
+    from prunefab.sw.train import accuracy
+    int8 = float((reference.classify(qnet, test.images) == test.labels).mean())
+    ref = f" (float {accuracy(model, test):.2%})" if model is not None else ""
+    return f"int8 accuracy {int8:.2%}{ref} on {len(test)} {name} test images"
 
 
 def cmd_export(args) -> None:
     from prunefab.sw import artifact, data
     from prunefab.sw.pipeline import quantize_model
     source = Path(args.network)
+    model = None
     if source.suffix == ".pfab":
         art = artifact.read(source)
         qnet, name = art.network, art.data
     else:
         from prunefab.sw.train import load_checkpoint
         model, extra = load_checkpoint(source)
-        name = args.data or extra.get("data", "fashion-mnist")
+        name = _data_name(args, extra)
         qnet = quantize_model(model, data.load(name, "train"), _budget(args))
     program = None
     if args.config:
@@ -160,14 +181,24 @@ def cmd_export(args) -> None:
         print(f"fits the engine ({cfg.lanes} lanes): weight memory {len(program.weights)} of "
               f"{cfg.weight_depth} words, parameters {len(program.params)} of {cfg.param_depth}, "
               f"{len(program.load_words())} load words")
+    if name is not None:            # an artifact that records no data set has nothing to say
+        test = data.load(name, "test")
+        if tuple(qnet.input_shape) == test.shape:
+            print(_accuracy_line(qnet, test, model, name))
 
 
-def _engine_config(spec: str):
+def _engine_config(spec: str | None):
     """An engine configuration from a preset name or a config.json written by `prunefab gen`."""
+    from prunefab import progress
     from prunefab.hw.config import EngineConfig
     presets = {"icebreaker": EngineConfig.icebreaker, "ecp5-85f": EngineConfig.ecp5_85f}
-    if spec in presets:
-        return presets[spec]()
+    if spec is None or spec in presets:
+        name = spec or "icebreaker"
+        config = presets[name]()
+        progress.note(f"engine: the {name} preset, {config.lanes} lanes"
+                      f"{' (no --config given)' if spec is None else ''}; a board build fits "
+                      f"as many lanes as its board holds, maybe fewer")
+        return config
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"{spec}: neither an engine preset ({', '.join(presets)}) nor a "
@@ -180,11 +211,14 @@ def _engine_config(spec: str):
 
 def cmd_gen(args) -> None:
     import dataclasses
+
+    from prunefab import progress
     from prunefab.hw.generate import generate
     cfg = _engine_config(args.config)
     if args.lanes is not None:
         cfg = dataclasses.replace(cfg, lanes=args.lanes)
-    design = generate(cfg, args.output)
+    with progress.stage(f"generating the {cfg.lanes}-lane engine's Verilog and RTLIL"):
+        design = generate(cfg, args.output)
     print(f"wrote {design.verilog}, {design.rtlil} and {design.config} ({cfg.lanes} lanes)")
 
 
@@ -193,8 +227,14 @@ def cmd_eval(args) -> None:
     from prunefab.sw.pipeline import evaluate, layer_table
     path = Path(args.network)
     if path.suffix == ".pfab":
+        from prunefab.sw.flops import count_network
         art = artifact.read(path)
         qnet = art.network
+        c = count_network(qnet)
+        print(f"{path.name}: {'x'.join(map(str, qnet.input_shape))} input, "
+              f"{qnet.linear.out_features} classes, {len(qnet.convs)} conv layers, made from "
+              f"{art.data or 'an unrecorded data set'}; conv MFLOPs {c.conv_flops / 1e6:.3f} of "
+              f"{c.dense_conv_flops / 1e6:.3f} dense (cut {c.conv_flops_cut:.1%})")
         te = _evaluation_data(art, args.data, path).subset(args.images)
         t = time.perf_counter()
         pred = reference.classify(qnet, te.images)
@@ -230,7 +270,7 @@ def cmd_sim(args) -> None:
     from prunefab.sim.runner import format_report, simulate_rtl
     from prunefab.sw import artifact
     config = args.config
-    if not Path(config).is_dir():
+    if config is None or not Path(config).is_dir():
         config = _engine_config(config)
     art, images = artifact.read(args.artifact), args.images
     if art.data is not None or args.data is not None:      # else the runner's own pick
@@ -272,9 +312,10 @@ def cmd_hil(args) -> int:
 def _evaluation_data(art, requested, where):
     """The test images an artifact is evaluated on (its own data set wins); a note on stderr."""
     from prunefab.sw.artifact import evaluation_data
+    from prunefab import progress
     choice = evaluation_data(art, requested, where=str(where))
     if choice.note:
-        print(f"prunefab: note: {choice.note}", file=sys.stderr)
+        progress.note(choice.note)
     return choice.dataset
 
 
@@ -309,8 +350,36 @@ def cmd_build(args) -> None:
           + ("; programmed the board" if report.programmed else ""))
 
 
+def cmd_cache(args) -> None:
+    from prunefab import cache
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} entries ({freed / 1e6:.1f} MB) from {cache.shown(cache.root())}")
+    else:
+        print(cache.describe())
+
+
+def cmd_doctor(args) -> None:
+    from prunefab import __version__, cache, toolchain
+    print(f"prunefab {__version__}; Python {sys.version.split()[0]}; cache {cache.shown(cache.root())}")
+    for tool in toolchain.survey():
+        print(tool.line())
+
+
+def _global_options(p: argparse.ArgumentParser, default=None) -> None:
+    """--quiet and --cache-dir, accepted before the command and after it."""
+    p.add_argument("-q", "--quiet", action="store_true", default=default or False,
+                   help="no progress bars, stage lines or notes on stderr (results and errors stay)")
+    p.add_argument("--cache-dir", metavar="DIR", default=default,
+                   help="where simulator builds are cached (default $PRUNEFAB_CACHE, else the "
+                        "platform's cache directory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from prunefab import __version__
     p = argparse.ArgumentParser(prog="prunefab", description=__doc__)
+    p.add_argument("--version", action="version", version=f"prunefab {__version__}")
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, data_default="fashion-mnist"):
@@ -374,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("gen", help="generate the accelerator's Verilog and RTLIL")
-    sp.add_argument("--config", default="icebreaker",
+    sp.add_argument("--config",
                     help="engine preset (icebreaker, ecp5-85f) or config.json (default icebreaker)")
     sp.add_argument("--lanes", type=int, help="override the preset's lane count")
     sp.add_argument("-o", "--output", required=True, help="output directory")
@@ -389,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sim", help="cycle-accurate RTL simulation of an artifact on an engine")
     sp.add_argument("--artifact", required=True, help="the network (.pfab)")
-    sp.add_argument("--config", default="icebreaker",
+    sp.add_argument("--config",
                     help="engine preset, config.json or a folder written by gen (default icebreaker)")
     sp.add_argument("--images", type=int, default=1,
                     help="first N test images of the artifact's data set (--data; random images "
@@ -447,13 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--finetune-epochs", type=int, default=3)
     sp.add_argument("--out", default="out/demo", help="where checkpoints and artifacts go")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("cache", help="the per-user cache of simulator builds: what it holds, or clear it")
+    sp.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
+    sp.set_defaults(func=cmd_cache)
+
+    sp = sub.add_parser("doctor", help="the toolchain found: versions, what each enables, what is missing")
+    sp.set_defaults(func=cmd_doctor)
+
+    for sp in sub.choices.values():
+        _global_options(sp, default=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from prunefab import __version__, cache, progress
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["--version"]:
+        print(f"prunefab {__version__}")    # at once: the parser imports torch and amaranth
+        return 0
     args = build_parser().parse_args(argv)
     try:
-        status = args.func(args)
+        with progress.quiet(args.quiet or progress.is_quiet()), cache.located(args.cache_dir):
+            status = args.func(args)
     except _errors() as e:
         print(f"prunefab: error: {e}", file=sys.stderr)
         return 2
