@@ -67,9 +67,16 @@ class QuietTimeout(ResponseTimeout):
     def expired(self) -> bool:
         board = self.board
         if board.error is not None or board._stop.is_set():
-            board._error_seen = True
-            raise BoardStopped(f"the simulated board stopped: {board.error or 'it was closed'}")
+            raise self._stopped()
         return board.quiet_after(self._sent) or board.cycles - self._cycles > self.cycle_limit
+
+    def closed(self, error: OSError) -> LinkClosed:
+        # the socket closes because the board stopped: say why it stopped
+        return self._stopped() if self.board._stop.is_set() else super().closed(error)
+
+    def _stopped(self) -> BoardStopped:
+        self.board._error_seen = True
+        return BoardStopped(f"the simulated board stopped: {self.board.error or 'it was closed'}")
 
 
 def board_harness(top: UARTLink) -> Path:
