@@ -11,7 +11,7 @@ shapes) in engine cycles per image (the exact cycle model, sim/cycle_model.py) a
 configured clock, images per second end to end (a 784-byte image on the line at the UART's baud
 rate, 10 bits a byte, then the engine's time; framing and the 40-byte answer left out), and the
 build time.  The networks are out/demo/kep.pfab when `make demo` has run, else a random KEP
-network of the reference shape (hw/reference_net.py).
+network of the reference shape (sw/synthetic.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 from prunefab.boards import build as B
 from prunefab.boards.top import BAUD, BOARDS, board_spec
 from prunefab.hw.config import EngineConfig, EngineLimitError
-from prunefab.hw.reference_net import reference_shaped_network
 from prunefab.sim.cycle_model import network_report
 from prunefab.sw import artifact
+from prunefab.sw.synthetic import reference_shaped_network
 
 RESOURCES = ("lut", "ff", "lc", "dsp", "bram", "spram")
 DEMO_KEP = Path("out/demo/kep.pfab")

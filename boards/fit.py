@@ -217,8 +217,11 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
         note = f"{spec.name}: {config.lanes} lanes fit the estimate ({best.estimate.summary()})"
     else:
         full = estimate(config, spec, max_payload=max_payload)
+        more = estimate(dataclasses.replace(config, lanes=best.config.lanes + 1), spec,
+                        max_payload=max_payload)
         note = (f"{spec.name}: {config.lanes} lanes would not fit ({_overs(full)}); building "
-                f"{best.config.lanes} ({best.estimate.summary()})")
+                f"{best.config.lanes} ({best.estimate.summary()}); {best.config.lanes + 1} "
+                f"would exceed {_overs(more)}")
     return dataclasses.replace(best, note=note)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from prunefab import progress
 from prunefab.boards.host import EngineBoard, Link, LinkClosed, LinkError, ResponseTimeout
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
@@ -122,57 +123,83 @@ def run_hil(port_url: str, net: QuantizedNetwork | str | os.PathLike, images: np
         port = serial.serial_for_url(port_url, baudrate=baudrate)
     except (serial.SerialException, ValueError) as e:
         raise LinkError(f"cannot open {port_url}: {e}") from None
-    retried = 0
-
-    def persist(action):
-        """`action()`, sent again from the start while the link gives up on it."""
-        nonlocal retried
-        for attempt in range(attempts):
-            try:
-                return action()
-            except LinkClosed:
-                raise
-            except LinkError:
-                if attempt == attempts - 1:
-                    raise
-                retried += 1
-
+    persist = _Persist(attempts)
     try:
         link = Link(port, timeout=timeout, retries=retries)
         board = persist(lambda: EngineBoard(link))
         program = board.program(net)
         t0 = time.perf_counter()
-        persist(lambda: board.load(program))
+        with progress.stage(f"loading the network ({len(program.load_words())} words)"):
+            persist(lambda: board.load(program))
         load_s = time.perf_counter() - t0
-        answered, mismatches, errors, cycles, wall, predictions = [], [], [], [], [], []
-        stopped = None
-        for k, image in enumerate(images):
-            t0 = time.perf_counter()
-            try:
-                logits, n = persist(lambda: board.infer(image))
-            except LinkClosed as e:
-                stopped = f"at image {k}: {e}"
+        run = _Images()
+        for k, image in enumerate(progress.bar(images, desc="images on the board", unit="image")):
+            if not run.infer(k, lambda: persist(lambda: board.infer(image)), expected[k]):
                 break
-            except LinkError as e:
-                errors.append((k, str(e)))
-                continue
-            wall.append(time.perf_counter() - t0)
-            answered.append(k)
-            cycles.append(n)
-            predictions.append(int(np.argmax(logits)))
-            if list(logits) != [int(v) for v in expected[k]]:
-                mismatches.append(k)
         resends = link.resends
     finally:
         port.close()
     accuracy = reference_accuracy = None
-    if labels is not None and answered:
-        truth = np.asarray(labels)[answered]
-        accuracy = float(np.mean(np.asarray(predictions) == truth))
-        reference_accuracy = float(np.mean(np.argmax(expected[answered], axis=1) == truth))
-    return HilReport(len(images), tuple(answered), tuple(mismatches), tuple(errors), tuple(cycles),
-                     tuple(wall), accuracy, reference_accuracy, load_s, resends, retried,
-                     board.config, stopped, clock_mhz)
+    if labels is not None and run.answered:
+        truth = np.asarray(labels)[run.answered]
+        accuracy = float(np.mean(np.asarray(run.predictions) == truth))
+        reference_accuracy = float(np.mean(np.argmax(expected[run.answered], axis=1) == truth))
+    return HilReport(len(images), tuple(run.answered), tuple(run.mismatches), tuple(run.errors),
+                     tuple(run.cycles), tuple(run.wall), accuracy, reference_accuracy, load_s,
+                     resends, persist.retried, board.config, run.stopped, clock_mhz)
+
+
+class _Persist:
+    """`persist(action)`: `action()`, sent again from the start while the link gives up on it
+    (`LinkError`), `attempts` times in all; a lost connection (`LinkClosed`) is not retried."""
+
+    def __init__(self, attempts: int):
+        self.attempts = attempts
+        self.retried = 0
+
+    def __call__(self, action):
+        for attempt in range(self.attempts):
+            try:
+                return action()
+            except LinkClosed:
+                raise
+            except LinkError:
+                if attempt == self.attempts - 1:
+                    raise
+                self.retried += 1
+
+
+@dataclass
+class _Images:
+    """The images of a run so far, as `HilReport` gives them."""
+
+    answered: list = field(default_factory=list)
+    mismatches: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    cycles: list = field(default_factory=list)
+    wall: list = field(default_factory=list)
+    predictions: list = field(default_factory=list)
+    stopped: str | None = None
+
+    def infer(self, k: int, infer, expected) -> bool:
+        """Run image `k` (`infer()` gives logits and cycles) against the reference's logits;
+        False when the connection is gone and the run must stop."""
+        t0 = time.perf_counter()
+        try:
+            logits, n = infer()
+        except LinkClosed as e:
+            self.stopped = f"at image {k}: {e}"
+            return False
+        except LinkError as e:
+            self.errors.append((k, str(e)))
+            return True
+        self.wall.append(time.perf_counter() - t0)
+        self.answered.append(k)
+        self.cycles.append(n)
+        self.predictions.append(int(np.argmax(logits)))
+        if list(logits) != [int(v) for v in expected]:
+            self.mismatches.append(k)
+        return True
 
 
 def board_engine(board: str, net: QuantizedNetwork | None = None
@@ -183,15 +210,16 @@ def board_engine(board: str, net: QuantizedNetwork | None = None
     a one-line note saying why, when the estimate says no lane count fits or when the engine
     that fits cannot run `net`.
     """
-    from prunefab.boards.fit import FitError, fit
+    from prunefab.boards.fit import FitError, choose
     from prunefab.hw.config import EngineLimitError
     from prunefab.hw.loader import pack_network
     spec = board_spec(board)
     preset = spec.config()
     try:
-        config = fit(spec)
+        choice = choose(spec)
     except FitError as e:
         return preset, f"{e}; simulating the {spec.preset} preset ({preset.lanes} lanes)"
+    config = choice.config
     if net is not None and config != preset:
         try:
             pack_network(config, net)
@@ -199,6 +227,7 @@ def board_engine(board: str, net: QuantizedNetwork | None = None
             return preset, (f"{spec.name}: the {config.lanes}-lane engine that fits cannot run "
                             f"this network ({e}); simulating the {spec.preset} preset "
                             f"({preset.lanes} lanes)")
+    progress.note(f"{choice.note}; the simulated board runs that engine")
     return config, None
 
 

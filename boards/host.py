@@ -30,6 +30,7 @@ from prunefab.errors import PrunefabError
 CHUNK = struct.Struct("<II")      # LOAD and INFER chunk header: offset, total (load words)
 FRAME_BYTES = len(SYNC) + HEADER.size + CRC.size     # a frame's bytes besides its payload
 NAK_BYTES = FRAME_BYTES + 2
+IDENTIFY_GUESS = 256    # payload bytes an IDENTIFY response is taken to have until one is seen
 
 
 class LinkError(PrunefabError, RuntimeError):
@@ -64,6 +65,10 @@ class ResponseTimeout:
 
     def missed(self) -> None:
         pass
+
+    def closed(self, error: OSError) -> "LinkClosed":
+        """What to raise when the port fails with `error` (a device may know better why)."""
+        return LinkClosed(f"the connection to the device failed: {error}")
 
 
 class AdaptiveTimeout(ResponseTimeout):
@@ -130,13 +135,13 @@ class AdaptiveTimeout(ResponseTimeout):
 class LineQuality:
     """How often the line damages a byte, measured from the exchanges: a failed attempt had at
     least one damaged byte among those it put on the line (half of them on average), an
-    answered one had none.  Recent exchanges weigh most (`memory` bytes)."""
+    answered one had none.  Observations fade over `memory` bytes, so the estimate follows a
+    line that changes; it starts from `prior`, weighted as a tenth of the memory."""
 
-    def __init__(self, memory: float = 200_000.0, prior: float = 1e-5):
+    def __init__(self, memory: float = 50_000.0, prior: float = 1e-5):
         self.memory = memory
-        # the prior counts as `memory` clean-ish bytes and fades like any other observation
-        self.errors = prior * memory
-        self.bytes = memory
+        self.bytes = memory / 10
+        self.errors = prior * self.bytes
 
     def record(self, nbytes: int, failed: bool) -> None:
         exposed = nbytes / 2 if failed else nbytes
@@ -248,15 +253,15 @@ class Link:
             return action(*args)
         except OSError as e:        # pyserial's SerialException is one
             self._identity = None
-            raise LinkClosed(f"the connection to the device failed: {e}") from None
+            raise self.timeout.closed(e) from None
 
     def _exchange(self, cmd: int, seq: int, payload: bytes, kind) -> bytes:
         frame = encode_frame(cmd, seq, payload)
         limit = self._identity.max_payload if self._identity else LENGTH_LIMIT
         parser = FrameParser(max(limit, 2))
-        # a response's length before it has been seen: IDENTIFY's may be the largest there is
+        # a response's length before it has been seen: IDENTIFY's is long (a configuration)
         answer_bytes = self._response_bytes.get(
-            kind, FRAME_BYTES + limit if cmd == Command.IDENTIFY else NAK_BYTES)
+            kind, FRAME_BYTES + IDENTIFY_GUESS if cmd == Command.IDENTIFY else NAK_BYTES)
         failures: list[str] = []
         heard = False               # some byte came back: the device is there
         attempt = 0

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 SYNC = b"\xA5\x5A"
 HEADER = struct.Struct("<BBH")      # command, sequence, payload length
 CRC = struct.Struct("<I")           # CRC-32 (zlib polynomial) of header and payload
-OVERHEAD = len(SYNC) + HEADER.size + CRC.size
 LENGTH_LIMIT = 0xFFFF               # what the length field can express
 PROTOCOL_VERSION = 1
 RESPONSE_FLAG = 0x80                # a successful response's command is the request's | 0x80
@@ -119,10 +118,6 @@ class FrameParser:
         self._state = "hunt"
         self._body = bytearray()
         self._need = 0
-
-    @property
-    def in_frame(self) -> bool:
-        return self._state not in ("hunt", "sync")
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         out: list[Frame | FrameError] = []

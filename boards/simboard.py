@@ -17,7 +17,6 @@ whole networks).  The socket, the fault injection and the byte streams are share
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import random
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
+from prunefab import progress
 from prunefab.boards.host import LinkClosed, ResponseTimeout
 from prunefab.boards.link import UARTLink
 
@@ -67,36 +67,38 @@ class QuietTimeout(ResponseTimeout):
     def expired(self) -> bool:
         board = self.board
         if board.error is not None or board._stop.is_set():
-            board._error_seen = True
-            raise BoardStopped(f"the simulated board stopped: {board.error or 'it was closed'}")
+            raise self._stopped()
         return board.quiet_after(self._sent) or board.cycles - self._cycles > self.cycle_limit
+
+    def closed(self, error: OSError) -> LinkClosed:
+        # the socket closes because the board stopped: say why it stopped
+        return self._stopped() if self.board._stop.is_set() else super().closed(error)
+
+    def _stopped(self) -> BoardStopped:
+        self.board._error_seen = True
+        return BoardStopped(f"the simulated board stopped: {self.board.error or 'it was closed'}")
 
 
 def board_harness(top: UARTLink) -> Path:
     """The Verilator harness of `top` (verilator/board.cpp), built on first use.
 
     The top is emitted to Verilog (this elaborates it: give each call a fresh top) and the build
-    is cached in a design folder named by the hash of the Verilog and the harness, so any change
-    to the gateware, its parameters or the harness builds anew and an unchanged top is never
-    rebuilt.
+    is kept in the per-user cache (prunefab/cache.py) under the hash of the Verilog, the harness
+    and Verilator's version, so any change to the gateware, its parameters or the harness builds
+    anew and an unchanged top is never rebuilt.
     """
     from amaranth.back import verilog
 
-    from prunefab.sim.icarus import emitted
     from prunefab.sim.verilator import build_harness
 
     if not isinstance(top, UARTLink):
         raise TypeError(f"Simulated board needs a UARTLink, not {top!r}")
-    text = verilog.convert(top, name=BOARD_TOP)
-    # the harness's packets are part of the build: a changed harness builds anew too
-    key = "board-" + hashlib.sha256(text.encode() + BOARD_HARNESS.read_bytes()).hexdigest()[:16]
-
-    def emit(tmp: Path) -> list[Path]:
-        path = tmp / f"{BOARD_TOP}.v"
-        path.write_text(text)
-        return [path]
-
-    return build_harness(emitted(key, emit, f"{BOARD_TOP}.v"), BOARD_TOP, BOARD_HARNESS)
+    with progress.stage("generating the simulated board's Verilog"):
+        text = verilog.convert(top, name=BOARD_TOP)
+    # 52 to 54 s for the 2-lane iCEBreaker board's 1245 kB of Verilog on two busy cores
+    return build_harness(text, BOARD_TOP, BOARD_HARNESS,
+                         what="the Verilator model of the simulated board",
+                         expect_seconds=54.0 * len(text) / 1_245_115)
 
 
 @dataclass(frozen=True)

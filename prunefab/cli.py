@@ -62,8 +62,14 @@ def _checkpoint_and_data(args, path):
     from prunefab.sw import data
     from prunefab.sw.pipeline import check_data
     from prunefab.sw.train import load_checkpoint
+    from prunefab import progress
     model, extra = load_checkpoint(path)
-    name = args.data if args.data is not None else extra.get("data", "fashion-mnist")
+    name = args.data
+    if name is None:
+        name = extra.get("data")
+        progress.note(f"data: {name}, the checkpoint's" if name else
+                      "data: fashion-mnist; the checkpoint names none (--data picks one)")
+        name = name or "fashion-mnist"
     splits = data.load(name, "train"), data.load(name, "test")
     for split in splits:
         check_data(str(path), model.input_shape, model.config["num_classes"], split, name)
@@ -116,21 +122,21 @@ def cmd_prune(args) -> None:
 
 def cmd_quantize(args) -> None:
     from prunefab.sw import artifact
-    from prunefab.sw.pipeline import int8_accuracy, quantize_model, requantization_table
-    from prunefab.sw.train import accuracy
+    from prunefab.sw.pipeline import quantize_model, requantization_table
     model, name, (tr, te) = _checkpoint_and_data(args, args.checkpoint)
     qnet = quantize_model(model, tr, _budget(args))
-    print(f"float {accuracy(model, te):.2%}, int8 {int8_accuracy(qnet, te):.2%} on {len(te)} test images")
     print(requantization_table(qnet))
     if args.output:
         st = artifact.save(qnet, args.output, data=name)
         print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
               f"index bits per conv nonzero)")
+    print(_accuracy_line(qnet, te, model, name))
 
 
 def cmd_export(args) -> None:
-    from prunefab.sw import artifact
+    from prunefab.sw import artifact, data
     from prunefab.sw.pipeline import quantize_model
+    model = None
     if args.network.suffix == ".pfab":
         art = artifact.read(args.network)
         qnet, name = art.network, art.data
@@ -141,6 +147,7 @@ def cmd_export(args) -> None:
     if args.config:
         from prunefab.hw.loader import pack_network
         program = pack_network(args.config, qnet)   # refuses what does not fit
+        _say_engine(args.config)
     st = artifact.save(qnet, args.output, data=name)
     print(f"wrote {args.output}: {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
           f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero, "
@@ -150,15 +157,41 @@ def cmd_export(args) -> None:
         print(f"fits the engine ({cfg.lanes} lanes): weight memory {len(program.weights)} of "
               f"{cfg.weight_depth} words, parameters {len(program.params)} of {cfg.param_depth}, "
               f"{len(program.load_words())} load words")
+    if name is not None:            # an artifact that records no data set has nothing to say
+        test = data.load(name, "test")
+        if tuple(qnet.input_shape) == test.shape:
+            print(_accuracy_line(qnet, test, model, name))
+
+
+def _accuracy_line(qnet, test, model, name: str) -> str:
+    """'int8 accuracy A (float F) on N NAME test images': what quantize and export end with
+    (the float figure only when there is a float model)."""
+    from prunefab.sw.pipeline import int8_accuracy
+    from prunefab.sw.train import accuracy
+    ref = f" (float {accuracy(model, test):.2%})" if model is not None else ""
+    return f"int8 accuracy {int8_accuracy(qnet, test):.2%}{ref} on {len(test)} {name} test images"
+
+
+def _say_engine(config) -> None:
+    """A note naming the preset an engine configuration is, if it is one."""
+    from prunefab import progress
+    from prunefab.hw.config import EngineConfig
+    for name, preset in (("icebreaker", EngineConfig.icebreaker), ("ecp5-85f", EngineConfig.ecp5_85f)):
+        if config == preset():
+            progress.note(f"engine: the {name} preset, {config.lanes} lanes; a board build fits "
+                          f"as many lanes as its board holds, maybe fewer")
 
 
 def cmd_gen(args) -> None:
     import dataclasses
+
+    from prunefab import progress
     from prunefab.hw.generate import generate
     cfg = args.config
     if args.lanes is not None:
         cfg = dataclasses.replace(cfg, lanes=args.lanes)
-    design = generate(cfg, args.output)
+    with progress.stage(f"generating the {cfg.lanes}-lane engine's Verilog and RTLIL"):
+        design = generate(cfg, args.output)
     print(f"wrote {design.verilog}, {design.rtlil} and {design.config} ({cfg.lanes} lanes)")
 
 
@@ -181,8 +214,14 @@ def cmd_eval(args) -> None:
 def _eval_artifact(args) -> None:
     from prunefab.sw import artifact
     from prunefab.sw.pipeline import evaluate_artifact, sparsity_table
+    from prunefab.sw.flops import count_network
     art = artifact.read(args.network)
     qnet = art.network
+    c = count_network(qnet)
+    print(f"{args.network.name}: {'x'.join(map(str, qnet.input_shape))} input, "
+          f"{qnet.linear.out_features} classes, {len(qnet.convs)} conv layers, made from "
+          f"{art.data or 'an unrecorded data set'}; conv MFLOPs {c.conv_flops / 1e6:.3f} of "
+          f"{c.dense_conv_flops / 1e6:.3f} dense (cut {c.conv_flops_cut:.1%})")
     ev = evaluate_artifact(art, _evaluation_data(art, args.data, args.network).subset(args.images))
     print(f"int8 accuracy {ev.accuracy:.2%} on {ev.images} images "
           f"({ev.seconds:.2f} s in the integer reference)")
@@ -197,6 +236,8 @@ def cmd_sim(args) -> None:
     art, images = artifact.read(args.artifact), args.images
     if art.data is not None or args.data is not None:      # else the runner's own pick
         images = _evaluation_data(art, args.data, args.artifact).subset(args.images).images
+    if not isinstance(args.config, Path):
+        _say_engine(args.config)
     result = simulate_rtl(art.network, args.config, images, waves=args.waves, backend=args.backend)
     print(format_report(result))
 
@@ -237,7 +278,8 @@ def _evaluation_data(art, requested, where):
     choice = evaluation_data(art, requested, where=str(where))
     check_data(str(where), art.input_shape, art.network.linear.out_features, choice.dataset, choice.name)
     if choice.note:
-        print(f"prunefab: note: {choice.note}", file=sys.stderr)
+        from prunefab import progress
+        progress.note(choice.note)
     return choice.dataset
 
 
@@ -451,14 +493,47 @@ def _add_demo(sub, common) -> None:
     sp.set_defaults(func=cmd_demo)
 
 
+def cmd_cache(args) -> None:
+    from prunefab import cache
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} entries ({freed / 1e6:.1f} MB) from {cache.shown(cache.root())}")
+    else:
+        print(cache.describe())
+
+
+def cmd_doctor(args) -> None:
+    from prunefab import __version__, cache, toolchain
+    print(f"prunefab {__version__}; Python {sys.version.split()[0]}; cache {cache.shown(cache.root())}")
+    for tool in toolchain.survey():
+        print(tool.line())
+
+
+def _add_tools(sub, common) -> None:
+    sp = sub.add_parser("cache", parents=[common],
+                        help="the per-user cache of simulator builds: what it holds, or clear it")
+    sp.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
+    sp.set_defaults(func=cmd_cache)
+    sp = sub.add_parser("doctor", parents=[common],
+                        help="the toolchain found: versions, what each enables, what is missing")
+    sp.set_defaults(func=cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from prunefab import __version__
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars, stage lines or notes on stderr (results and errors stay)")
+    common.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="where simulator builds are cached (default $PRUNEFAB_CACHE, else the "
+                             "platform's cache directory)")
     p = _Parser(prog="prunefab", description=__doc__.split("\n")[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"prunefab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_train, _add_prune, _add_quantize_export, _add_gen_eval_sim, _add_boards,
-                _add_demo):
+                _add_demo, _add_tools):
         add(sub, common)
     return p
 
@@ -509,12 +584,18 @@ def _start(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from prunefab import __version__, cache, progress
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["--version"]:
+        print(f"prunefab {__version__}")    # at once: the parser imports torch and amaranth
+        return 0
     debug = "--debug" in argv
     try:
         with _sigint(_interrupt):
             args = _start(argv)
-            return args.func(args) or 0
+            quiet = getattr(args, "quiet", False) or progress.is_quiet()
+            with progress.quiet(quiet), cache.located(getattr(args, "cache_dir", None)):
+                return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

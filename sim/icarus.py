@@ -1,9 +1,9 @@
 """Build the emitted engine Verilog once per configuration and run the cocotb bench on it.
 
-Designs live in `build_root()/<key>/`, the key hashing the configuration and the gateware's
-sources, so a change to either regenerates the Verilog (`prunefab.hw.generate.generate`) and
-an unchanged pair is never rebuilt.  Each folder holds `prunefab_engine.v`, `config.json`, and
-one build folder per simulator (`icarus/`, `verilator/`).
+Designs and builds live in the per-user cache (prunefab/cache.py): a design entry is keyed by
+the configuration and the gateware's sources, so a change to either regenerates the Verilog
+(`prunefab.hw.generate.generate`) and an unchanged pair is never rebuilt; an Icarus entry is
+keyed by that Verilog and the Icarus and cocotb versions, and holds the compiled `sim.vvp`.
 
 Waveforms: the Icarus build includes a small module that dumps the whole engine when the
 simulation is given `+prunefab_waves=PATH`; `.vcd` gives VCD, anything else FST.
@@ -12,23 +12,21 @@ simulation is given `+prunefab_waves=PATH`; `.vcd` gives VCD, anything else FST.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
+import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import cocotb
 from cocotb_tools.runner import Icarus
 
 from prunefab.errors import PrunefabError
 import prunefab.hw
+from prunefab import cache, toolchain
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
 from prunefab.sim.cases import PLAN_ENV, BenchPlan, Observations, read_observations, write_plan
 
-BUILD_ENV = "PRUNEFAB_SIM_BUILD"
 TIMESCALE = ("1ns", "1ps")
 WAVES_MODULE = "prunefab_waves"
 SUFFIX_ENV = "SIM_CMD_SUFFIX"     # cocotb: arguments appended to the simulator command
@@ -38,83 +36,59 @@ class SimulationError(PrunefabError, RuntimeError):
     """A simulation could not run or did not finish; the message is one line saying why."""
 
 
-def build_root() -> Path:
-    """Where designs and builds are cached: $PRUNEFAB_SIM_BUILD, else build/sim."""
-    return Path(os.environ.get(BUILD_ENV, "build/sim")).resolve()
-
-
 def design_key(config: EngineConfig) -> str:
     """Hash of the configuration and every gateware source file."""
-    h = hashlib.sha256(config.to_json().encode())
-    for src in sorted(Path(prunefab.hw.__file__).parent.glob("*.py")):
-        h.update(src.name.encode())
-        h.update(src.read_bytes())
-    return h.hexdigest()[:16]
+    sources = sorted(Path(prunefab.hw.__file__).parent.glob("*.py"))
+    return cache.key(config.to_json(), *(part for src in sources
+                                         for part in (src.name, src.read_bytes())))
 
 
-@contextlib.contextmanager
-def locked(folder: Path):
-    """Hold a lock on `folder` so parallel test workers build a design once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def design(config: EngineConfig) -> Path:
+    """The cache folder of `config`'s generated Verilog, generating it when missing."""
+    return cache.entry("design", design_key(config), lambda tmp: generate(config, tmp),
+                       what=f"the {config.lanes}-lane engine's Verilog")
 
 
-def emitted(key: str, emit: Callable[[Path], Iterable[Path]], marker: str,
-            root: Path | None = None) -> Path:
-    """The folder `key` under the build root, filled by `emit(tmp)` when `marker` is missing.
-
-    `emit` writes its files into a temporary folder and returns their paths; they are moved in
-    with `marker` last, so a folder holding `marker` is complete.
-    """
-    folder = (root or build_root()) / key
-    with locked(folder):
-        if not (folder / marker).exists():
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                paths = sorted(emit(Path(tmp)), key=lambda p: p.name == marker)
-                for p in paths:
-                    os.replace(p, folder / p.name)
-    return folder
+# The runner warns "Skipping compilation" each time it finds the cached build current.
+logging.getLogger(Icarus.__qualname__).setLevel(logging.ERROR)
 
 
-def design(config: EngineConfig, root: Path | None = None) -> Path:
-    """The folder of `config`'s generated Verilog, generating it when missing."""
-    def emit(tmp: Path) -> list[Path]:
-        paths = generate(config, tmp)
-        return [paths.config, paths.rtlil, paths.verilog]
-    return emitted(design_key(config), emit, f"{TOP_NAME}.v", root)
-
-
-def _waves_source(folder: Path) -> Path:
-    path = folder / f"{WAVES_MODULE}.v"
-    if path.exists():     # rewriting it would make the compiled design look outdated
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"module {WAVES_MODULE};\n"
-        "  reg [8*1024-1:0] path;\n"
-        "  initial if ($value$plusargs(\"prunefab_waves=%s\", path)) begin\n"
-        "    $dumpfile(path);\n"
-        f"    $dumpvars(0, {TOP_NAME});\n"
-        "  end\n"
-        "endmodule\n")
-    return path
+def _waves_text() -> str:
+    return (f"module {WAVES_MODULE};\n"
+            "  reg [8*1024-1:0] path;\n"
+            "  initial if ($value$plusargs(\"prunefab_waves=%s\", path)) begin\n"
+            "    $dumpfile(path);\n"
+            f"    $dumpvars(0, {TOP_NAME});\n"
+            "  end\n"
+            "endmodule\n")
 
 
 def icarus_runner(config: EngineConfig) -> Icarus:
-    """A runner with `config`'s design built (the runner compiles only when the Verilog is newer
-    than its compiled form)."""
-    folder = design(config)
-    build = folder / "icarus"
+    """A runner with `config`'s design compiled (once per design, in the cache)."""
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        raise SimulationError("Icarus Verilog (iverilog, vvp) is not installed; install the "
+                              "iverilog package")
+    verilog = (design(config) / f"{TOP_NAME}.v").read_text()
+
+    def build(folder: Path) -> None:
+        (folder / f"{TOP_NAME}.v").write_text(verilog)
+        (folder / f"{WAVES_MODULE}.v").write_text(_waves_text())
+        _compiled(folder, timescale=TIMESCALE)
+
+    digest = cache.key(verilog, _waves_text(), toolchain.version("iverilog") or "",
+                       cocotb.__version__, *TIMESCALE)
+    folder = cache.entry("icarus", digest, build,
+                         what=f"the Icarus model of the {config.lanes}-lane engine")
+    return _compiled(folder)
+
+
+def _compiled(folder: Path, timescale: tuple[str, str] | None = None) -> Icarus:
+    """A runner for the design in `folder`, compiled there unless `sim.vvp` is newer than its
+    sources (as it always is in a cache entry, which is therefore never written again)."""
     runner = Icarus()
-    with locked(build):
-        runner.build(sources=[folder / f"{TOP_NAME}.v", _waves_source(build)],
-                     hdl_toplevel=TOP_NAME, build_dir=build, timescale=TIMESCALE,
-                     build_args=["-s", WAVES_MODULE])
+    runner.build(sources=[folder / f"{TOP_NAME}.v", folder / f"{WAVES_MODULE}.v"],
+                 hdl_toplevel=TOP_NAME, build_dir=folder, timescale=timescale,
+                 build_args=["-s", WAVES_MODULE])
     return runner
 
 
@@ -144,9 +118,6 @@ def run_icarus(plan: BenchPlan, work_dir: str | os.PathLike, waves: str | os.Pat
     A mismatch does not raise here: it is `Observations.failure`.  Raises SimulationError when
     the simulator ends without the bench's record.
     """
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        raise SimulationError("Icarus Verilog (iverilog, vvp) is not installed; install the "
-                              "iverilog package")
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     manifest = write_plan(plan, work)

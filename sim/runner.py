@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from prunefab.errors import PrunefabError
+from prunefab import progress
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.loader import pack_network
 from prunefab.sim.cases import BenchPlan, Case, ImageRun, Observations, Stalls
 from prunefab.sim.cycle_model import NetworkReport, network_report
-from prunefab.sim.icarus import SimulationError, run_icarus
+from prunefab.sim.icarus import SimulationError, icarus_runner, run_icarus
 from prunefab.sim.scoreboard import Scoreboard
 from prunefab.sw import artifact, data
 from prunefab.sw.qnet import QuantizedNetwork
@@ -151,19 +152,34 @@ def simulate_rtl(network: QuantizedNetwork | str | os.PathLike,
         raise SimulationError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     net, cfg = _network(network), _config(config)
     imgs, source = pick_images(net, images)
+    if isinstance(images, (int, np.integer)):
+        progress.note(f"images: {len(imgs)} from the {source}" if source.endswith("set") else
+                      f"images: {len(imgs)} {source}, the network's input "
+                      f"{'x'.join(map(str, net.input_shape))} being no installed data set's")
     program = pack_network(cfg, net)
     report = network_report(cfg, net, program)
     with tempfile.TemporaryDirectory(prefix="prunefab-sim-") as tmp, _whole(waves) as wave_file:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
+        n = len(imgs)
+        running = (f"simulating {n} image{'s' if n != 1 else ''} on the {cfg.lanes}-lane engine "
+                   f"under {'Icarus' if backend == 'icarus' else 'Verilator'} "
+                   f"({report.total_cycles} cycles each)")
         if backend == "icarus":
             plan = BenchPlan(cfg, (Case(net, imgs, "network"),), Stalls(), diagnose=True)
             obs = run_icarus(plan, work, waves=wave_file)
+            icarus_runner(cfg)          # built before the stage line, which times the run alone
+            with progress.stage(running):
+                obs = run_icarus(plan, work, waves=waves)
             if obs.failure:
                 raise RtlMismatch(obs.failure)
             runs, cycles, seconds = obs.runs[0], obs.sim_cycles, obs.seconds
         else:
             from prunefab.sim.verilator import run_verilator
             hr = run_verilator(program, imgs, work, waves=wave_file)
+            from prunefab.sim.verilator import harness, run_verilator
+            harness(cfg, trace=waves is not None)
+            with progress.stage(running):
+                hr = run_verilator(program, imgs, work, waves=waves)
             runs, cycles, seconds = hr.runs, hr.sim_cycles, hr.seconds
             board = Scoreboard(cfg, Case(net, imgs, "network"), "network")
             for i, run in enumerate(runs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,22 +73,35 @@ def effective_weight(conv: nn.Module) -> torch.Tensor:
 
 
 def count(model: nn.Module, input_shape=None) -> NetCount:
+    """The counts of a float model (masks applied)."""
     spec = layer_specs(model)
-    input_shape = input_shape or model.input_shape
-    convs = []
+    sizes = conv_output_sizes(spec, input_shape or model.input_shape)
+    convs = [(c.name, effective_weight(c.conv).numpy(), hw) for c, hw in zip(spec.convs, sizes)]
+    return _tally(convs, (spec.linear_name, spec.linear.weight.detach().numpy()))
+
+
+def count_network(net) -> NetCount:
+    """The counts of a quantized network (`prunefab.sw.qnet.QuantizedNetwork`): what an
+    artifact costs, from its own weights."""
+    sizes = [hw for _, *hw in net.feature_shapes()[:-1]]
+    convs = [(f"conv{i}", layer.weights, tuple(hw)) for i, (layer, hw) in enumerate(zip(net.convs, sizes))]
+    return _tally(convs, ("linear", net.linear.weights))
+
+
+def _tally(convs, linear) -> NetCount:
+    """convs: (name, weights [O, I, 3, 3], output (H, W)) each; linear: (name, weights [O, I])."""
+    layers = []
     params = dense_params = 0
-    for c, (h, w) in zip(spec.convs, conv_output_sizes(spec, input_shape)):
-        wt = effective_weight(c.conv)
-        nnz = int(torch.count_nonzero(wt))
-        alive = int((wt.flatten(1).abs().sum(1) > 0).sum())
-        convs.append(LayerCount(c.name, tuple(wt.shape), (h, w), wt.numel(), nnz,
-                                2 * h * w * nnz, 2 * h * w * wt.numel()))
+    for name, wt, (h, w) in convs:
+        nnz = int(np.count_nonzero(wt))
+        alive = int((np.abs(wt).reshape(wt.shape[0], -1).sum(1) > 0).sum())
+        layers.append(LayerCount(name, tuple(wt.shape), (h, w), wt.size, nnz, 2 * h * w * nnz,
+                                 2 * h * w * wt.size))
         params += nnz + alive
-        dense_params += wt.numel() + wt.shape[0]
-    lw = spec.linear.weight.detach()
-    lnnz = int(torch.count_nonzero(lw))
-    linear = LayerCount(spec.linear_name, tuple(lw.shape), (1, 1), lw.numel(), lnnz, 2 * lnnz,
-                        2 * lw.numel())
+        dense_params += wt.size + wt.shape[0]
+    name, lw = linear
+    lnnz = int(np.count_nonzero(lw))
     params += lnnz + lw.shape[0]
-    dense_params += lw.numel() + lw.shape[0]
-    return NetCount(tuple(convs), linear, params, dense_params)
+    dense_params += lw.size + lw.shape[0]
+    return NetCount(tuple(layers), LayerCount(name, tuple(lw.shape), (1, 1), lw.size, lnnz,
+                                              2 * lnnz, 2 * lw.size), params, dense_params)

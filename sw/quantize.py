@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunefab import progress
 from prunefab.sw.data import Dataset
 from prunefab.sw.models import layer_specs
 from prunefab.sw.qnet import (MULT_BITS, SHIFT_MAX, SHIFT_MIN, WEIGHT_MAX, ConvLayer, LinearLayer,
@@ -67,7 +68,7 @@ def calibrate(model: nn.Module, images: np.ndarray, percentile: float = 99.99,
     folded = [fold_batchnorm(c.conv, c.bn) for c in spec.convs]
     samples: list[list[np.ndarray]] = [[] for _ in spec.convs]
     rng = np.random.default_rng(0)
-    for start in range(0, len(images), batch_size):
+    for start in progress.bar(range(0, len(images), batch_size), desc="calibrating", unit="batch"):
         x = to_float(images[start:start + batch_size]).double()
         for i, (c, (w, b)) in enumerate(zip(spec.convs, folded)):
             x = torch.relu(nn.functional.conv2d(x, w, b, padding=1))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prunefab import progress
 from prunefab.sw.qnet import KERNEL, ConvLayer, LinearLayer, NetworkError, QuantizedNetwork
 
 _BATCH = 512
@@ -98,11 +99,13 @@ def run(net: QuantizedNetwork, images: np.ndarray) -> np.ndarray:
     """Raw int64 logits [N, classes] for uint8 images [N, C, H, W] (or [N, H, W])."""
     images = _check_input(net, images)
     out = []
-    for start in range(0, len(images), _BATCH):
-        x = images[start:start + _BATCH]
-        for layer in net.convs:
-            _, x = conv_layer(x, layer)
-        out.append(linear_layer(x, net.linear))
+    with progress.bar(total=len(images), desc="integer reference", unit="image") as shown:
+        for start in range(0, len(images), _BATCH):
+            x = images[start:start + _BATCH]
+            for layer in net.convs:
+                _, x = conv_layer(x, layer)
+            out.append(linear_layer(x, net.linear))
+            shown.update(len(x))
     if not out:
         return np.zeros((0, net.linear.out_features), dtype=np.int64)
     return np.concatenate(out)

@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from prunefab.errors import PrunefabError
+from prunefab import progress as _progress
 from prunefab.sw import distributed
 from prunefab.sw.artifact import write_atomic
 from prunefab.sw.data import Dataset
@@ -175,10 +175,10 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
             for epoch in range(first, epochs):
                 model.train()
                 running, n = 0.0, 0
-                bar = tqdm(_local_batches(data, batch_size, seed * 1000 + epoch, ctx.device, regime.augment),
-                           total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
-                           disable=None if progress and ctx.is_main else True, leave=False,
-                           dynamic_ncols=True)
+                bar = _progress.bar(
+                    _local_batches(data, batch_size, seed * 1000 + epoch, ctx.device, regime.augment),
+                    total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch",
+                    enabled=progress and ctx.is_main)
                 for x, y, count in bar:
                     with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
                         logits = net(x)
@@ -262,7 +262,9 @@ def _first_line(e: Exception) -> str:
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, batch_size: int = 1000) -> np.ndarray:
     model.eval()
-    out = [model(x).argmax(dim=1).numpy() for x, _ in batches(data, batch_size, False)]
+    steps = _progress.bar(batches(data, batch_size, False), total=-(-len(data) // batch_size),
+                          desc="evaluating", unit="batch")
+    out = [model(x).argmax(dim=1).numpy() for x, _ in steps]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 

@@ -391,8 +391,9 @@ def test_ctrl_c_during_training(tmp_path):
     # stderr on a terminal (80 columns), so that the training's progress shows when work has begun
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = _prunefab(tmp_path, "train", "--data", "synthetic", "--epochs", 1000, "-o", tmp_path / "x.pt",
-                     stderr=slave)
+    # batches of one image: an epoch lasts long enough for its bar to show (quick loops print nothing)
+    proc = _prunefab(tmp_path, "train", "--data", "synthetic", "--epochs", 1000, "--batch-size", 1,
+                     "-o", tmp_path / "x.pt", stderr=slave)
     os.close(slave)
     seen = []
 

@@ -43,7 +43,7 @@ def test_eval_uses_the_recorded_data_set(small, capsys):
     assert main(["eval", str(path), "--data", other]) == 0
     out, err = capsys.readouterr()
     assert "on 4 images" in out
-    assert err == f"prunefab: note: {path} was made from {own}; evaluating on {other}, of the same 1x6x6 shape\n"
+    assert err == f"note: {path} was made from {own}; evaluating on {other}, of the same 1x6x6 shape\n"
     assert main(["eval", str(path), "--data", wide]) == 2
     assert capsys.readouterr().err == (f"prunefab: error: {path}: the network takes 1x6x6 images, "
                                        f"the data set {wide} has 1x7x7\n")

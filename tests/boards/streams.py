@@ -1,4 +1,5 @@
-"""Simulation helpers for the link benches: put and get stream payloads with random stalls."""
+"""Simulation helpers for the link benches: put and get stream payloads and whole messages,
+with random stalls."""
 
 from __future__ import annotations
 
@@ -40,6 +41,25 @@ def message_beats(cmd: int, payload: bytes, **extra) -> list[dict]:
         return [dict(cmd=cmd, data=0, last=1, empty=1, **extra)]
     return [dict(cmd=cmd, data=b, last=int(k == len(payload) - 1), empty=0, **extra)
             for k, b in enumerate(payload)]
+
+
+async def message_put(ctx, stream, cmd: int, payload: bytes, rng: random.Random | None = None,
+                      stall: float = 0.3, **extra) -> None:
+    """Send one message (or frame, with `seq` in `extra`), beat by beat."""
+    for beat in message_beats(cmd, payload, **extra):
+        await stream_put(ctx, stream, beat, rng, stall)
+
+
+async def message_get(ctx, stream, rng: random.Random | None = None,
+                      stall: float = 0.3) -> tuple:
+    """Receive one message: (cmd, payload bytes), and the last beat (for fields like `seq`)."""
+    data = bytearray()
+    while True:
+        beat = await stream_get(ctx, stream, rng, stall)
+        if not beat.empty:
+            data.append(beat.data)
+        if beat.last:
+            return beat.cmd, bytes(data), beat
 
 
 @contextlib.contextmanager

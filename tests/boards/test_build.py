@@ -236,6 +236,7 @@ def test_a_missed_clock_is_built_again_at_one_the_design_meets(tmp_path, monkeyp
                      "again at 20.62 MHz"]
     assert report.summary().endswith("clock 20.62 MHz, asked 30 MHz, Fmax 20.9 MHz (met); 0 s in 2 builds")
     assert sorted(p.name for p in tmp_path.glob("prunefab.bin*")) == ["prunefab.bin"]
+    assert "FAIL at 30.00 MHz" in (tmp_path / "prunefab.tim.failed").read_text()   # the miss's log
     data = json.loads((tmp_path / B.REPORT).read_text())
     assert (data["target_mhz"], data["clock_mhz"], data["fmax_mhz"], data["timing_met"]) == (30.0, 20.625, 20.9, True)
     assert data["cycles_per_bit"] == 7 and data["lanes"] == 2 and len(data["tried"]) == 2

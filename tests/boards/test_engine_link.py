@@ -11,17 +11,13 @@ from amaranth.sim import Simulator
 from prunefab.boards.engine_link import (EngineAdapter, config_json, counter_count,
                                          load_word_bytes, transfer_bits)
 from prunefab.boards.protocol import NAK, RESPONSE_FLAG, Command, ErrorCode, identity_payload
-from prunefab.hw.config import EngineConfig
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
 from prunefab.sw.synthetic import random_images, random_network
 
-from .streams import message_beats, refused_construction, stream_get, stream_put
+from .streams import message_get, message_put, refused_construction
+from .traffic import CONFIG, MAX_PAYLOAD, SHAPE
 
-CONFIG = EngineConfig(lanes=2, max_height=8, max_width=8, max_channels=8, max_layers=3,
-                      max_classes=4, act_depth=64, weight_depth=256, param_depth=16)
-MAX_PAYLOAD = 192
-SHAPE = (1, 6, 6)
 CYCLE_LIMIT = 200_000      # a hung adapter fails instead of running forever
 
 
@@ -52,19 +48,12 @@ def run(requests, seed=0):
 
     async def host(ctx):
         for cmd, payload in requests:
-            for beat in message_beats(cmd, payload):
-                await stream_put(ctx, dut.i_stream, beat, rng_in, stall=0.2)
+            await message_put(ctx, dut.i_stream, cmd, payload, rng_in, stall=0.2)
 
     async def answers(ctx):
         while len(responses) < len(requests):
-            data = bytearray()
-            while True:
-                beat = await stream_get(ctx, dut.o_stream, rng_out, stall=0.2)
-                if not beat.empty:
-                    data.append(beat.data)
-                if beat.last:
-                    break
-            responses.append((beat.cmd, bytes(data)))
+            cmd, payload, _ = await message_get(ctx, dut.o_stream, rng_out, stall=0.2)
+            responses.append((cmd, payload))
 
     async def watchdog(ctx):
         waited = 0
