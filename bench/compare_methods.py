@@ -7,19 +7,22 @@
 `search` trains the dense network on the training set less a held-out tenth (`data.holdout`,
 seed 0) and scores each candidate setting of a method on that tenth; the test set is not read.
 `run` trains on the whole training set and reads the test set once per reported figure.  Every
-finished run writes its result as one JSON file and is skipped when the script starts again, so
-a long run can be stopped and resumed.  Runs go to two worker processes with one thread each.
+finished run writes its result as one JSON file (`Run.name`, written atomically) and is skipped
+when the script starts again, so a long run can be stopped and resumed; bench/sweep.py runs the
+same runs at several cuts and leaves the same records.  Runs go to worker processes (--workers)
+with the cores split between them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,10 +36,11 @@ from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint, seed_e
 CUT = 0.75
 BUDGET = Budget()
 
-# The settings `run` uses: the search's choices (docs/pruning.md has the search and its figures).
-# `swp-reference` is SWP as its public code runs it (fixed threshold 0.01, skeleton trained through
-# the whole budget, pruned once, no fine-tuning); None: at the searched strength whose cut on the
-# validation split landed nearest the target (`reference_strength`).
+# The settings `run` (and bench/sweep.py) use: the search's choices (docs/pruning.md has the
+# search and its figures).  `swp-reference` is SWP as its public code runs it (fixed threshold
+# 0.01, skeleton trained through the whole budget, pruned once, no fine-tuning), at the searched
+# strength whose cut on the validation split landed nearest the target, scaled to the whole
+# training set's steps per epoch (`reference_strength`, which `search` prints).
 CHOSEN = {
     # the synthetic-cifar choices scaled by its steps per epoch over Fashion-MNIST's (79 / 469):
     # the Fashion-MNIST search did not fit the shared CPU (docs/pruning.md)
@@ -54,18 +58,29 @@ CHOSEN = {
         "swp": {"meet_target": True, "strength": 2e-2},
         "filter": {},
         "magnitude": {},
-        "swp-reference": None,
+        "swp-reference": {"strength": 0.011234},
+    },
+    # the sweep's test: the tiny synthetic set (1x12x12, 4 classes), strengths not searched
+    "synthetic": {
+        "kep": {"strength": 0.1, "schedule": "linear"},
+        "iessp": {"strength": 3e-2},
+        "swp": {"meet_target": True, "strength": 2e-2},
+        "filter": {},
+        "magnitude": {},
+        "swp-reference": {"strength": 2e-2},
     },
 }
 
 # candidates per method for `search` (each scored on the validation split); the grids are small
 # because a run of the demo's budget costs minutes of a shared CPU
 SEARCH = {
+    # around the synthetic-cifar choices scaled by steps per epoch (71 / 422); the reference
+    # mode's around the strength whose cut the demo measured (2.1e-3: 55 % on 469 steps)
     "fashion-mnist": {
-        "kep": [{"strength": 1e-2, "schedule": "linear"}, {"strength": 1e-1, "schedule": "linear"}],
-        "iessp": [{"strength": 1e-2}, {"strength": 3e-2}],
-        "swp": [{"meet_target": True, "strength": 1e-2}],
-        "swp-reference": [{"strength": 1e-2}],
+        "kep": [{"strength": 1.7e-2, "schedule": "linear"}, {"strength": 5e-2, "schedule": "linear"}],
+        "iessp": [{"strength": 2e-3}, {"strength": 5e-3}],
+        "swp": [{"meet_target": True, "strength": 3.4e-3}, {"meet_target": True, "strength": 5e-3}],
+        "swp-reference": [{"strength": 2.6e-3}, {"strength": 3e-3}],
     },
     "synthetic-cifar": {
         "kep": [{"strength": 1e-1, "schedule": "linear"}, {"strength": 1.0, "schedule": "linear"}],
@@ -80,7 +95,8 @@ def reference_strength(name: str, out: Path) -> dict:
     """The swp-reference strength of the search whose cut came nearest the target, scaled by the
     search's steps per epoch over the whole training set's: the skeleton's drive grows with the
     number of steps, and at a fixed threshold the cut is steep in it."""
-    runs = [json.loads(p.read_text()) for p in out.glob(f"{name}-search-swp-reference-*.json")]
+    runs = [r for r in records(out)
+            if (r["data"], r["split"], r["method"]) == (name, "search", "swp-reference")]
     if not runs:
         raise SystemExit(f"no swp-reference search results for {name} in {out}: run search first")
     best = min(runs, key=lambda r: abs(r["conv_flops_cut"] - CUT))
@@ -92,22 +108,46 @@ def method_of(label: str) -> str:
     return "swp" if label == "swp-reference" else label
 
 
-def key(label: str, options: dict, seed: int) -> str:
-    opts = "-".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return f"{label}{'-' + opts if opts else ''}-seed{seed}"
+@dataclass(frozen=True)
+class Run:
+    """One run of the comparison: a method (label), its options, a seed and a conv-FLOPs target
+    (dense: the trained network of the seed, whatever the target)."""
+
+    data: str
+    split: str                   # "search": validation tenth of the training set; "test"
+    method: str
+    options: dict = field(default_factory=dict, hash=False)
+    seed: int = 0
+    cut: float = CUT
+
+    @property
+    def name(self) -> str:
+        """The record's file name (without .json): unique per data, split, target, method,
+        options and seed."""
+        if self.method == "dense":
+            return f"{self.data}-{self.split}-dense-seed{self.seed}"
+        opts = "".join(f"-{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.data}-{self.split}-cut{100 * self.cut:g}-{self.method}{opts}-seed{self.seed}"
+
+    def dense(self) -> "Run":
+        return Run(self.data, self.split, "dense", {}, self.seed)
 
 
-def dense_model(name: str, split: str, seed: int, out: Path):
+def budget_record(budget: Budget) -> dict:
+    return json.loads(json.dumps(asdict(budget)))
+
+
+def dense_model(run: Run, budget: Budget, out: Path):
     """The dense network of one seed, trained once and cached as a checkpoint."""
-    path = out / f"dense-{name}-{split}-seed{seed}.pt"
+    path = out / f"{run.dense().name}.pt"
     if path.exists():
         return load_checkpoint(path)[0]
-    tr = training_set(name, split)
-    seed_everything(seed)
+    tr = training_set(run.data, run.split)
+    seed_everything(run.seed)
     model = models.HardwareNet(tr.shape, (8, 16, 32), (True, False, True), len(tr.classes))
-    train(model, tr, BUDGET.train_epochs, lr=BUDGET.lr, batch_size=BUDGET.batch_size, seed=seed,
-          desc=f"dense {name} seed {seed}", progress=False)
-    save_checkpoint(model, path, data=name, seed=seed)
+    train(model, tr, budget.train_epochs, lr=budget.lr, batch_size=budget.batch_size, seed=run.seed,
+          desc=f"dense {run.data} seed {run.seed}", progress=False)
+    save_checkpoint(model, path, data=run.data, seed=run.seed)
     return model
 
 
@@ -122,65 +162,100 @@ def scoring_set(name: str, split: str) -> data.Dataset:
     return data.load(name, "test")
 
 
-def one_run(task: tuple[str, str, str, dict, int, str]) -> dict:
-    name, split, label, options, seed, out = task
-    torch.set_num_threads(1)
-    out = Path(out)
-    path = out / f"{name}-{split}-{key(label, options, seed)}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    model = dense_model(name, split, seed, out)
-    tr, scoring = training_set(name, split), scoring_set(name, split)
-    if label == "dense":
-        pruned = model
-    else:
-        pruned = prune(model, method_of(label), tr, CUT, BUDGET, seed=seed, progress=False, **options)
-    c = count(pruned)
-    result = {"data": name, "split": split, "method": label, "options": options, "seed": seed,
-              "accuracy": accuracy(pruned, scoring), "conv_flops_cut": c.conv_flops_cut,
-              "parameter_cut": c.parameter_cut, "seconds": time.perf_counter() - t0,
-              "budget": asdict(BUDGET), "target_cut": CUT}
-    write_atomic(path, json.dumps(result, indent=1).encode())
-    print(f"{name} {split} {key(label, options, seed)}: {result['accuracy']:.2%} at "
-          f"{c.conv_flops_cut:.1%} ({result['seconds']:.0f} s)", file=sys.stderr, flush=True)
+def recorded(run: Run, budget: Budget, out: Path) -> dict | None:
+    """The finished run's record, None if there is none; refuses one made under another budget,
+    so a folder never mixes budgets."""
+    path = out / f"{run.name}.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("budget") != budget_record(budget):
+        raise SystemExit(f"{path}: recorded under another training budget; use another --out folder")
     return result
 
 
-def run_all(tasks: list[tuple], workers: int) -> list[dict]:
-    # dense models first, one per (data, split, seed), so no two workers train the same one
-    dense = sorted({(t[0], t[1], "dense", (), t[4], t[5]) for t in tasks})
-    dense = [(n, s, lbl, {}, seed, o) for n, s, lbl, _, seed, o in dense]
+def one_run(job: tuple[Run, Budget, str, int]) -> dict:
+    """Runs (or reads back) one run and records it: one JSON file, written atomically."""
+    run, budget, out, threads = job
+    torch.set_num_threads(threads)
+    out = Path(out)
+    done = recorded(run, budget, out)
+    if done is not None:
+        return done
+    t0 = time.perf_counter()
+    model = dense_model(run, budget, out)
+    tr, scoring = training_set(run.data, run.split), scoring_set(run.data, run.split)
+    if run.method == "dense":
+        pruned = model
+    else:
+        pruned = prune(model, method_of(run.method), tr, run.cut, budget, seed=run.seed,
+                       progress=False, **run.options)
+    c = count(pruned)
+    result = {"data": run.data, "split": run.split, "method": run.method, "options": run.options,
+              "seed": run.seed, "accuracy": accuracy(pruned, scoring), "conv_flops_cut": c.conv_flops_cut,
+              "parameter_cut": c.parameter_cut, "seconds": time.perf_counter() - t0, "threads": threads,
+              "budget": budget_record(budget), "target_cut": None if run.method == "dense" else run.cut}
+    write_atomic(out / f"{run.name}.json", json.dumps(result, indent=1).encode())
+    print(f"{run.name}: {result['accuracy']:.2%} at {c.conv_flops_cut:.1%} ({result['seconds']:.0f} s)",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_all(runs: list[Run], workers: int, out: Path, budget: Budget = BUDGET) -> list[dict]:
+    """Every run, in worker processes with the cores split between them (torch threads), the
+    recorded ones read back.  The dense networks go first, so no two workers train the same one."""
+    threads = max(1, cores() // workers)
+    dense = list({r.dense().name: r.dense() for r in runs}.values())
+    every = list(dict.fromkeys(dense + runs))
+    todo = [r for r in every if recorded(r, budget, out) is None]
+    print(f"{len(every) - len(todo)} runs recorded in {out}, {len(todo)} to go "
+          f"({workers} workers x {threads} threads)", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(one_run, dense))
-        return list(pool.map(one_run, tasks))
+        list(pool.map(one_run, [(r, budget, str(out), threads) for r in dense]))
+        return list(pool.map(one_run, [(r, budget, str(out), threads) for r in runs]))
+
+
+def _group(results: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["data"], r["split"], r["method"], json.dumps(r["options"], sort_keys=True),
+                           r.get("target_cut") or 0.0), []).append(r)
+    return groups
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def table(results: list[dict], markdown: bool = False) -> str:
     """Mean and sample standard deviation (over seeds) of accuracy and cut, per setting."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["data"], r["split"], r["method"], json.dumps(r["options"], sort_keys=True)),
-                          []).append(r)
     if markdown:
-        lines = ["| data | split | method | options | seeds | accuracy % | conv-FLOPs cut % |",
-                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines = ["| data | split | method | options | target % | seeds | accuracy % | conv-FLOPs cut % |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     else:
-        lines = [f"{'data':<16}{'split':<8}{'method':<15}{'options':<46}{'n':>2}{'accuracy':>17}"
-                 f"{'conv-FLOPs cut':>18}"]
-    for (name, split, label, opts), rs in sorted(groups.items()):
-        acc = [100 * r["accuracy"] for r in rs]
-        cut = [100 * r["conv_flops_cut"] for r in rs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        cut_sd = statistics.stdev(cut) if len(cut) > 1 else 0.0
+        lines = [f"{'data':<16}{'split':<8}{'method':<15}{'options':<46}{'target':>7}{'n':>3}"
+                 f"{'accuracy':>17}{'conv-FLOPs cut':>18}"]
+    for (name, split, label, opts, target), rs in sorted(_group(results).items()):
+        acc, sd = spread([100 * r["accuracy"] for r in rs])
+        cut, cut_sd = spread([100 * r["conv_flops_cut"] for r in rs])
+        target = f"{100 * target:g}" if target else "-"
         if markdown:
             opts = opts.replace('"', "").strip("{}") or "-"
-            lines.append(f"| {name} | {split} | {label} | {opts} | {len(rs)} | "
-                         f"{statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(cut):.1f} ± {cut_sd:.1f} |")
+            lines.append(f"| {name} | {split} | {label} | {opts} | {target} | {len(rs)} | "
+                         f"{acc:.2f} ± {sd:.2f} | {cut:.1f} ± {cut_sd:.1f} |")
         else:
-            lines.append(f"{name:<16}{split:<8}{label:<15}{opts:<46}{len(rs):>2}"
-                         f"{statistics.mean(acc):>10.2f} ± {sd:4.2f}{statistics.mean(cut):>11.1f} ± {cut_sd:4.1f}")
+            lines.append(f"{name:<16}{split:<8}{label:<15}{opts:<46}{target:>7}{len(rs):>3}"
+                         f"{acc:>10.2f} ± {sd:4.2f}{cut:>11.1f} ± {cut_sd:4.1f}")
     return "\n".join(lines)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
 
 def main(argv=None) -> None:
@@ -195,20 +270,23 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "table":
-        print(table([json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))], args.markdown))
+        print(table(records(args.out), args.markdown))
         return
     if args.mode == "search":
-        tasks = [(name, "search", m, o, 0, str(args.out)) for name in args.data
-                 for m, cs in SEARCH[name].items() if args.methods is None or m in args.methods
-                 for o in cs]
-        tasks += [(name, "search", "dense", {}, 0, str(args.out)) for name in args.data]
-    else:
-        # seed by seed, so an interrupted run has whole seeds
-        tasks = [(name, "test", m, o if o is not None else reference_strength(name, args.out), s,
-                  str(args.out)) for s in args.seeds for name in args.data
-                 for m, o in CHOSEN[name].items() if args.methods is None or m in args.methods]
-        tasks += [(name, "test", "dense", {}, s, str(args.out)) for s in args.seeds for name in args.data]
-    print(table(run_all(tasks, args.workers)))
+        runs = [Run(name, "search", m, o) for name in args.data
+                for m, cs in SEARCH.get(name, {}).items() if args.methods is None or m in args.methods
+                for o in cs]
+        runs += [Run(name, "search", "dense") for name in args.data]
+        print(table(run_all(runs, args.workers, args.out)))
+        for name in args.data:
+            if any(r.method == "swp-reference" for r in runs if r.data == name):
+                print(f"{name}: swp-reference on the whole training set: {reference_strength(name, args.out)}")
+        return
+    # seed by seed, so an interrupted run has whole seeds
+    runs = [Run(name, "test", m, o, s) for s in args.seeds for name in args.data
+            for m, o in CHOSEN[name].items() if args.methods is None or m in args.methods]
+    runs += [Run(name, "test", "dense", {}, s) for s in args.seeds for name in args.data]
+    print(table(run_all(runs, args.workers, args.out)))
 
 
 if __name__ == "__main__":
