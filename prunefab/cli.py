@@ -290,9 +290,16 @@ def cmd_simboard(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from prunefab.sw.demo import run_demo
-    run_demo(methods=args.methods, flops_cut=args.flops_cut, budget=_budget(args),
-             seed=args.seed, out_dir=args.out, data_name=args.data)
+    import dataclasses
+    from prunefab.demo import FAST_BUDGET, DemoSettings, run_demo
+    budget = _budget(args)
+    if args.fast:      # the fast path's epochs, unless given
+        budget = dataclasses.replace(FAST_BUDGET, **{f: getattr(budget, f) for f, o in (
+            ("train_epochs", "epochs"), ("sparsity_epochs", "sparsity_epochs"),
+            ("finetune_epochs", "finetune_epochs")) if getattr(args, o) is not None})
+    out = args.out or Path("out/demo-fast" if args.fast else "out/demo")
+    run_demo(DemoSettings(methods=tuple(args.methods), flops_cut=args.flops_cut, budget=budget,
+                          seed=args.seed, out_dir=out, data_name=args.data, fast=args.fast))
 
 
 def cmd_build(args) -> None:
@@ -480,16 +487,20 @@ def _add_boards(sub, common) -> None:
 def _add_demo(sub, common) -> None:
     from prunefab.sw.prune import METHODS
     sp = sub.add_parser("demo", parents=[common],
-                        help="the whole pipeline on Fashion-MNIST, every method, one table")
+                        help="the whole chain: train, prune with every method, quantize, engine, "
+                             "RTL run, bitstream, simulated board, report")
     _data_seed(sp)
     sp.add_argument("--methods", type=arg.choice_list(tuple(METHODS)), default="kep,iessp,swp,filter,magnitude",
                     help=f"comma-separated, from {','.join(METHODS)} (default all)")
     sp.add_argument("--flops-cut", type=FRACTION, default=0.75, help="in [0, 1) (default 0.75)")
-    sp.add_argument("--epochs", type=COUNT, default=3, help="dense training epochs")
-    sp.add_argument("--sparsity-epochs", type=EPOCHS, default=2)
-    sp.add_argument("--finetune-epochs", type=EPOCHS, default=3)
-    sp.add_argument("--out", type=arg.output_dir, default="out/demo",
-                    help="where checkpoints and artifacts go")
+    sp.add_argument("--epochs", type=COUNT, default=None, help="dense training epochs (default 3)")
+    sp.add_argument("--sparsity-epochs", type=EPOCHS, default=None, help="default 2")
+    sp.add_argument("--finetune-epochs", type=EPOCHS, default=None, help="default 3")
+    sp.add_argument("--fast", action="store_true",
+                    help="the quick path for tests: 2000 training images, one epoch a phase, few "
+                         "images on the engine and board, no bitstream (default out: out/demo-fast)")
+    sp.add_argument("--out", type=arg.output_dir, default=None,
+                    help="where artifacts, the bitstream and the report go (default out/demo)")
     sp.set_defaults(func=cmd_demo)
 
 
