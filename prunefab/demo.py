@@ -31,6 +31,7 @@ from pathlib import Path
 
 from prunefab import __version__, progress
 from prunefab.errors import PrunefabError
+from prunefab.sw.pipeline import Budget
 
 THREADS = 2                     # torch's intra-op threads in the demo (docs/demo.md)
 BOARD = "icebreaker"
@@ -60,19 +61,15 @@ FAST = Scale(train_images=2000, test_images=500, rtl_images=4, rtl_dense_images=
              bitstream=False)
 
 
-def _fast_budget():
-    from prunefab.sw.pipeline import Budget
-    return Budget(train_epochs=1, sparsity_epochs=1, finetune_epochs=1, calibration_images=300)
-
-
-FAST_BUDGET = _fast_budget()        # the fast path's epochs (the full demo: Budget())
+# the fast path's epochs (the full demo's are Budget()'s)
+FAST_BUDGET = Budget(train_epochs=1, sparsity_epochs=1, finetune_epochs=1, calibration_images=300)
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     methods: tuple[str, ...] = ("kep", "iessp", "swp", "filter", "magnitude")
     flops_cut: float = 0.75
-    budget: object = None               # sw.pipeline.Budget; None: Budget()
+    budget: Budget = Budget()
     seed: int = 0
     out_dir: Path = Path("out/demo")
     data_name: str = "fashion-mnist"
@@ -80,10 +77,11 @@ class DemoSettings:
     threads: int = THREADS
     board: str = BOARD
     faults: str = FAULTS
+    size: Scale | None = None           # None: FAST or FULL, as `fast` says
 
     @property
     def scale(self) -> Scale:
-        return FAST if self.fast else FULL
+        return self.size or (FAST if self.fast else FULL)
 
 
 @dataclass
@@ -94,6 +92,7 @@ class DemoResult:
     results: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)
+    cpu_seconds: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[dict]:
@@ -155,7 +154,7 @@ class Stages:
                   f"when it ran)", flush=True)
             return old["result"], float(old["seconds"]), True
         progress.say(f"{tag}: {what} ..." + (f" ({expect})" if expect else ""))
-        start = time.monotonic()
+        start, cpu = time.monotonic(), _cpu_seconds()
         try:
             result = work()
         except (PrunefabError, OSError) as e:
@@ -168,6 +167,7 @@ class Stages:
             raise
         seconds = time.monotonic() - start
         self.manifest[name] = {"key": key, "result": result, "seconds": round(seconds, 1),
+                               "cpu_seconds": round(_cpu_seconds() - cpu, 1),
                                "outputs": {o: file_hash(self.out_dir / o) for o in outputs}}
         self._save()
         print(f"{tag}: {said(result)} ({progress.duration(seconds)})", flush=True)
@@ -182,6 +182,14 @@ class Stages:
     def _save(self) -> None:
         from prunefab.sw.artifact import write_atomic
         write_atomic(self.path, (json.dumps(self.manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _cpu_seconds() -> float:
+    """Processor time of this process and its finished children (user and system): what a
+    stage costs whatever else the machine runs."""
+    import resource
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 @contextlib.contextmanager
@@ -204,8 +212,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoResult:
     DemoError naming the stage that failed."""
     from prunefab.sw.prune import METHODS
     from prunefab.sw.prune.base import check_cut
-    from prunefab.sw.pipeline import Budget
-    s = settings if settings.budget is not None else dataclasses.replace(settings, budget=Budget())
+    s = settings
     unknown = [m for m in s.methods if m not in METHODS]
     if unknown:
         raise DemoError(f"unknown pruning method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -226,6 +233,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoResult:
     def stage(name, *args, **kwargs):
         result, seconds, reused = stages.run(name, *args, **kwargs)
         demo.results[name], demo.seconds[name], demo.reused[name] = result, seconds, reused
+        demo.cpu_seconds[name] = stages.manifest.get(name, {}).get("cpu_seconds")
         return result
 
     with pinned_threads(s.threads):
@@ -261,8 +269,8 @@ def _data(s: DemoSettings):
     return tr, te
 
 
-def _data_identity(s: DemoSettings, split) -> str:
-    """What the data set's contents are, for a stage key: a hash of its images and labels."""
+def _data_identity(split) -> str:
+    """What a data set's contents are, for a stage key: a hash of its images and labels."""
     h = hashlib.sha256(split.images.tobytes())
     h.update(split.labels.tobytes())
     return h.hexdigest()
@@ -271,16 +279,9 @@ def _data_identity(s: DemoSettings, split) -> str:
 def _software(s: DemoSettings, out: Path, stage) -> None:
     from prunefab.sw import demo as sw_demo
     from prunefab.sw.train import load_checkpoint
-    loaded = {}
-
-    def splits():
-        if "data" not in loaded:
-            loaded["data"] = _data(s)
-        return loaded["data"]
-
-    tr, te = splits()
+    tr, te = _data(s)
     budget = dataclasses.asdict(s.budget)
-    common = {"data": s.data_name, "train": _data_identity(s, tr), "test": _data_identity(s, te),
+    common = {"data": s.data_name, "train": _data_identity(tr), "test": _data_identity(te),
               "seed": s.seed, "threads": s.threads, "sources": sources_hash("sw")}
 
     def said(r):
@@ -445,5 +446,6 @@ def _write_results(demo: DemoResult, out: Path) -> None:
     write_atomic(out / "results.json", (json.dumps({
         "fast": s.fast, "budget": dataclasses.asdict(s.budget), "seed": s.seed,
         "flops_cut": s.flops_cut, "threads": s.threads, "rows": demo.rows,
-        "stages": {n: {"seconds": round(demo.seconds[n], 1), "reused": demo.reused[n]}
+        "stages": {n: {"seconds": round(demo.seconds[n], 1), "cpu_seconds": demo.cpu_seconds[n],
+                       "reused": demo.reused[n]}
                    for n in demo.seconds}}, indent=2, default=str) + "\n").encode())

@@ -369,11 +369,15 @@ def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
                            f"bytes flipped and {board['dropped']} dropped on the line, "
                            f"{board['resends']} frames resent; {board['cycles']} engine cycles per "
                            f"image.", None, None))
-    times = [["stage", "time", ""]]
+    times = [["stage", "wall time", "processor time", ""]]
     for name, t in demo.seconds.items():
-        times.append([name, f"{t:.0f} s", "reused" if demo.reused.get(name) else ""])
-    out.append(Section("Stages", f"torch pinned to {s.threads} threads. A reused stage shows the "
-                       f"time it took when it ran.", times, None))
+        cpu = demo.cpu_seconds.get(name)
+        times.append([name, f"{t:.0f} s", "-" if cpu is None else f"{cpu:.0f} s",
+                      "reused" if demo.reused.get(name) else ""])
+    out.append(Section("Stages", f"torch pinned to {s.threads} threads. Processor time: user and "
+                       f"system time of the demo and the tools it ran, which a busy machine does "
+                       f"not inflate. A reused stage shows the times it took when it ran.",
+                       times, None))
     return out
 
 
