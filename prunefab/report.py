@@ -44,7 +44,7 @@ def write(demo, out_dir: Path) -> dict:
     matplotlib.use("Agg")
     out = Path(out_dir)
     nets = {r["method"]: artifact.load(out / f"{r['method']}.pfab") for r in demo.rows}
-    sweep = sweep_records(SWEEP)
+    sweep = sweep_records(SWEEP, demo.settings.data_name)
     figures = [f for f in (
         _positions_figure(nets), _planes_figure(nets), _accuracy_figure(demo.rows, sweep),
         _cycles_figure(demo.results.get("rtl")), _resources_figure(demo.results.get("bitstream")),
@@ -143,14 +143,14 @@ def _accuracy_figure(rows: list[dict], sweep: list[dict]) -> Figure:
     for rec in sweep:
         line = ax.errorbar([100 * c for c in rec["cuts"]], [100 * a for a in rec["means"]],
                            yerr=[100 * s for s in rec["stds"]], marker="o", ms=3, capsize=2,
-                           alpha=0.6, label=f"{rec['method']} (sweep)")
+                           alpha=0.6, label=f"{rec['method']} (sweep, float)")
         colors[rec["method"]] = line[0].get_color()
     for r in rows:
         ax.scatter([100 * r["conv_flops_cut"]], [100 * r["int8_accuracy"]], marker="*", s=140,
                    edgecolor="black", linewidth=0.5, zorder=3, color=colors.get(r["method"]),
-                   label=f"{r['method']} (this run)")
+                   label=f"{r['method']} (this run, int8)")
     ax.set_xlabel("conv-FLOPs cut (%)")
-    ax.set_ylabel("int8 test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return Figure("accuracy", "Accuracy against conv-FLOPs cut", _png(fig))
@@ -208,10 +208,12 @@ def _resources_figure(bitstream: dict | None) -> Figure | None:
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
 
 
-def sweep_records(path: Path) -> list[dict]:
-    """Per method, the sweep's cuts, mean int8 accuracies and standard deviations, read from the
-    Markdown tables of `path` whose header names a method, a cut and an accuracy column and
-    whose accuracy cells read "MEAN ± STD" (percent); [] when there is no such file or table."""
+def sweep_records(path: Path, data_name: str) -> list[dict]:
+    """Per method, the sweep's cuts, mean accuracies and standard deviations on `data_name`'s test
+    set, read from the Markdown tables of `path` (docs/results.md, bench/sweep.py) whose header
+    names a method, a cut and an accuracy column and whose accuracy cells read "MEAN ± STD"
+    (percent); rows of another data set or split are left out when the table names them.  []
+    when there is no such file or table."""
     try:
         text = path.read_text()
     except OSError:
@@ -219,28 +221,32 @@ def sweep_records(path: Path) -> list[dict]:
     found: dict[str, list[tuple[float, float, float]]] = {}
     header = None
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
-        if cells is None:
+        if not line.lstrip().startswith("|"):
             header = None
             continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
         lower = [c.lower() for c in cells]
+
+        def column(*words):
+            return next((k for k, c in enumerate(lower) if any(w in c for w in words)), None)
+
         if header is None:
-            method = next((k for k, c in enumerate(lower) if "method" in c), None)
-            cut = next((k for k, c in enumerate(lower) if "cut" in c), None)
-            acc = next((k for k, c in enumerate(lower) if "int8" in c), None)
-            if acc is None:
-                acc = next((k for k, c in enumerate(lower) if "acc" in c), None)
-            header = (method, cut, acc) if None not in (method, cut, acc) else ("skip",)
+            header = {"method": column("method"), "cut": column("cut"), "acc": column("acc"),
+                      "data": column("data"), "split": column("split")}
             continue
-        if header[0] == "skip" or set(line.replace("|", "").strip()) <= set("-: "):
+        if None in (header["method"], header["cut"], header["acc"]) or set(line) <= set("|-: "):
             continue
         try:
-            name = cells[header[0]].strip("`* ")
-            cut = float(re.search(_NUMBER, cells[header[1]]).group(1)) / 100
-            m = re.search(_NUMBER + r"\s*(?:±|\+/-|\+-)\s*" + _NUMBER, cells[header[2]])
+            if header["data"] is not None and cells[header["data"]] != data_name:
+                continue
+            if header["split"] is not None and cells[header["split"]] != "test":
+                continue
+            name = cells[header["method"]].strip("`* ")
+            cut = float(re.search(_NUMBER, cells[header["cut"]]).group(1)) / 100
+            m = re.search(_NUMBER + r"\s*(?:±|\+/-|\+-)\s*" + _NUMBER, cells[header["acc"]])
         except (IndexError, AttributeError, ValueError):
             continue
-        if m and name:
+        if m and name and name != "dense":
             found.setdefault(name, []).append((cut, float(m.group(1)) / 100, float(m.group(2)) / 100))
     records = []
     for name, points in found.items():
@@ -307,9 +313,10 @@ def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
                        "Each 3x3 block is one kernel plane; a row of blocks is one output channel. "
                        "Stripes show as rows whose blocks are all alike.", None, "planes"))
     out.append(Section("Accuracy against the conv-FLOPs cut",
-                       "Stars: this run. " + (f"Lines: the sweep's means with one standard "
-                                              f"deviation ({SWEEP.name}, {len(sweep)} methods)."
-                                              if sweep else "No sweep records in docs/results.md."),
+                       "Stars: this run (int8 accuracy). " + (
+                           f"Lines: the sweep's float accuracy, mean and one standard deviation over "
+                           f"seeds (docs/{SWEEP.name}, {len(sweep)} methods)." if sweep else
+                           f"No sweep records in docs/{SWEEP.name} yet (make sweep)."),
                        None, "accuracy"))
     rtl = res.get("rtl")
     if rtl:
