@@ -287,7 +287,7 @@ def serve_simulated_board(board: str, *, faults: LineFaults = LineFaults(),
     """Serve a simulated `board` until interrupted (KeyboardInterrupt), announcing its URL."""
     config, note = board_engine(board)
     if note:
-        announce(f"note: {note}")
+        progress.note(note)
     sim = simulated_engine_board(config, faults=faults, lifetime=None, backend=backend)
     with sim:
         announce(f"simulated {board} ({config.lanes} lanes) serving on {sim.url}; Ctrl-C stops it")

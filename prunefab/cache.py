@@ -3,7 +3,10 @@
 Where it is: `located(path)` (the command line's `--cache-dir`), else $PRUNEFAB_CACHE, else the
 platform's cache directory: $XDG_CACHE_HOME/prunefab or ~/.cache/prunefab (macOS:
 ~/Library/Caches/prunefab, Windows: %LOCALAPPDATA%\\prunefab\\Cache).  Nothing else a command
-does writes outside its own output paths.
+does writes outside its own output paths: the tools that keep caches of their own (wasmtime and
+YoWASP keep the machine code of yosys and nextpnr, which run as WebAssembly; PyTorch its
+compiled kernels) keep them in the cache's `toolchain` folder while a command runs
+(`tool_caches`).
 
 Each entry is a folder `<kind>-<key>`; the key hashes everything the contents depend on (the
 Verilog, the harness, the tool's version), so an entry is never stale and any working directory
@@ -30,6 +33,7 @@ from pathlib import Path
 from prunefab import progress
 
 ENV = "PRUNEFAB_CACHE"
+TOOLS = "toolchain"         # the tools' own caches
 _ENTRY = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*-[0-9a-f]{16}$")
 _RECORD = "entry.json"
 _located: Path | None = None
@@ -63,6 +67,28 @@ def located(path: str | os.PathLike | None) -> Iterator[None]:
         yield
     finally:
         _located = before
+
+
+@contextlib.contextmanager
+def tool_caches() -> Iterator[None]:
+    """Inside the block the cache in use is fixed, and the tools started from this process keep
+    their own caches in its `toolchain` folder: wasmtime's (amaranth's yosys; it follows
+    $XDG_CACHE_HOME), YoWASP's ($YOWASP_CACHE_DIR) and PyTorch's compiled kernels'
+    ($TORCHINDUCTOR_CACHE_DIR, made empty by training).  `prunefab cache clear` removes them."""
+    here = root()
+    places = {"XDG_CACHE_HOME": here / TOOLS, "YOWASP_CACHE_DIR": here / TOOLS / "YoWASP",
+              "TORCHINDUCTOR_CACHE_DIR": here / TOOLS / "torchinductor"}
+    saved = {var: os.environ.get(var) for var in places}
+    os.environ.update({var: str(path) for var, path in places.items()})
+    try:
+        with located(here):
+            yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def key(*parts: str | bytes) -> str:
@@ -107,6 +133,7 @@ def entry(kind: str, digest: str, build: Callable[[Path], None], *, what: str,
         with _lock(name):
             if not folder.is_dir():
                 _build(folder, build, what, expect)
+                _reused.add(folder)     # its stage lines said it; no "reused" after them
                 return folder
     if folder not in _reused:       # said once a process
         _reused.add(folder)
@@ -150,16 +177,19 @@ class Entry:
 
 
 def entries() -> list[Entry]:
-    """The complete entries in the cache, largest first."""
+    """The complete entries in the cache and the tools' caches, largest first."""
     base = root()
     found = []
     for path in sorted(base.iterdir()) if base.is_dir() else ():
-        if not (path.is_dir() and _ENTRY.match(path.name)):
+        if path.name == TOOLS and path.is_dir():
+            record = {"what": "the WebAssembly tools' compiled code (yosys, nextpnr)"}
+        elif not (path.is_dir() and _ENTRY.match(path.name)):
             continue
-        try:
-            record = json.loads((path / _RECORD).read_text())
-        except (OSError, ValueError):
-            record = {}
+        else:
+            try:
+                record = json.loads((path / _RECORD).read_text())
+            except (OSError, ValueError):
+                record = {}
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         found.append(Entry(path, str(record.get("what", "?")), size, record.get("seconds")))
     return sorted(found, key=lambda e: -e.bytes)

@@ -57,8 +57,10 @@ def _distributed(args):
 
 
 def _checkpoint_and_data(args, path):
-    """A checkpoint, its data set's name (--data, else the one it was trained on) and the train
-    and test splits, refused in one line when the network cannot take them."""
+    """A checkpoint, its data set's name (--data, else the one it was trained on), the train
+    and test splits (refused in one line when the network cannot take them) and how it was
+    pruned (None: not pruned)."""
+    from prunefab.sw.artifact import Pruning
     from prunefab.sw import data
     from prunefab.sw.pipeline import check_data
     from prunefab.sw.train import load_checkpoint
@@ -73,7 +75,7 @@ def _checkpoint_and_data(args, path):
     splits = data.load(name, "train"), data.load(name, "test")
     for split in splits:
         check_data(str(path), model.input_shape, model.config["num_classes"], split, name)
-    return model, name, splits
+    return model, name, splits, Pruning.of(extra)
 
 
 def cmd_train(args) -> None:
@@ -109,7 +111,7 @@ def cmd_prune(args) -> None:
     seed_everything(args.seed)
     flops_cut = (args.flops_cut if args.flops_cut is not None
                  else _recipe(args).flops_cut if args.recipe else 0.75)
-    model, name, (tr, te) = _checkpoint_and_data(args, args.checkpoint)
+    model, name, (tr, te), _ = _checkpoint_and_data(args, args.checkpoint)
     options = {k: getattr(args, k) for k in ("strength", "schedule") if getattr(args, k) is not None}
     pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
                    state=args.output if args.resume else None, **options)
@@ -123,11 +125,11 @@ def cmd_prune(args) -> None:
 def cmd_quantize(args) -> None:
     from prunefab.sw import artifact
     from prunefab.sw.pipeline import quantize_model, requantization_table
-    model, name, (tr, te) = _checkpoint_and_data(args, args.checkpoint)
+    model, name, (tr, te), pruning = _checkpoint_and_data(args, args.checkpoint)
     qnet = quantize_model(model, tr, _budget(args))
     print(requantization_table(qnet))
     if args.output:
-        st = artifact.save(qnet, args.output, data=name)
+        st = artifact.save(qnet, args.output, data=name, pruning=pruning)
         print(f"wrote {args.output} ({st.file_bytes} bytes, {st.conv_index_bits_per_nonzero:.2f} "
               f"index bits per conv nonzero)")
     print(_accuracy_line(qnet, te, model, name))
@@ -139,23 +141,22 @@ def cmd_export(args) -> None:
     model = None
     if args.network.suffix == ".pfab":
         art = artifact.read(args.network)
-        qnet, name = art.network, art.data
+        qnet, name, pruning = art.network, art.data, art.pruning
     else:
-        model, name, (tr, _) = _checkpoint_and_data(args, args.network)
+        model, name, (tr, _), pruning = _checkpoint_and_data(args, args.network)
         qnet = quantize_model(model, tr, _budget(args))
     program = None
     if args.config:
         from prunefab.hw.loader import pack_network
         program = pack_network(args.config, qnet)   # refuses what does not fit
         _say_engine(args.config)
-    st = artifact.save(qnet, args.output, data=name)
+    st = artifact.save(qnet, args.output, data=name, pruning=pruning)
     print(f"wrote {args.output}: {st.file_bytes} bytes, {st.nonzeros} nonzeros, "
           f"{st.conv_index_bits_per_nonzero:.2f} index bits per conv nonzero, "
           f"{st.index_bits_per_nonzero:.2f} over all layers")
     if program is not None:
         cfg = program.config
-        print(f"fits the engine ({cfg.lanes} lanes): weight memory {len(program.weights)} of "
-              f"{cfg.weight_depth} words, parameters {len(program.params)} of {cfg.param_depth}, "
+        print(f"fits the engine ({cfg.lanes} lanes): {_memory(program)}, "
               f"{len(program.load_words())} load words")
     if name is not None:            # an artifact that records no data set has nothing to say
         test = data.load(name, "test")
@@ -170,6 +171,31 @@ def _accuracy_line(qnet, test, model, name: str) -> str:
     from prunefab.sw.train import accuracy
     ref = f" (float {accuracy(model, test):.2%})" if model is not None else ""
     return f"int8 accuracy {int8_accuracy(qnet, test):.2%}{ref} on {len(test)} {name} test images"
+
+
+def _engine_fits(qnet) -> list[str]:
+    """One line per engine preset: whether the network fits it, with the memory it takes, or
+    the first limit it breaks.  (An artifact does not depend on an engine, so none is recorded
+    in it; this is what `export --config` checks.)"""
+    from prunefab.errors import PrunefabError
+    from prunefab.hw.config import PRESETS
+    from prunefab.hw.loader import pack_network
+    lines = []
+    for name, preset in PRESETS.items():
+        cfg = preset()
+        try:
+            program = pack_network(cfg, qnet)
+        except PrunefabError as e:
+            lines.append(f"engine {name} ({cfg.lanes} lanes): does not fit: {e}")
+            continue
+        lines.append(f"engine {name} ({cfg.lanes} lanes): fits, {_memory(program)}")
+    return lines
+
+
+def _memory(program) -> str:
+    cfg = program.config
+    return (f"weight memory {len(program.weights)} of {cfg.weight_depth} words, "
+            f"parameters {len(program.params)} of {cfg.param_depth}")
 
 
 def _say_engine(config) -> None:
@@ -199,7 +225,7 @@ def cmd_eval(args) -> None:
     if args.network.suffix == ".pfab":
         return _eval_artifact(args)
     from prunefab.sw.pipeline import evaluate, layer_table, quantize_model
-    model, _, (tr, te) = _checkpoint_and_data(args, args.network)
+    model, _, (tr, te), _ = _checkpoint_and_data(args, args.network)
     te = te.subset(args.images)
     qnet = None if args.float_only else quantize_model(model, tr)
     ev = evaluate(args.network.stem, model, te, qnet)
@@ -222,6 +248,10 @@ def _eval_artifact(args) -> None:
           f"{qnet.linear.out_features} classes, {len(qnet.convs)} conv layers, made from "
           f"{art.data or 'an unrecorded data set'}; conv MFLOPs {c.conv_flops / 1e6:.3f} of "
           f"{c.dense_conv_flops / 1e6:.3f} dense (cut {c.conv_flops_cut:.1%})")
+    print(f"pruned by {art.pruning.method} for a {art.pruning.flops_cut:.1%} conv-FLOPs cut"
+          if art.pruning else "pruning: not recorded")
+    for line in _engine_fits(qnet):
+        print(line)
     ev = evaluate_artifact(art, _evaluation_data(art, args.data, args.network).subset(args.images))
     print(f"int8 accuracy {ev.accuracy:.2%} on {ev.images} images "
           f"({ev.seconds:.2f} s in the integer reference)")
@@ -605,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         with _sigint(_interrupt):
             args = _start(argv)
             quiet = getattr(args, "quiet", False) or progress.is_quiet()
-            with progress.quiet(quiet), cache.located(getattr(args, "cache_dir", None)):
+            with progress.quiet(quiet), cache.located(getattr(args, "cache_dir", None)), \
+                    cache.tool_caches():
                 return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:

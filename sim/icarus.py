@@ -49,8 +49,16 @@ def design(config: EngineConfig) -> Path:
                        what=f"the {config.lanes}-lane engine's Verilog")
 
 
-# The runner warns "Skipping compilation" each time it finds the cached build current.
-logging.getLogger(Icarus.__qualname__).setLevel(logging.ERROR)
+class _CompiledAlready(logging.Filter):
+    """Drops the runner's warning "Skipping compilation", which it gives each time it finds the
+    cached build current: no news to a user, and not for --quiet.  (A filter, because every
+    runner sets its logger's level anew.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Skipping compilation")
+
+
+logging.getLogger(Icarus.__qualname__).addFilter(_CompiledAlready())
 
 
 def _waves_text() -> str:

@@ -38,11 +38,14 @@ MAX_DIM = 65535                   # channels, classes, input height and width
 MAX_LAYER_WEIGHTS = 1 << 26       # dense weights of one layer (C_out*C_in*9 or K*F)
 MAX_LIST_FEATURES = 65535         # classifier inputs a 16-bit index (and count) can cover
 MAX_DATA_NAME = 4096              # characters of the data set's name
+MAX_METHOD_NAME = 32              # characters of a pruning method's name
 MAX_DEPTH = 3                     # header nesting: object > list > object
 MAX_INT_DIGITS = 20
 _HEADER_KEYS = frozenset({"activation_scales", "format", "input_shape", "layers", "logit_scale",
                           "sections", "version"})
-_OPTIONAL_KEYS = frozenset({"data"})
+_OPTIONAL_KEYS = frozenset({"data", "pruning"})
+_PRUNING_KEYS = frozenset({"method", "flops_cut"})
+_METHOD_NAME = re.compile(rf"[a-z][a-z0-9-]{{0,{MAX_METHOD_NAME - 1}}}")
 _CONV_KEYS = frozenset({"kind", "in_channels", "out_channels", "pool", "nonzeros", "uniform_count"})
 _LINEAR_KEYS = frozenset({"kind", "in_features", "out_features", "nonzeros", "index"})
 _ENTRY_KEYS = frozenset({"name", "dtype", "count", "offset"})
@@ -63,12 +66,34 @@ def _refuse(rule: int | None, message: str):
     raise _Invalid(rule, message)
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """How the network was pruned: the method (`prunefab prune --method`) and the conv-FLOPs cut
+    it was asked for (`--flops-cut`, in [0, 1)); the cut the weights achieve is counted from them."""
+
+    method: str
+    flops_cut: float
+
+    @classmethod
+    def of(cls, extra: dict) -> "Pruning | None":
+        """From a checkpoint's metadata (`prunefab.sw.train.save_checkpoint`'s extra); None when
+        it records no pruning."""
+        if extra.get("method") is None or extra.get("flops_cut") is None:
+            return None
+        return cls(str(extra["method"]), float(extra["flops_cut"]))
+
+    def header(self) -> dict:
+        return {"method": self.method, "flops_cut": float(self.flops_cut)}
+
+
 @dataclass(frozen=True, eq=False)
 class Artifact:
-    """A decoded artifact: the network and the data set it was made from (None: not recorded)."""
+    """A decoded artifact: the network, the data set it was made from and how it was pruned
+    (None: not recorded)."""
 
     network: QuantizedNetwork
     data: str | None = None
+    pruning: Pruning | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -134,11 +159,12 @@ def _unpack_nibbles(packed: np.ndarray, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # encode
 
-def encode(net: QuantizedNetwork, data: str | None = None) -> bytes:
-    """The artifact's bytes; the same network (and data set name) always gives the same bytes.
+def encode(net: QuantizedNetwork, data: str | None = None, pruning: Pruning | None = None) -> bytes:
+    """The artifact's bytes; the same network (data set name, pruning) always gives the same bytes.
 
     data names the data set the network was made from (`prunefab.sw.data.load`'s name), so
-    evaluation can pick the same images later; None leaves it out.
+    evaluation can pick the same images later; pruning says how it was pruned.  None leaves
+    either out.
     """
     try:
         net.validate()
@@ -148,6 +174,8 @@ def encode(net: QuantizedNetwork, data: str | None = None) -> bytes:
                   "logit_scale": float(net.logit_scale), "sections": []}
         if data is not None:
             header["data"] = data
+        if pruning is not None:
+            header["pruning"] = pruning.header()
         _check_header(header)
     except (NetworkError, _Invalid) as e:
         raise ArtifactError(f"cannot encode: {e}") from None
@@ -225,9 +253,10 @@ def _canonical(header: dict) -> str:
     return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
-def save(net: QuantizedNetwork, path: str | os.PathLike, data: str | None = None) -> EncodingStats:
+def save(net: QuantizedNetwork, path: str | os.PathLike, data: str | None = None,
+         pruning: Pruning | None = None) -> EncodingStats:
     """Write the artifact atomically (temporary file, then rename) and return its statistics."""
-    encoded = encode(net, data)
+    encoded = encode(net, data, pruning)
     write_atomic(path, encoded)
     return stats(encoded)
 
@@ -257,7 +286,7 @@ def decode(data: bytes, name: str = "artifact") -> QuantizedNetwork:
 
 
 def parse(data: bytes, name: str = "artifact") -> Artifact:
-    """The network and its recorded data set; a file that breaks any validity rule of
+    """The network and its recorded provenance; a file that breaks any validity rule of
     docs/format.md raises ArtifactError, one line naming `name` and the rule."""
     try:
         header, text, payload = _read_container(data)
@@ -273,7 +302,9 @@ def parse(data: bytes, name: str = "artifact") -> Artifact:
         net.validate()          # the arithmetic's own rules, already implied by the checks above
     except NetworkError as e:
         raise ArtifactError(f"{name}: {e}") from None
-    return Artifact(net, header.get("data"))
+    pruning = header.get("pruning")
+    return Artifact(net, header.get("data"),
+                    None if pruning is None else Pruning(pruning["method"], pruning["flops_cut"]))
 
 
 def _read_container(data: bytes) -> tuple[dict, str, memoryview]:
@@ -396,6 +427,16 @@ def _check_header(header: dict) -> None:
             _refuse(14, f"data must be a name of 1..{MAX_DATA_NAME} characters, not {_show(data)}")
         if any(unicodedata.category(ch).startswith("C") for ch in data):
             _refuse(14, f"data {_show(data)} holds a control, format or unassigned character")
+    if "pruning" in header:
+        pruning = header["pruning"]
+        _keys(pruning, _PRUNING_KEYS, "pruning", 14)
+        method, cut = pruning["method"], pruning["flops_cut"]
+        if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
+            _refuse(14, f"pruning method must be a name of 1..{MAX_METHOD_NAME} characters a-z, "
+                        f"0-9 and -, starting with a letter, not {_show(method)}")
+        if type(cut) is not float or not 0.0 <= cut < 1.0 or math.copysign(1.0, cut) < 0:
+            _refuse(14, f"pruning flops_cut must be a JSON number with a fraction in [0, 1), "
+                        f"not {_show(cut)}")
 
 
 def _check_layers(layers, shape: tuple[int, int, int]) -> None:
@@ -597,7 +638,7 @@ def load(path: str | os.PathLike) -> QuantizedNetwork:
 
 
 def read(path: str | os.PathLike) -> Artifact:
-    """Read and check an artifact file: the network and its recorded data set."""
+    """Read and check an artifact file: the network and its recorded provenance."""
     path = Path(path)
     try:
         data = path.read_bytes()

@@ -160,7 +160,7 @@ def evaluate_artifact(art: artifact.Artifact, test: Dataset) -> ArtifactEvaluati
     t = time.perf_counter()
     acc = int8_accuracy(art.network, test)
     return ArtifactEvaluation(acc, len(test), time.perf_counter() - t,
-                              artifact.stats(artifact.encode(art.network, art.data)))
+                              artifact.stats(artifact.encode(art.network, art.data, art.pruning)))
 
 
 def sparsity_table(qnet: QuantizedNetwork) -> str:

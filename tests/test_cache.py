@@ -1,8 +1,10 @@
 """The per-user build cache: where it is, one build per key, whole entries only, info and clear."""
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +29,7 @@ def test_location_flag_then_variable_then_platform(tmp_path, monkeypatch):
     assert cache.root() == tmp_path / "env"
 
 
-def test_an_entry_is_built_once_then_reused(store, capsys):
+def test_an_entry_is_built_once_then_reused(store, capsys, monkeypatch):
     calls = []
 
     def build(folder):
@@ -42,7 +44,10 @@ def test_an_entry_is_built_once_then_reused(store, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "building the demo model ... (first build, about 1 s)"
     assert err[1].startswith("building the demo model: done in ")
-    assert err[2] == f"the demo model: reused from the cache ({cache.shown(first)})"
+    assert len(err) == 2                     # the process that built it does not call it reused
+    monkeypatch.setattr(cache, "_reused", set())                     # as another process
+    assert cache.entry("demo", cache.key("design"), build, what="the demo model") == first
+    assert capsys.readouterr().err == f"the demo model: reused from the cache ({cache.shown(first)})\n"
     other = cache.entry("demo", cache.key("design", "v2"), build, what="the demo model")
     assert other != first and len(calls) == 2
 
@@ -110,3 +115,20 @@ def test_cache_command_reports_and_clears(tmp_path, capsys):
     assert main(["--cache-dir", str(where), "cache", "clear"]) == 0
     assert capsys.readouterr().out.startswith(f"removed 1 entries")
     assert list(where.glob("demo-*")) == []
+
+
+def test_the_tools_own_caches_go_into_the_cache_and_are_cleared_with_it(store, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/elsewhere")
+    monkeypatch.delenv("YOWASP_CACHE_DIR", raising=False)
+    with cache.tool_caches():
+        assert os.environ["XDG_CACHE_HOME"] == str(store / cache.TOOLS)
+        assert os.environ["YOWASP_CACHE_DIR"].startswith(str(store / cache.TOOLS))
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(store / cache.TOOLS))
+        assert cache.root() == store                  # the cache itself stays where it was
+        compiled = Path(os.environ["XDG_CACHE_HOME"]) / "wasmtime" / "module"
+        compiled.parent.mkdir(parents=True)
+        compiled.write_bytes(b"x" * 100)
+    assert os.environ["XDG_CACHE_HOME"] == "/elsewhere" and "YOWASP_CACHE_DIR" not in os.environ
+    assert [(e.path.name, e.bytes) for e in cache.entries()] == [(cache.TOOLS, 100)]
+    assert "compiled code" in cache.describe()
+    assert cache.clear() == (1, 100) and not (store / cache.TOOLS).exists()

@@ -47,7 +47,13 @@ def test_pipeline_and_same_seed_same_artifact(dense, capsys):
     assert (d / "kep-a.pfab").read_bytes() == (d / "kep-b.pfab").read_bytes()
     net = artifact.load(d / "kep-a.pfab")
     assert artifact.stats((d / "kep-a.pfab").read_bytes()).conv_index_bits_per_nonzero == 4.0
+    assert artifact.read(d / "kep-a.pfab").pruning == artifact.Pruning("kep", 0.7)
     assert run("eval", d / "kep-a.pfab", "--data", "synthetic") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("kep-a.pfab: 1x12x12 input, 4 classes, 3 conv layers, made from synthetic")
+    assert out[1] == "pruned by kep for a 70.0% conv-FLOPs cut"
+    assert out[2].startswith("engine icebreaker (8 lanes): fits, weight memory ")
+    assert out[3].startswith("engine ecp5-85f (32 lanes): fits, weight memory ")
     assert run("eval", d / "kep-a.pt") == 0
     out = capsys.readouterr().out
     assert "int8 accuracy" in out and "sparsity" in out and len(net.convs) == 3
@@ -86,7 +92,21 @@ def test_export_checks_engine_limits(dense, tmp_path, capsys):
     assert run("export", dense / "dense.pt", "--calibration", 200, "--config", "icebreaker",
                "-o", tmp_path / "net.pfab") == 0
     assert "fits the engine (8 lanes)" in capsys.readouterr().out
-    artifact.load(tmp_path / "net.pfab")
+    assert artifact.read(tmp_path / "net.pfab").pruning is None       # a dense network
+    assert run("eval", tmp_path / "net.pfab", "--images", 5) == 0
+    out = capsys.readouterr().out
+    assert "pruning: not recorded" in out and "engine icebreaker (8 lanes): fits" in out
+
+
+def test_eval_names_the_first_limit_an_engine_preset_breaks(tmp_path, capsys):
+    from prunefab.sw.synthetic import random_network
+    net = random_network(np.random.default_rng(5), (1, 12, 12), (40,), (True,), classes=4)
+    artifact.save(net, tmp_path / "wide.pfab", data="synthetic")
+    assert run("eval", tmp_path / "wide.pfab", "--images", 3) == 0
+    out = capsys.readouterr().out
+    fits = [line for line in out.splitlines() if line.startswith("engine ")]
+    assert fits[0].startswith("engine icebreaker (8 lanes): does not fit: ") and "conv0" in fits[0]
+    assert fits[1].startswith("engine ecp5-85f (32 lanes): fits, ")
 
 
 def test_gen_writes_design_and_config(tmp_path, capsys):

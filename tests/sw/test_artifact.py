@@ -1,5 +1,7 @@
 """Encoding round trips, determinism, index overhead, and refusal of damaged files."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -130,6 +132,30 @@ def test_data_name_is_recorded_and_optional(rng):
     assert artifact.encode(got.network, got.data) == named
     with pytest.raises(ArtifactError, match="format rule 14"):
         artifact.encode(net, "two\nlines")
+
+
+def test_pruning_is_recorded_and_optional(rng):
+    net = _net(rng, (1, 12, 12))
+    pruning = artifact.Pruning("iessp", 0.75)
+    named = artifact.encode(net, "synthetic", pruning)
+    got = artifact.parse(named)
+    assert got.pruning == pruning and got.data == "synthetic"
+    assert artifact.encode(got.network, got.data, got.pruning) == named
+    assert artifact.Pruning.of({"data": "synthetic", "seed": 0}) is None        # a dense checkpoint
+    assert artifact.Pruning.of({"method": "kep", "flops_cut": 0.5}) == artifact.Pruning("kep", 0.5)
+    with pytest.raises(ArtifactError, match="format rule 14"):
+        artifact.encode(net, "synthetic", artifact.Pruning("kep", 1.0))
+
+
+def test_files_written_before_the_pruning_key_read_and_rewrite_byte_identically():
+    # written by the encoder as it was before `pruning` existed (same network as below)
+    old = (Path(__file__).parent / "golden" / "before-pruning-key.pfab").read_bytes()
+    got = artifact.parse(old)
+    assert got.pruning is None and got.data == "synthetic"
+    assert artifact.encode(got.network, got.data) == old
+    net = random_network(np.random.default_rng(16), (1, 6, 6), (3,), (True,), classes=3,
+                         patterns=Pattern.KERNEL_ELEMENTS)
+    assert artifact.encode(net, "synthetic") == old
 
 
 def test_evaluation_data_prefers_the_artifacts_own(rng, tmp_path):

@@ -127,8 +127,11 @@ def kep_bitmap_net() -> QuantizedNetwork:
 BASES = {"list": unstructured_list_net, "bitmap": kep_bitmap_net}
 
 
+PRUNING = artifact.Pruning("kep", 0.75)
+
+
 def base_file(kind: str, data: str | None = "synthetic") -> bytes:
-    return artifact.encode(BASES[kind](), data)
+    return artifact.encode(BASES[kind](), data, PRUNING)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,6 +367,14 @@ CORPUS = [
     ("empty data name", "list", 14, _set("data", "")),
     ("newline in data name", "list", 14, _set("data", "a\nb")),
     ("data name a number", "list", 14, _set("data", 5)),
+    ("pruning a string", "list", 14, _set("pruning", "kep")),
+    ("pruning without its cut", "bitmap", 14, lambda p: p.header["pruning"].pop("flops_cut")),
+    ("extra pruning key", "list", 14, _set("pruning.seed", 0)),
+    ("method in capitals", "list", 14, _set("pruning.method", "KEP")),
+    ("empty method", "bitmap", 14, _set("pruning.method", "")),
+    ("flops cut 1.0", "list", 14, _set("pruning.flops_cut", 1.0)),
+    ("flops cut -0.0", "list", 14, _set("pruning.flops_cut", -0.0)),
+    ("integer flops cut", "bitmap", 14, _set("pruning.flops_cut", 0)),
     ("section entry a string", "list", 15, _set("sections.0", "conv0.bias")),
     ("float32 section", "list", 15, _set("sections.0.dtype", "float32")),
     ("negative count", "list", 15, _set("sections.0.count", -1)),
@@ -428,7 +439,7 @@ def test_corpus_is_refused_naming_the_rule(case):
 def test_bases_are_valid_and_cover_every_section_kind():
     for kind in BASES:
         data = base_file(kind)
-        assert artifact.encode(artifact.decode(data), "synthetic") == data
+        assert artifact.encode(artifact.decode(data), "synthetic", PRUNING) == data
     names = {e["name"].split(".")[1] for kind in BASES for e in Parts.of(base_file(kind)).header["sections"]}
     assert names == {"bias", "multiplier", "shift", "counts", "positions", "weights", "bitmap", "indices"}
 
@@ -522,7 +533,7 @@ def _gen_canonical(draw, p: Parts, base: str):                        # rule 7
 def _gen_top_keys(draw, p: Parts, base: str):                         # rule 8
     choice = draw(st.sampled_from(["remove", "add", "format", "version"]))
     if choice == "remove":
-        del p.header[draw(st.sampled_from(sorted(set(p.header) - {"data"})))]
+        del p.header[draw(st.sampled_from(sorted(set(p.header) - {"data", "pruning"})))]
     elif choice == "add":
         p.header[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in p.header))] = 0
     elif choice == "format":
@@ -590,11 +601,28 @@ def _gen_scales(draw, p: Parts, base: str):                           # rule 13
             scales[draw(st.integers(0, len(scales) - 1))] = bad
 
 
-def _gen_data_name(draw, p: Parts, base: str):                        # rule 14
-    p.header["data"] = draw(st.text(min_size=1, max_size=20)
-                            .filter(lambda t: any(ord(c) < 32 or 127 <= ord(c) < 160 for c in t))
-                            | st.just("") | st.text(min_size=4097, max_size=4100)
-                            | st.integers(-10**6, 10**6) | st.none())
+def _gen_provenance(draw, p: Parts, base: str):                       # rule 14
+    choice = draw(st.sampled_from(["data", "pruning", "method", "flops_cut"]))
+    if choice == "data":
+        p.header["data"] = draw(st.text(min_size=1, max_size=20)
+                                .filter(lambda t: any(ord(c) < 32 or 127 <= ord(c) < 160 for c in t))
+                                | st.just("") | st.text(min_size=4097, max_size=4100)
+                                | st.integers(-10**6, 10**6) | st.none())
+    elif choice == "pruning":
+        pruning = p.header["pruning"]
+        if draw(st.booleans()):
+            del pruning[draw(st.sampled_from(sorted(pruning)))]
+        else:
+            pruning[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in pruning))] = 0
+    elif choice == "method":
+        p.header["pruning"]["method"] = draw(
+            st.text(min_size=1, max_size=20).filter(lambda t: not re.fullmatch(r"[a-z][a-z0-9-]*", t))
+            | st.text("abc", min_size=33, max_size=40) | st.integers(0, 9) | st.none())
+    else:
+        p.header["pruning"]["flops_cut"] = draw(
+            st.floats(min_value=1.0, allow_nan=False, allow_infinity=False)
+            | st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
+            | st.just(-0.0) | st.integers(0, 1) | st.text(max_size=4) | st.none())
 
 
 def _gen_entries(draw, p: Parts, base: str):                          # rule 15
@@ -729,7 +757,7 @@ def _gen_accumulator(draw, p: Parts, base: str):                      # rule 27
 GENERATORS = {1: _gen_container(1), 2: _gen_container(2), 3: _gen_container(3),
               4: _gen_container(4), 5: _gen_container(5), 6: _gen_numbers, 7: _gen_canonical,
               8: _gen_top_keys, 9: _gen_types, 10: _gen_input_shape, 11: _gen_layers,
-              12: _gen_chain, 13: _gen_scales, 14: _gen_data_name, 15: _gen_entries,
+              12: _gen_chain, 13: _gen_scales, 14: _gen_provenance, 15: _gen_entries,
               16: _gen_duplicate, 17: _gen_tiling, 18: _gen_layout, 19: _gen_plane_counts,
               20: _gen_positions, 21: _gen_values(21), 22: _gen_values(22), 23: _gen_padding,
               24: _gen_index_mode, 25: _gen_bitmap, 26: _gen_indices, 27: _gen_accumulator}
@@ -771,7 +799,7 @@ def _accepted_means_canonical(data: bytes) -> None:
     except ArtifactError as e:
         assert "\n" not in str(e) and str(e).startswith("crafted.pfab: ")
         return
-    assert artifact.encode(got.network, got.data) == data
+    assert artifact.encode(got.network, got.data, got.pruning) == data
 
 
 @settings(max_examples=300, deadline=None)
