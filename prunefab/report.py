@@ -186,11 +186,11 @@ def _resources_figure(bitstream: dict | None) -> Figure | None:
     import matplotlib.pyplot as plt
     if not bitstream or not bitstream.get("resources"):
         return None
-    res = bitstream["resources"]
+    res = ordered_resources(bitstream["resources"])
     names = list(res)
     share = [res[k]["used"] / res[k]["available"] for k in names]
     fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(names) + 1.0))
-    ax.barh(names, [100 * s for s in share], color=["tab:red" if s > 1 else "tab:blue" for s in share])
+    ax.barh([k.upper() for k in names], [100 * s for s in share], color=["tab:red" if s > 1 else "tab:blue" for s in share])
     for y, k in enumerate(names):
         ax.text(min(100 * share[y], 100) + 1, y, f"{res[k]['used']} / {res[k]['available']}",
                 va="center", fontsize=8)
@@ -265,6 +265,13 @@ class Section:
     text: str                           # a paragraph (plain text, may hold `code`)
     table: list[list[str]] | None       # header row first
     figure: str | None                  # a Figure name
+
+
+def ordered_resources(resources: dict) -> dict:
+    """A build report's resources in the order `prunefab build` prints them."""
+    from prunefab.boards.build import ORDER
+    return {k: resources[k] for k in sorted(resources, key=lambda k: (k not in ORDER,
+                                                                     ORDER.index(k) if k in ORDER else 0, k))}
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -345,7 +352,7 @@ def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
     clock = spec.clock_mhz
     if bit:
         rtab = [["resource", "used", "available", "share"]]
-        for k, v in bit.get("resources", {}).items():
+        for k, v in ordered_resources(bit.get("resources", {})).items():
             rtab.append([k.upper(), str(v["used"]), str(v["available"]),
                          f"{100 * v['used'] / v['available']:.0f} %"])
         if bit.get("skipped"):
@@ -382,8 +389,8 @@ def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
         times.append([name, f"{t:.0f} s", "-" if cpu is None else f"{cpu:.0f} s",
                       "reused" if demo.reused.get(name) else ""])
     out.append(Section("Stages", f"torch pinned to {s.threads} threads. Processor time: user and "
-                       f"system time of the demo and the tools it ran, which a busy machine does "
-                       f"not inflate. A reused stage shows the times it took when it ran.",
+                       f"system time of the demo and the tools it ran, which a busy machine inflates "
+                       f"less than the wall time. A reused stage shows the times it took when it ran.",
                        times, None))
     return out
 
