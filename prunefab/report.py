@@ -190,7 +190,8 @@ def _resources_figure(bitstream: dict | None) -> Figure | None:
     names = list(res)
     share = [res[k]["used"] / res[k]["available"] for k in names]
     fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(names) + 1.0))
-    ax.barh([k.upper() for k in names], [100 * s for s in share], color=["tab:red" if s > 1 else "tab:blue" for s in share])
+    ax.barh([k.upper() for k in names], [100 * s for s in share],
+            color=["tab:red" if s > 1 else "tab:blue" for s in share])
     for y, k in enumerate(names):
         ax.text(min(100 * share[y], 100) + 1, y, f"{res[k]['used']} / {res[k]['available']}",
                 va="center", fontsize=8)
