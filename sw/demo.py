@@ -37,11 +37,12 @@ def prune_method(dense: nn.Module, method: str, train_set: Dataset, flops_cut: f
 
 def export(name: str, model: nn.Module, train_set: Dataset, test_set: Dataset, budget: Budget,
            out_dir: Path, data_name: str, seed: int, started: float, **extra) -> dict:
-    """Write `<name>.pt` and `<name>.pfab` into `out_dir` and return the network's row: cuts,
-    float and int8 accuracy, encoding, seconds since `started`."""
+    """Write `<name>.pt` and `<name>.pfab` into `out_dir` (with `extra`, the checkpoint's
+    metadata: a pruned network's `method` and `flops_cut`, recorded in the artifact too) and
+    return the network's row: cuts, float and int8 accuracy, encoding, seconds since `started`."""
     save_checkpoint(model, out_dir / f"{name}.pt", data=data_name, seed=seed, **extra)
     qnet = quantize_model(model, train_set, budget)
-    artifact.save(qnet, out_dir / f"{name}.pfab", data=data_name)
+    artifact.save(qnet, out_dir / f"{name}.pfab", data=data_name, pruning=artifact.Pruning.of(extra))
     ev = evaluate(name, model, test_set, qnet)
     return {"method": name, "float_accuracy": ev.float_accuracy, "int8_accuracy": ev.int8_accuracy,
             "conv_flops_cut": ev.counts.conv_flops_cut, "parameter_cut": ev.counts.parameter_cut,

@@ -15,7 +15,8 @@ def _run(out, methods=("kep", "iessp")):
     rows = [export("dense", dense, tr, te, BUDGET, out, "synthetic", 0, 0.0)]
     for m in methods:
         pruned = prune_method(dense, m, tr, 0.75, BUDGET, seed=0, progress=False)
-        rows.append(export(m, pruned, tr, te, BUDGET, out, "synthetic", 0, 0.0, method=m))
+        rows.append(export(m, pruned, tr, te, BUDGET, out, "synthetic", 0, 0.0, method=m,
+                           flops_cut=0.75))
     return rows
 
 
@@ -27,7 +28,10 @@ def test_rows_artifacts_and_the_same_bytes_for_the_same_seed(tmp_path):
     for r in rows[1:]:
         assert r["conv_flops_cut"] >= 0.75 and 0.0 <= r["int8_accuracy"] <= 1.0
     assert rows[1]["index_bits_per_conv_nonzero"] == 4.0
-    net = artifact.load(first / "kep.pfab")
+    kep = artifact.read(first / "kep.pfab")
+    assert (kep.pruning.method, kep.pruning.flops_cut, kep.data) == ("kep", 0.75, "synthetic")
+    assert artifact.read(first / "dense.pfab").pruning is None
+    net = kep.network
     assert reference.run(net, np.zeros((1, 1, 12, 12), dtype=np.uint8)).shape == (1, 4)
     text = table(rows)
     assert text.splitlines()[0].split()[:3] == ["method", "conv-FLOPs", "cut"]
