@@ -639,11 +639,13 @@ def main(argv: list[str] | None = None) -> int:
                     cache.tool_caches():
                 return args.func(args) or 0
     except KeyboardInterrupt:
+        progress.close_bars()
         if debug:
             traceback.print_exc()
         print("prunefab: interrupted", file=sys.stderr)
         return 130
     except (PrunefabError, OSError) as e:
+        progress.close_bars()
         if debug:
             traceback.print_exc()
         print(_one_line(e), file=sys.stderr)

@@ -15,11 +15,17 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 
 from tqdm import tqdm
 
 _quiet = False
+_bars: weakref.WeakSet[tqdm] = weakref.WeakSet()
+
+# tqdm's monitor thread redraws a slow bar from another thread, even after the command has said
+# its last line; bars here are drawn by the loop that owns them only.
+tqdm.monitor_interval = 0
 
 
 def is_quiet() -> bool:
@@ -58,9 +64,18 @@ def bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None
     """A tqdm bar on stderr, shown after BAR_DELAY seconds; disabled when quiet or when `enabled`
     is False.  Into a log file (stderr not a terminal) it is redrawn every 10 s, not 10 times a
     second."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, file=sys.stderr,
-                disable=_quiet or not enabled, dynamic_ncols=True, delay=BAR_DELAY,
-                mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    b = tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, file=sys.stderr,
+             disable=_quiet or not enabled, dynamic_ncols=True, delay=BAR_DELAY,
+             mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    _bars.add(b)
+    return b
+
+
+def close_bars() -> None:
+    """Close every bar still open (a loop left by an exception), so that nothing is drawn after
+    the line a command ends with."""
+    for b in list(_bars):
+        b.close()
 
 
 def duration(seconds: float) -> str:

@@ -166,20 +166,17 @@ def simulate_rtl(network: QuantizedNetwork | str | os.PathLike,
                    f"({report.total_cycles} cycles each)")
         if backend == "icarus":
             plan = BenchPlan(cfg, (Case(net, imgs, "network"),), Stalls(), diagnose=True)
-            obs = run_icarus(plan, work, waves=wave_file)
             icarus_runner(cfg)          # built before the stage line, which times the run alone
             with progress.stage(running):
-                obs = run_icarus(plan, work, waves=waves)
+                obs = run_icarus(plan, work, waves=wave_file)
             if obs.failure:
                 raise RtlMismatch(obs.failure)
             runs, cycles, seconds = obs.runs[0], obs.sim_cycles, obs.seconds
         else:
-            from prunefab.sim.verilator import run_verilator
-            hr = run_verilator(program, imgs, work, waves=wave_file)
             from prunefab.sim.verilator import harness, run_verilator
             harness(cfg, trace=waves is not None)
             with progress.stage(running):
-                hr = run_verilator(program, imgs, work, waves=waves)
+                hr = run_verilator(program, imgs, work, waves=wave_file)
             runs, cycles, seconds = hr.runs, hr.sim_cycles, hr.seconds
             board = Scoreboard(cfg, Case(net, imgs, "network"), "network")
             for i, run in enumerate(runs):

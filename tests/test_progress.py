@@ -46,6 +46,35 @@ def test_notes_and_bars_go_to_stderr_and_quiet_silences_all(capsys, monkeypatch)
     assert capsys.readouterr().err == ""
 
 
+def test_a_command_that_fails_inside_a_loop_ends_with_its_error_line(capsys, monkeypatch):
+    from tqdm import tqdm
+    monkeypatch.setattr(progress, "BAR_DELAY", 0.0)
+    bars = []
+
+    def command(args):
+        bars.append(progress.bar(range(5), desc="epoch"))
+        for i in bars[0]:
+            if i == 2:
+                raise progress_error("bad batch")
+
+    from prunefab.errors import PrunefabError as progress_error
+    monkeypatch.setattr("prunefab.cli.build_parser", lambda: _Parser(command))
+    assert main(["anything"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("prunefab: error: bad batch\n")
+    assert bars[0].disable                   # closed: nothing draws it again
+    assert tqdm.monitor is None              # no thread redraws a bar after the last line
+
+
+class _Parser:
+    def __init__(self, func):
+        self.func = func
+
+    def parse_args(self, argv):
+        import argparse
+        return argparse.Namespace(func=self.func, quiet=False, cache_dir=None)
+
+
 @pytest.mark.parametrize("seconds, text", [(12.4, "12 s"), (300, "5.0 min"), (7200, "2.0 h")])
 def test_durations_read_naturally(seconds, text):
     assert progress.duration(seconds) == text
