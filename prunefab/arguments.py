@@ -143,3 +143,29 @@ def line_faults(value: str):
         return LineFaults.parse(text(value))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def model(value: str) -> str:
+    """A built-in model's name, or `FILE.py:FACTORY` naming an existing file."""
+    from prunefab.sw.models import MODELS, is_user_model
+    if value in MODELS:
+        return value
+    if is_user_model(value):
+        path = value.rpartition(":")[0]
+        if not Path(path).is_file():
+            raise argparse.ArgumentTypeError(f"{path}: no such file")
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a model ({', '.join(MODELS)}) nor "
+                                     f"FILE.py:FACTORY")
+
+
+def shape(value: str) -> tuple[int, int, int]:
+    """An image shape `C,H,W` (or `CxHxW`), each 1..65535."""
+    parts = text(value).replace("x", ",").split(",")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not C,H,W") from None
+    if len(dims) != 3 or not all(1 <= d <= 65535 for d in dims):
+        raise argparse.ArgumentTypeError(f"{value!r} must be three sizes C,H,W, each 1..65535")
+    return dims

@@ -208,6 +208,26 @@ def _say_engine(config) -> None:
                           f"as many lanes as its board holds, maybe fewer")
 
 
+def cmd_check(args) -> int:
+    from prunefab.check import check
+    found = check(args.model, args.config, args.input_shape, args.classes or 10)
+    where = _engine_name(args.config)
+    if not found.ok:
+        print(f"{args.model} does not map to {where}: {found.problem}")
+        return 1
+    print(f"{args.model}: {'x'.join(map(str, found.input_shape))} input, "
+          f"{found.layers[-1].output_shape[0]} classes, on {where}")
+    print(found.table())
+    print(f"maps to {where}: {found.memory}")
+    return 0
+
+
+def _engine_name(config) -> str:
+    from prunefab.hw.config import PRESETS
+    name = next((n for n, preset in PRESETS.items() if config == preset()), None)
+    return f"the {name} engine ({config.lanes} lanes)" if name else f"the {config.lanes}-lane engine"
+
+
 def cmd_gen(args) -> None:
     import dataclasses
 
@@ -383,14 +403,19 @@ def _training(sp) -> None:
                     help="keep a training state next to the output after every epoch and continue from it")
 
 
-def _add_train(sub, common) -> None:
+def _model_metavar() -> str:
     from prunefab.sw.models import MODELS
+    return "{" + ",".join(MODELS) + "}|FILE.py:FACTORY"
+
+
+def _add_train(sub, common) -> None:
     sp = sub.add_parser("train", parents=[common], help="train a network")
     _data_seed(sp, None, " (default fashion-mnist, or the recipe's)")
     _training(sp)
-    sp.add_argument("--model", default=None, choices=list(MODELS),
-                    help=f"{' | '.join(MODELS)} (default reference, or the recipe's); reference and "
-                         f"vgg16 take the data's shape and export, resnet56 takes 3x32x32 and does not")
+    sp.add_argument("--model", default=None, type=arg.model, metavar=_model_metavar(),
+                    help="a built-in model or FACTORY() from your FILE.py (docs/models.md); "
+                         "default reference, or the recipe's.  Each takes the data's shape; the "
+                         "family (reference, vgg11, vgg16, your own) exports, resnet20/56 do not")
     sp.add_argument("--epochs", type=COUNT, default=None, help="training epochs (default 3)")
     sp.add_argument("-o", "--output", type=arg.output_file, required=True,
                     help="checkpoint to write (.pt)")
@@ -434,6 +459,20 @@ def _add_quantize_export(sub, common) -> None:
                                                         "config.json: refuse a network over its limits")
     sp.add_argument("-o", "--output", type=arg.output_file, required=True, help="artifact to write (.pfab)")
     sp.set_defaults(func=cmd_export)
+
+
+def _add_check(sub, common) -> None:
+    sp = sub.add_parser("check", parents=[common],
+                        help="how a model maps to an engine, layer by layer, before any training")
+    sp.add_argument("--model", required=True, type=arg.model, metavar=_model_metavar(),
+                    help="a built-in model or FACTORY() from your FILE.py (docs/models.md)")
+    sp.add_argument("--config", type=arg.engine(), default="icebreaker",
+                    help="engine preset (icebreaker, ecp5-85f) or config.json (default icebreaker)")
+    sp.add_argument("--input-shape", type=arg.shape, metavar="C,H,W",
+                    help="the images' shape (default: the model's own: 1,28,28 for reference, "
+                         "3,32,32 for the others, yours from its input_shape or its classifier)")
+    sp.add_argument("--classes", type=COUNT, help="classes of a built-in model (default 10)")
+    sp.set_defaults(func=cmd_check)
 
 
 def _add_gen_eval_sim(sub, common) -> None:
@@ -573,8 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="prunefab", description=__doc__.split("\n")[0], parents=[common])
     p.add_argument("--version", action="version", version=f"prunefab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_prune, _add_quantize_export, _add_gen_eval_sim, _add_boards,
-                _add_demo, _add_tools):
+    for add in (_add_train, _add_prune, _add_quantize_export, _add_check, _add_gen_eval_sim,
+                _add_boards, _add_demo, _add_tools):
         add(sub, common)
     return p
 

@@ -8,7 +8,10 @@ does not fit, before any training or export work is done.
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +21,10 @@ from prunefab.errors import PrunefabError
 
 class UnmappableModel(PrunefabError, ValueError):
     """A model is outside the hardware-mappable family; one line naming the layer."""
+
+
+class UserModelError(PrunefabError, ValueError):
+    """A user's model file or factory cannot give a model; one line naming the file."""
 
 
 class ConvBlock(nn.Sequential):
@@ -84,9 +91,8 @@ def reference_net(num_classes: int = 10) -> HardwareNet:
     return HardwareNet((1, 28, 28), (8, 16, 32), (True, False, True), num_classes)
 
 
-def vgg16_cifar(num_classes: int = 10) -> HardwareNet:
-    """VGG-16 for 32x32 inputs (CIFAR variant): 13 conv layers, 5 pools, one classifier."""
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+def _vgg(cfg: list, num_classes: int) -> HardwareNet:
+    """A VGG for 32x32 inputs (CIFAR variant) from its layer list: widths, "M" for a pool."""
     channels, pools = [], []
     for v in cfg:
         if v == "M":
@@ -95,6 +101,17 @@ def vgg16_cifar(num_classes: int = 10) -> HardwareNet:
             channels.append(v)
             pools.append(False)
     return HardwareNet((3, 32, 32), tuple(channels), tuple(pools), num_classes)
+
+
+def vgg11_cifar(num_classes: int = 10) -> HardwareNet:
+    """VGG-11 (configuration A): 8 conv layers, 5 pools, one classifier."""
+    return _vgg([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"], num_classes)
+
+
+def vgg16_cifar(num_classes: int = 10) -> HardwareNet:
+    """VGG-16 (configuration D): 13 conv layers, 5 pools, one classifier."""
+    return _vgg([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+                num_classes)
 
 
 class _BasicBlock(nn.Module):
@@ -115,20 +132,22 @@ class _BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    """ResNet-56 (CIFAR variant, 3 stages of 9 basic blocks).
+    """ResNet-20/56 (CIFAR variant, 3 stages of (depth - 2) / 6 basic blocks), for 3x32x32
+    images or any other shape (global average pooling before the classifier).
 
     Outside the hardware family (strided convolutions, residual additions): it is here for
     paper-scale pruning runs; `layer_specs` refuses it for export.
     """
 
-    def __init__(self, depth: int = 56, num_classes: int = 10):
+    def __init__(self, depth: int = 56, num_classes: int = 10, input_shape=(3, 32, 32)):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2, not {depth}")
         n = (depth - 2) // 6
-        self.input_shape = (3, 32, 32)
-        self.config = {"architecture": "resnet", "depth": depth, "num_classes": num_classes}
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.input_shape = tuple(input_shape)
+        self.config = {"architecture": "resnet", "depth": depth, "num_classes": num_classes,
+                       "input_shape": list(input_shape)}
+        self.conv1 = nn.Conv2d(self.input_shape[0], 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks, c = [], 16
         for stage, width in enumerate((16, 32, 64)):
@@ -144,14 +163,26 @@ class ResNetCifar(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
+def resnet20_cifar(num_classes: int = 10) -> ResNetCifar:
+    return ResNetCifar(20, num_classes)
+
+
 def resnet56_cifar(num_classes: int = 10) -> ResNetCifar:
     return ResNetCifar(56, num_classes)
 
 
-MODELS = {"reference": reference_net, "vgg16": vgg16_cifar, "resnet56": resnet56_cifar}
+MODELS = {"reference": reference_net, "resnet20": resnet20_cifar, "resnet56": resnet56_cifar,
+          "vgg11": vgg11_cifar, "vgg16": vgg16_cifar}
 
 
 def build(name: str, num_classes: int = 10) -> nn.Module:
+    """A built-in model by name, or the family network of a user's `FILE.py:FACTORY` (its own
+    input shape and classes; `num_classes` applies to built-in models)."""
+    if is_user_model(name):
+        try:
+            return as_family(load_user_model(name))
+        except UnmappableModel as e:
+            raise UnmappableModel(f"{name}: {e}") from None
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes)
@@ -159,19 +190,105 @@ def build(name: str, num_classes: int = 10) -> nn.Module:
 
 def for_data(name: str, input_shape, num_classes: int) -> nn.Module:
     """Model `name` for `input_shape` images and `num_classes` classes, or UnmappableModel (one
-    line).  A family model keeps its conv widths and pools and takes the data's shape (refused
-    when the inputs are too small for its pools); ResNet-56 takes 3x32x32 images only."""
+    line).  Every model keeps its widths (and a family model its pools) and takes the data's
+    shape; a family model is refused when the inputs are too small for its pools."""
+    if is_user_model(name):
+        user = load_user_model(name)
+        try:
+            return as_family(user, getattr(user, "input_shape", None) or input_shape)
+        except UnmappableModel as e:
+            raise UnmappableModel(f"{name}: {e}") from None
     model = build(name, num_classes)
-    if not isinstance(model, HardwareNet):
-        if tuple(model.input_shape) != tuple(input_shape):
-            raise UnmappableModel(f"{name} takes {'x'.join(map(str, model.input_shape))} images "
-                                  f"only, not {'x'.join(map(str, input_shape))}")
-        return model
+    if isinstance(model, ResNetCifar):
+        return ResNetCifar(model.config["depth"], num_classes, tuple(input_shape))
     try:
         return HardwareNet(tuple(input_shape), model.config["channels"], model.config["pools"],
                            num_classes)
     except UnmappableModel as e:
         raise UnmappableModel(f"{name}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# the user's own model: `path/to/file.py:factory`
+
+def is_user_model(name: str) -> bool:
+    """Whether `name` names a factory in a Python file (`path/to/file.py:factory`)."""
+    path, sep, factory = str(name).rpartition(":")
+    return bool(sep) and path.endswith(".py") and factory.isidentifier()
+
+
+def load_user_model(name: str) -> nn.Module:
+    """The nn.Module that `factory()` in the user's `file.py` returns (`name` is
+    `file.py:factory`).  The file is the user's own code and runs as such; whatever goes wrong
+    is one UserModelError line naming the file."""
+    path, _, factory = name.rpartition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise UserModelError(f"{path}: no such file (--model FILE.py:FACTORY)")
+    spec = importlib.util.spec_from_file_location(f"prunefab_user_model_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise UserModelError(f"{path}: running it raised {type(e).__name__}: {e}") from None
+    make = getattr(module, factory, None)
+    if not callable(make):
+        raise UserModelError(f"{path} defines no function {factory}")
+    try:
+        model = make()
+    except Exception as e:
+        raise UserModelError(f"{name}: {factory}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserModelError(f"{name}: {factory}() returned a {type(model).__name__}, not a "
+                             f"torch.nn.Module")
+    return model
+
+
+def as_family(model: nn.Module, input_shape=None) -> HardwareNet:
+    """The HardwareNet with `model`'s layers and weights (the form train, prune, export and
+    checkpoints know), or UnmappableModel naming the first layer outside the family.
+
+    The input shape is `input_shape`, else the model's `input_shape` attribute, else the square
+    one the classifier's input size implies.
+    A convolution's bias moves into its BatchNorm (exactly, in inference); a convolution without
+    BatchNorm gets one that starts as the identity but for its epsilon, and trains.
+    """
+    spec = layer_specs(model)
+    channels = tuple(c.conv.out_channels for c in spec.convs)
+    pools = tuple(c.pool for c in spec.convs)
+    first = spec.convs[0].conv.in_channels
+    input_shape = input_shape or getattr(model, "input_shape", None)
+    if input_shape is None:
+        side = math.isqrt(spec.linear.in_features // channels[-1])
+        if side * side * channels[-1] != spec.linear.in_features:
+            raise UnmappableModel(f"layer {spec.linear_name} takes {spec.linear.in_features} inputs, "
+                                  f"not {channels[-1]} square feature maps; give the model an "
+                                  f"input_shape attribute (C, H, W)")
+        input_shape = (first, side * 2 ** sum(pools), side * 2 ** sum(pools))
+    input_shape = tuple(int(v) for v in input_shape)
+    if input_shape[0] != first:
+        raise UnmappableModel(f"layer {spec.convs[0].name} takes {first} input channels, the "
+                              f"images have {input_shape[0]}")
+    net = HardwareNet(input_shape, channels, pools, spec.linear.out_features)
+    if net.classifier.in_features != spec.linear.in_features:
+        raise UnmappableModel(f"layer {spec.linear_name} takes {spec.linear.in_features} inputs, "
+                              f"but {'x'.join(map(str, input_shape))} images leave "
+                              f"{net.classifier.in_features}")
+    with torch.no_grad():
+        for block, c in zip(net.features, spec.convs):
+            block.conv.weight.copy_(c.conv.weight)
+            if c.bn is not None:
+                for key, value in c.bn.state_dict().items():
+                    block.bn.state_dict()[key].copy_(value)
+                block.bn.eps = c.bn.eps
+            if c.conv.bias is not None:     # BN(x + b) is BN with its mean moved down by b
+                block.bn.running_mean -= c.conv.bias
+        net.classifier.weight.copy_(spec.linear.weight)
+        if spec.linear.bias is not None:
+            net.classifier.bias.copy_(spec.linear.bias)
+        else:
+            net.classifier.bias.zero_()
+    return net
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,9 +365,13 @@ def layer_specs(model: nn.Module) -> NetSpec:
 
 def _leaves_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, (nn.Sequential, HardwareNet)):
-        bad = next((n for n, c in model.named_children()), type(model).__name__)
-        raise UnmappableModel(f"model {type(model).__name__} has a custom forward (at {bad}); "
-                              f"the hardware family is a plain sequence of layers")
+        plain = (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten,
+                 nn.Linear, nn.Dropout, nn.Identity)
+        odd = next((f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                    if n and not isinstance(m, plain)), None)
+        first = next((n for n, _ in model.named_children()), type(model).__name__)
+        raise UnmappableModel(f"model {type(model).__name__} has a custom forward (at {odd or first}); "
+                              f"the hardware family is a plain sequence of layers (nn.Sequential)")
     leaves = []
     for name, m in model.named_modules():
         # a parametrized weight (stripe scales) hangs extra modules below its layer

@@ -365,6 +365,7 @@ def load_checkpoint(path: str | os.PathLike):
 def _model_from_config(config: dict) -> nn.Module:
     from prunefab.sw.models import HardwareNet, ResNetCifar
     if config.get("architecture") == "resnet":
-        return ResNetCifar(config["depth"], config["num_classes"])
+        return ResNetCifar(config["depth"], config["num_classes"],
+                           tuple(config.get("input_shape", (3, 32, 32))))
     return HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
                        tuple(config["pools"]), config["num_classes"])

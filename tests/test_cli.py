@@ -242,8 +242,9 @@ CORPUS = [
     ("hil --simulate icebreaker --artifact {pfab} --data {d}/data28", "the network takes 1x12x12"),
     ("train --model vgg16 --data synthetic -o {d}/x.pt", "12x12 inputs are too small for 5 2x2 pools"),
     ("train --model vgg16 --data {d}/data28 -o {d}/x.pt", "28x28 inputs are too small for 5 2x2 pools"),
-    ("train --model resnet56 --data synthetic -o {d}/x.pt", "resnet56 takes 3x32x32 images only, not 1x12x12"),
-    ("train --model resnet18 --data synthetic -o {d}/x.pt", "invalid choice: 'resnet18'"),
+    ("train --model vgg11 --data synthetic -o {d}/x.pt", "vgg11: 12x12 inputs are too small for 5 2x2 pools"),
+    ("train --model resnet18 --data synthetic -o {d}/x.pt", "'resnet18' is neither a model"),
+    ("train --model {d}/none.py:make --data synthetic -o {d}/x.pt", "none.py: no such file"),
     ("train --data synthetic --batch-size 0 -o {d}/x.pt", "--batch-size: must be at least 1, not 0"),
     ("train --data synthetic --device tpu -o {d}/x.pt", "invalid choice: 'tpu'"),
     ("prune {pt} --method kep --lr -1 -o {d}/x.pt", "--lr: must be a finite number in (0, 1]"),
@@ -335,9 +336,37 @@ def test_generated_option_values_parse_in_range_or_are_refused_in_one_line(parse
 
 def test_help_lists_exactly_the_models_that_train(capsys):
     from prunefab.sw.models import MODELS
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    assert "--model {" + ",".join(MODELS) + "}" in capsys.readouterr().out
+    for command in ("train", "check"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--model {" + ",".join(MODELS) + "}|FILE.py:FACTORY" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["reference", "resnet20", "resnet56", "vgg11", "vgg16"])
+def test_every_listed_model_trains_or_is_refused_in_one_line_before_work(name, tmp_path, capsys,
+                                                                        monkeypatch):
+    from prunefab import progress
+    from prunefab.sw.models import MODELS
+    assert name in MODELS
+    monkeypatch.setattr(progress, "BAR_DELAY", 0.0)         # any training would show its bar
+    write_idx_dir(tmp_path / "data12", 4, (12, 12))
+    status = run("train", "--model", name, "--data", tmp_path / "data12", "--epochs", 1,
+                 "-o", tmp_path / "m.pt")
+    out, err = capsys.readouterr()
+    if name.startswith("vgg"):      # five 2x2 pools need 32x32 images
+        assert status == 2 and not (tmp_path / "m.pt").exists()
+        assert err == f"prunefab: error: {name}: 12x12 inputs are too small for 5 2x2 pools; this " \
+                      f"model needs at least 32x32\n"
+    else:
+        assert status == 0 and "wrote" in out and "train epoch 1/1" in err
+        assert (tmp_path / "m.pt").exists()
+
+
+def test_vgg11_trains_on_32x32_data(tmp_path, capsys):
+    write_idx_dir(tmp_path / "data32", 4, (32, 32))
+    assert run("train", "--model", "vgg11", "--data", tmp_path / "data32", "--epochs", 1,
+               "-o", tmp_path / "vgg.pt") == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "vgg.pt").exists()
 
 
 def test_vgg16_trains_on_32x32_data(tmp_path, capsys):

@@ -1,0 +1,105 @@
+"""`prunefab check`: how a model maps to an engine, layer by layer, or the first layer that
+cannot and why; and the user's own model (`FILE.py:FACTORY`) through the whole flow."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prunefab.check import check
+from prunefab.cli import main
+from prunefab.hw.config import EngineConfig
+from prunefab.sw import artifact, models
+from prunefab.sw.flops import count
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "small_cnn.py") + ":small_cnn"
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_a_family_model_maps_layer_by_layer(capsys):
+    assert run("check", "--model", "reference", "--config", "icebreaker") == 0
+    out = capsys.readouterr().out.splitlines()
+    counts = count(models.reference_net())
+    assert out[0] == "reference: 1x28x28 input, 10 classes, on the icebreaker engine (8 lanes)"
+    rows = out[2:-2]
+    assert [r.split()[0] for r in rows] == ["conv0", "conv1", "conv2", "linear"]
+    assert rows[0].split()[2:5] == ["conv3x3+bn+relu+maxpool2x2", "1x28x28", "8x14x14"]
+    assert rows[-1].split()[3:5] == ["1568", "10"]
+    total = out[-2].split()
+    assert total[0] == "total" and int(total[2]) == counts.dense_parameters
+    assert float(total[1]) == pytest.approx((counts.dense_conv_flops + counts.linear.dense_flops) / 1e6,
+                                            abs=1e-3)
+    assert out[-1].startswith("maps to the icebreaker engine (8 lanes): dense, weight memory ")
+
+
+@pytest.mark.parametrize("name, config, problem", [
+    ("vgg16", "ecp5-85f", "network: 14 layers exceeds this engine's limit of 12; generate an engine "
+                          "with max_layers >= 14"),
+    ("resnet20", "ecp5-85f", "model ResNetCifar has a custom forward (at layers.0 (_BasicBlock))"),
+])
+def test_a_model_that_cannot_map_gets_one_line_naming_the_layer_and_limit(name, config, problem,
+                                                                         capsys):
+    assert run("check", "--model", name, "--config", config) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"{name} does not map to the {config} engine")
+    assert problem in out
+
+
+def test_the_first_layer_over_a_limit_is_named_with_the_models_own_name(tmp_path, capsys):
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(EngineConfig(lanes=2, max_channels=8, max_height=12, max_width=12,
+                                   act_depth=64).to_json())
+    found = check(EXAMPLE, EngineConfig.from_json(narrow.read_text()))
+    assert not found.ok and found.problem.startswith("conv1 (4): 16 output channels exceeds this "
+                                                     "engine's limit of 8")
+
+
+def test_the_example_user_model_runs_the_whole_flow(tmp_path, capsys):
+    from tests.test_cli import write_idx_dir
+    assert run("check", "--model", EXAMPLE, "--config", "icebreaker") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("small_cnn: 1x12x12 input, 4 classes, on the icebreaker engine (8 lanes)")
+    assert [r.split()[1] for r in out[2:-2]] == ["0", "4", "6", "12"]       # the file's own layers
+    write_idx_dir(tmp_path / "data", 16, (12, 12))
+    assert run("train", "--model", EXAMPLE, "--data", tmp_path / "data", "--epochs", 1,
+               "-o", tmp_path / "mine.pt") == 0
+    assert run("export", tmp_path / "mine.pt", "--calibration", 16, "--config", "icebreaker",
+               "-o", tmp_path / "mine.pfab") == 0
+    net = artifact.load(tmp_path / "mine.pfab")
+    assert net.input_shape == (1, 12, 12) and [c.out_channels for c in net.convs] == [8, 16, 16]
+
+
+def test_a_user_model_keeps_its_outputs_as_the_family_network():
+    torch.manual_seed(0)
+    user = models.load_user_model(EXAMPLE)
+    for m in user.modules():            # trained-looking statistics, so BatchNorm matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    user.eval()
+    net = models.as_family(user).eval()
+    x = torch.rand(3, 1, 12, 12)
+    torch.testing.assert_close(net(x), user(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("source, factory, message", [
+    ("def make():\n    return 3\n", "make", "make() returned a int, not a torch.nn.Module"),
+    ("def make():\n    raise RuntimeError('no weights')\n", "make", "make() raised RuntimeError: no weights"),
+    ("import nothing_here\n", "make", "running it raised ModuleNotFoundError"),
+    ("x = 1\n", "make", "defines no function make"),
+    ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)\n    def forward(self, x):\n"
+     "        return self.conv(x)\ndef make():\n    return Net()\n", "make",
+     "model Net has a custom forward (at conv)"),
+])
+def test_a_broken_user_model_is_refused_in_one_line(tmp_path, capsys, source, factory, message):
+    (tmp_path / "mine.py").write_text(source)
+    assert run("train", "--model", f"{tmp_path / 'mine.py'}:{factory}", "--data", "synthetic",
+               "-o", tmp_path / "m.pt") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("prunefab: error: ") and message in err
+    assert not (tmp_path / "m.pt").exists()
