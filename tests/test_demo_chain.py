@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from prunefab import demo
+from prunefab import demo, progress
 from prunefab.demo import DemoError, DemoSettings, Stages, run_demo
 from prunefab.errors import PrunefabError
 
@@ -27,10 +27,12 @@ def test_fast_demo_runs_every_stage_writes_the_report_and_reuses(tmp_path, capsy
     settings = DemoSettings(methods=("kep", "iessp", "swp", "filter", "magnitude"), fast=True,
                             out_dir=tmp_path, data_name="synthetic", threads=1)
     result = run_demo(settings)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     stages = ["train", *(f"prune {m}" for m in settings.methods), "engine", "rtl", "bitstream",
               "board", "report"]
     assert list(result.seconds) == stages
+    for i, name in enumerate(stages, 1):        # progress: a line on stderr as each stage starts
+        assert re.search(rf"^\[{i}/{len(stages)}\] {name}: ", err, re.M), name
     for i, name in enumerate(stages, 1):        # one result line a stage, with its time
         assert re.search(rf"^\[{i}/{len(stages)}\] {name}: .*\(\d+ s\)$", out, re.M), name
     assert "FAST PATH" in out and "skipped on the fast path" in out
@@ -57,8 +59,10 @@ def test_fast_demo_runs_every_stage_writes_the_report_and_reuses(tmp_path, capsy
     assert results["fast"] and [r["method"] for r in results["rows"]][:2] == ["dense", "kep"]
 
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.pfab")}
-    again = run_demo(settings)                  # nothing changed: every stage but the report reused
-    out = capsys.readouterr().out
+    with progress.quiet():                      # --quiet: results on stdout, no progress
+        again = run_demo(settings)              # nothing changed: every stage but the report reused
+    out, err = capsys.readouterr()
+    assert err == ""
     assert [n for n, r in again.reused.items() if not r] == ["report"]
     assert out.count(": reused (") == len(stages) - 1
     assert again.results["rtl"] == result.results["rtl"]
