@@ -121,7 +121,7 @@ def report(runs: list[Run], budget: Budget, out: Path, docs: Path) -> None:
     names = sorted({r.data for r in runs})
     parts = [BEGIN, "", "Mean ± sample standard deviation over the seeds; test-set float accuracy; "
              "`target` is the conv-FLOPs cut asked for, the last column the cut measured.", ""]
-    parts.append(table(mine, markdown=True))
+    parts.append(table(mine, markdown=True) if mine else "No run is recorded yet.")
     parts += ["", "Points (planned: seeds " + ", ".join(map(str, sorted({r.seed for r in runs}))) + "):"]
     parts += coverage(runs, mine)
     for name in names:
