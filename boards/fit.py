@@ -8,8 +8,8 @@ that fits.
 
 Memories are counted as yosys maps them (`memory_libmap`'s costs, checked against its log): each
 memory of the engine (`prunefab.hw.memories.engine_memories`: 16 activation banks, weights,
-parameters and layer counters, descriptors, logits) and of the link (receive and transmit
-buffers, the identity ROM) goes to block RAM, LUT RAM or logic, whichever costs least, a block
+parameters and layer counters, descriptors, logits) and of the link
+(`prunefab.boards.engine_link.adapter_memories`: receive and send buffers, the identity ROM) goes to block RAM, LUT RAM or logic, whichever costs least, a block
 RAM taking `ceil(width / w) * ceil(depth / d)` primitives of the cheapest shape (w, d); the
 iCE40 puts memories hinted HUGE (the weights) in SPRAM.  Multipliers: one per lane plus the
 requantizer's.  Logic (LUT, FF and, on the iCE40, logic cells) is linear in the lane count:
@@ -25,9 +25,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunefab.boards.engine_link import config_json
+from prunefab.boards.engine_link import adapter_memories
 from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
-from prunefab.boards.protocol import identity_payload
 from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
@@ -115,17 +114,9 @@ def memory_mapping(family: str, width: int, depth: int, *, rom: bool = False) ->
     return kind, count
 
 
-def link_memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
-    """The link's memories: its frame buffers and the identity ROM."""
-    identity = len(identity_payload(config_json(config), max_payload))
-    return (MemorySpec("receiver", 8, max_payload, "the received frame's payload"),
-            MemorySpec("transmitter", 8, max_payload, "the frame being sent, kept for a resend"),
-            MemorySpec("identity", 8, identity, "the IDENTIFY reply", rom=True))
-
-
 def memories(config: EngineConfig, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
     """Every memory of the board top: the engine's and the link's."""
-    return engine_memories(config) + link_memories(config, max_payload)
+    return engine_memories(config) + adapter_memories(config, max_payload)
 
 
 def logic_lines(builds: list[dict]) -> dict[str, dict[str, tuple[int, int]]]:

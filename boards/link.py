@@ -3,16 +3,19 @@
     rx -> UARTReceiver -> FrameReceiver -> RetryFilter -> application
     tx <- UARTTransmitter <- FrameTransmitter <- RetryFilter <- application
 
-`FrameReceiver` delivers only frames whose CRC matched; `RetryFilter` turns a retried request into
-a replay of the stored response, so the application never runs a request twice; the application
-sees a request stream and answers on a response stream, both of `Message` beats, and knows
-nothing of sync bytes, sequence numbers or CRCs.  `UARTLink` joins them around an application.
+`FrameReceiver` (a `FrameDecoder`, then a `ReceiveBuffer`) delivers only frames whose CRC
+matched; `RetryFilter` turns a retried request into a replay of the stored response, so the
+application never runs a request twice; `FrameTransmitter` (a `SendBuffer`, then a
+`FrameEncoder`) keeps the last response for such replays.  The application sees a request
+stream and answers on a response stream, both of `Message` beats, and knows nothing of sync
+bytes, sequence numbers or CRCs; `BasicCommands` answers the commands every application shares.
+`UARTLink` joins them around an application.  `link_memories` describes the link's memories.
 """
 
 
 import zlib
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from prunefab.boards.protocol import (LENGTH_LIMIT, NAK, RESPONSE_FLAG, SYNC, Command, ErrorCode,
                                       identity_payload)
 from prunefab.boards.uart import UARTReceiver, UARTTransmitter
+from prunefab.hw.memories import MemorySpec
 
 DEFAULT_MAX_PAYLOAD = 256
 CRC_POLYNOMIAL = 0xEDB88320     # the zlib CRC-32, reflected: its register shifts right
@@ -123,81 +127,114 @@ class SerialCRC(wiring.Component):
         return m
 
 
-class FrameReceiver(wiring.Component):
-    """Bytes in, CRC-checked frames out; a dropped frame is reported for a NAK.
+def link_memories(max_payload: int, identity: bytes = b"") -> tuple[MemorySpec, ...]:
+    """Every memory of the link, described once: the gateware builds each from its spec and the
+    board fit (`prunefab.boards.fit`) counts them.  `identity` is an application's IDENTIFY
+    reply, kept in a ROM (none when empty).
 
-    The payload is held in a buffer until its CRC has been checked, so nothing downstream ever
-    sees a byte of a corrupt frame.  While the buffer still holds the previous frame, a new frame
-    is parsed and checked but not stored, and reported as `BUSY`.
+    A buffer is never read and written at once (a frame is written while the buffer is free and
+    read once it is held), so no read needs to see a write (`no_rw_check`).
+    """
+    specs = (MemorySpec("receive_buffer", 8, max_payload,
+                        "the received frame's payload, held until its CRC has matched"),
+             MemorySpec("send_buffer", 8, max_payload, "the frame being sent, kept for a resend"))
+    if identity:
+        specs += (MemorySpec("identity", 8, len(identity), "the IDENTIFY reply", rom=True),)
+    return specs
 
-    Parameters
-    ----------
-    max_payload : int
-        Largest payload accepted, in bytes (the buffer depth); a longer length field is
-        reported as `BAD_LENGTH`.
-    byte_timeout : int
-        Clock cycles of silence after which a partial frame is abandoned.
+
+def build_memory(spec: MemorySpec, init=()) -> Memory:
+    """The memory `spec` describes, with `init` as its contents (a ROM's)."""
+    return Memory(shape=spec.shape, depth=spec.depth, init=init, attrs=spec.attrs)
+
+
+def _link_memory(name: str, max_payload: int, identity: bytes = b"") -> Memory:
+    spec, = (s for s in link_memories(max_payload, identity) if s.name == name)
+    return build_memory(spec, identity if spec.rom else ())
+
+
+def assign(view, fields: dict) -> list:
+    """Statements setting each named field of a struct `view`."""
+    return [view[name].eq(value) for name, value in fields.items()]
+
+
+def frame_end_layout(max_payload: int) -> data.StructLayout:
+    """What `FrameDecoder` says at the end of a frame: its header and `code`, 0 when its CRC
+    matched, else BAD_CRC or BAD_LENGTH (the length is then meaningless)."""
+    return data.StructLayout({"cmd": 8, "seq": 8, "length": range(max_payload + 1), "code": 8})
+
+
+def frame_header_layout(max_payload: int) -> data.StructLayout:
+    """A frame's header on its way to `FrameEncoder`: command, sequence number, payload length."""
+    return data.StructLayout({"cmd": 8, "seq": 8, "length": range(max_payload + 1)})
+
+
+class FrameDecoder(wiring.Component):
+    """Bytes in; each frame's payload bytes as they arrive, then its header and verdict.
+
+    Hunts for the sync bytes, reads the header, refuses a length above `max_payload` at once and
+    checks the CRC-32 after the payload.  A frame abandoned after `byte_timeout` cycles of
+    silence ends without a verdict.
 
     Ports
     -----
     i_stream : In(stream.Signature(8))
         Bytes from the line; not ready for the 8 cycles the CRC takes over each byte of a
-        frame, nor while a frame is checked.
-    o_stream : Out(stream.Signature(FrameBeat))
-        Frames whose CRC matched, one beat per payload byte (one `empty` beat for none).
-    o_error : Out(stream.Signature(Nak))
-        Frames dropped for `BAD_CRC`, `BAD_LENGTH` or `BUSY`, with their header as received.
-        One report is held; a report that finds one waiting is lost (the host times out).
+        frame, nor while a frame's CRC is checked.
+    o_start : Out(1)
+        Pulses when a frame's command byte is taken: a frame begins.
+    o_data : Out(stream.Signature(8, always_ready=True))
+        The frame's payload bytes, in order, before they are checked.
+    o_end : Out(stream.Signature(frame_end_layout(max_payload), always_ready=True))
+        One per frame, a cycle after its last byte was judged: its header and `code`.
     busy : Out(1)
-        A frame is being received, held or reported.
+        Inside a frame, or its verdict not yet out.
     """
-
-    i_stream: In(stream.Signature(8))
-    o_stream: Out(stream.Signature(FrameBeat))
-    o_error: Out(stream.Signature(Nak))
-    busy: Out(1)
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, *, byte_timeout: int):
         _check_max_payload(max_payload)
         _check_positive("Byte timeout", byte_timeout)
         self.max_payload = max_payload
         self.byte_timeout = byte_timeout
-        super().__init__()
+        super().__init__({
+            "i_stream": In(stream.Signature(8)),
+            "o_start": Out(1),
+            "o_data": Out(stream.Signature(8, always_ready=True)),
+            "o_end": Out(stream.Signature(frame_end_layout(max_payload), always_ready=True)),
+            "busy": Out(1),
+        })
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.buffer = buffer = Memory(shape=8, depth=self.max_payload, init=[])
-        wr, rd = buffer.write_port(), buffer.read_port()
-        m.submodules.crc = checker = SerialCRC()
-
-        byte = self.i_stream.payload
-        take = Signal()
-        cmd, seq = Signal(8), Signal(8)
-        size = range(self.max_payload + 1)     # a length that passed the check, or an index
-        low, length, count = Signal(8), Signal(size), Signal(size)
-        store = Signal()        # the buffer was free when this frame began
-        occupied = Signal()     # the buffer holds a checked frame not yet sent on
-        held_cmd, held_seq, held_length = Signal(8), Signal(8), Signal(size)
+        m.submodules.crc = crc = SerialCRC()
+        i, end = self.i_stream, self.o_end
+        take, timed_out = Signal(), Signal()
         silence = Signal(range(self.byte_timeout + 1))
-        timed_out = Signal()
+        m.d.comb += [take.eq(i.valid & i.ready), crc.data.eq(i.payload),
+                     self.o_data.payload.eq(i.payload),
+                     timed_out.eq(silence == self.byte_timeout)]
+        m.d.sync += end.valid.eq(0)
+        parse = self._parse(m, crc, take, timed_out)
+        m.d.comb += [i.ready.eq(~parse.ongoing("CHECK") & ~crc.busy),
+                     self.busy.eq(~parse.ongoing("HUNT") | end.valid)]
+        with m.If(parse.ongoing("HUNT") | take | crc.busy):
+            m.d.sync += silence.eq(0)
+        with m.Elif(~timed_out):
+            m.d.sync += silence.eq(silence + 1)
+        return m
 
-        m.d.comb += [take.eq(self.i_stream.valid & self.i_stream.ready), checker.data.eq(byte)]
+    def _parse(self, m, crc, take, timed_out):
+        """The frame's states, sync to CRC check; returns the FSM."""
+        byte, end = self.i_stream.payload, self.o_end
+        count = Signal(range(self.max_payload + 1))     # payload or CRC bytes taken
+        low = Signal(8)
 
-        err = self.o_error
-        with m.If(err.ready):
-            m.d.sync += err.valid.eq(0)
-
-        def report(code):
-            with m.If(~err.valid | err.ready):
-                m.d.sync += [err.valid.eq(1), err.payload.cmd.eq(cmd), err.payload.seq.eq(seq),
-                             err.payload.code.eq(code)]
-
-        def byte_state(next_state, *, crc_start=False):
+        def byte_state(next_state=None, *, crc_start=False):
             """Common head of a state that takes one byte: timeout, CRC, advance."""
             with m.If(timed_out):
                 m.next = "HUNT"
             with m.Elif(take):
-                m.d.comb += [checker.valid.eq(1), checker.start.eq(crc_start)]
+                m.d.comb += [crc.valid.eq(1), crc.start.eq(crc_start)]
                 if next_state is not None:
                     m.next = next_state
 
@@ -214,95 +251,291 @@ class FrameReceiver(wiring.Component):
                     m.next = "HUNT"
             with m.State("CMD"):
                 byte_state("SEQ", crc_start=True)
+                m.d.comb += self.o_start.eq(take & ~timed_out)
                 with m.If(take):
-                    m.d.sync += [cmd.eq(byte), store.eq(~occupied)]
+                    m.d.sync += end.payload.cmd.eq(byte)
             with m.State("SEQ"):
                 byte_state("LEN0")
                 with m.If(take):
-                    m.d.sync += seq.eq(byte)
+                    m.d.sync += end.payload.seq.eq(byte)
             with m.State("LEN0"):
                 byte_state("LEN1")
                 with m.If(take):
                     m.d.sync += low.eq(byte)
             with m.State("LEN1"):
-                byte_state(None)
-                full = Cat(low, byte)
+                byte_state()
+                length = Cat(low, byte)
                 with m.If(~timed_out & take):
-                    m.d.sync += [length.eq(full), count.eq(0)]
-                    with m.If(full > self.max_payload):
-                        report(ErrorCode.BAD_LENGTH)
+                    m.d.sync += [end.payload.length.eq(length), count.eq(0)]
+                    with m.If(length > self.max_payload):
+                        m.d.sync += [end.valid.eq(1), end.payload.code.eq(ErrorCode.BAD_LENGTH)]
                         m.next = "HUNT"
-                    with m.Elif(full == 0):
-                        m.next = "CRC"
                     with m.Else():
                         m.next = "PAYLOAD"
+                        with m.If(length == 0):
+                            m.next = "CRC"
             with m.State("PAYLOAD"):
-                byte_state(None)
+                byte_state()
                 with m.If(~timed_out & take):
-                    m.d.comb += [wr.en.eq(store), wr.addr.eq(count), wr.data.eq(byte)]
+                    m.d.comb += self.o_data.valid.eq(1)
                     m.d.sync += count.eq(count + 1)
-                    with m.If(count == length - 1):
+                    with m.If(count == end.payload.length - 1):
                         m.d.sync += count.eq(0)
                         m.next = "CRC"
             with m.State("CRC"):
-                byte_state(None)
+                byte_state()
                 with m.If(~timed_out & take):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count == 3):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 # once the CRC has taken the last byte, the residue says whether it matched
-                with m.If(~checker.busy):
-                    with m.If(~checker.match):
-                        report(ErrorCode.BAD_CRC)
-                    with m.Elif(~store):
-                        report(ErrorCode.BUSY)
-                    with m.Else():
-                        m.d.sync += [occupied.eq(1), held_cmd.eq(cmd), held_seq.eq(seq),
-                                     held_length.eq(length)]
+                with m.If(~crc.busy):
+                    m.d.sync += [end.valid.eq(1),
+                                 end.payload.code.eq(Mux(crc.match, 0, ErrorCode.BAD_CRC))]
                     m.next = "HUNT"
+        return parse
 
-        m.d.comb += [self.i_stream.ready.eq(~parse.ongoing("CHECK") & ~checker.busy),
-                     timed_out.eq(silence == self.byte_timeout)]
-        with m.If(parse.ongoing("HUNT") | take | checker.busy):
-            m.d.sync += silence.eq(0)
-        with m.Elif(~timed_out):
-            m.d.sync += silence.eq(silence + 1)
 
-        # hand the held frame on; the read port runs one address ahead of each transfer
+class ReceiveBuffer(wiring.Component):
+    """Holds one checked frame until it has been passed on; reports each frame it drops.
+
+    A frame is stored only if the buffer was free when it began; one whose CRC matched but
+    that was not stored is reported as `BUSY`, so nothing downstream ever sees a byte of a
+    frame that failed.
+
+    Parameters
+    ----------
+    max_payload : int
+        The buffer's depth in bytes.
+
+    Ports
+    -----
+    start : In(1)
+        A frame begins (`FrameDecoder.o_start`).
+    i_data : In(stream.Signature(8, always_ready=True))
+        Its payload bytes.
+    i_end : In(stream.Signature(frame_end_layout(max_payload), always_ready=True))
+        Its header and verdict.
+    o_stream : Out(stream.Signature(FrameBeat))
+        Held frames, one beat per payload byte (one `empty` beat for none).
+    o_error : Out(stream.Signature(Nak))
+        Frames dropped for `BAD_CRC`, `BAD_LENGTH` or `BUSY`, with their header as received.
+        One report is held; a report that finds one waiting is lost (the host times out).
+    busy : Out(1)
+        A frame or a report is held.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        _check_max_payload(max_payload)
+        self.max_payload = max_payload
+        super().__init__({
+            "start": In(1),
+            "i_data": In(stream.Signature(8, always_ready=True)),
+            "i_end": In(stream.Signature(frame_end_layout(max_payload), always_ready=True)),
+            "o_stream": Out(stream.Signature(FrameBeat)),
+            "o_error": Out(stream.Signature(Nak)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.buffer = buffer = _link_memory("receive_buffer", self.max_payload)
+        wr, rd = buffer.write_port(), buffer.read_port()
+        size = range(self.max_payload + 1)
+        store = Signal()        # the buffer was free when this frame began
+        occupied = Signal()     # the buffer holds a checked frame not yet sent on
+        written = Signal(size)
+        held = Signal(frame_header_layout(self.max_payload))
+        data, end, err = self.i_data, self.i_end.payload, self.o_error
+
+        with m.If(self.start):
+            m.d.sync += [store.eq(~occupied), written.eq(0)]
+        with m.Elif(data.valid):
+            m.d.sync += written.eq(written + 1)
+        m.d.comb += [wr.en.eq(data.valid & store), wr.addr.eq(written), wr.data.eq(data.payload)]
+
+        with m.If(err.ready):
+            m.d.sync += err.valid.eq(0)
+        with m.If(self.i_end.valid):
+            with m.If((end.code == 0) & store):
+                m.d.sync += [occupied.eq(1), held.cmd.eq(end.cmd), held.seq.eq(end.seq),
+                             held.length.eq(end.length)]
+            with m.Elif(~err.valid | err.ready):
+                m.d.sync += [err.valid.eq(1), err.payload.cmd.eq(end.cmd),
+                             err.payload.seq.eq(end.seq),
+                             err.payload.code.eq(Mux(end.code == 0, ErrorCode.BUSY, end.code))]
+        self._send(m, rd, held, occupied)
+        m.d.comb += self.busy.eq(occupied | err.valid)
+        return m
+
+    def _send(self, m, rd, held, occupied):
+        """Hand the held frame on; the read port runs one address ahead of each transfer, and
+        `last` and `empty` are registers, decided a beat ahead."""
         o = self.o_stream
-        ptr = Signal(size)
+        ptr = Signal.like(held.length)
+        last, empty = Signal(), Signal()
         transfer = o.valid & o.ready
         m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
         with m.FSM():
             with m.State("IDLE"):
-                m.d.sync += ptr.eq(0)
+                m.d.sync += [ptr.eq(0), last.eq(held.length <= 1), empty.eq(held.length == 0)]
                 with m.If(occupied):
                     m.next = "PRIME"
             with m.State("PRIME"):
                 m.next = "SEND"
             with m.State("SEND"):
-                empty = held_length == 0
-                last = empty | (ptr == held_length - 1)
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(held_cmd), o.payload.seq.eq(held_seq),
-                             o.payload.data.eq(Mux(empty, 0, rd.data)), o.payload.last.eq(last),
+                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(held.cmd), o.payload.seq.eq(held.seq),
+                             o.payload.data.eq(rd.data), o.payload.last.eq(last),
                              o.payload.empty.eq(empty)]
                 with m.If(transfer):
-                    m.d.sync += ptr.eq(ptr + 1)
+                    m.d.sync += [ptr.eq(ptr + 1), last.eq(ptr + 2 == held.length)]
                     with m.If(last):
                         m.d.sync += occupied.eq(0)
                         m.next = "IDLE"
 
-        m.d.comb += self.busy.eq(~parse.ongoing("HUNT") | occupied | err.valid)
+
+class FrameReceiver(wiring.Component):
+    """Bytes in, CRC-checked frames out; a dropped frame is reported for a NAK.
+
+    A `FrameDecoder` followed by a `ReceiveBuffer`: the payload is held in the buffer until its
+    CRC has been checked, so nothing downstream ever sees a byte of a corrupt frame.  While the
+    buffer still holds the previous frame, a new frame is parsed and checked but not stored, and
+    reported as `BUSY`.
+
+    Parameters
+    ----------
+    max_payload : int
+        Largest payload accepted, in bytes (the buffer depth); a longer length field is
+        reported as `BAD_LENGTH`.
+    byte_timeout : int
+        Clock cycles of silence after which a partial frame is abandoned.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(8))
+        Bytes from the line (see `FrameDecoder`).
+    o_stream : Out(stream.Signature(FrameBeat))
+        Frames whose CRC matched, one beat per payload byte (one `empty` beat for none).
+    o_error : Out(stream.Signature(Nak))
+        Frames dropped for `BAD_CRC`, `BAD_LENGTH` or `BUSY` (see `ReceiveBuffer`).
+    busy : Out(1)
+        A frame is being received, held or reported.
+    """
+
+    i_stream: In(stream.Signature(8))
+    o_stream: Out(stream.Signature(FrameBeat))
+    o_error: Out(stream.Signature(Nak))
+    busy: Out(1)
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, *, byte_timeout: int):
+        self.decoder = FrameDecoder(max_payload, byte_timeout=byte_timeout)
+        self.buffer = ReceiveBuffer(max_payload)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.decoder = decoder = self.decoder
+        m.submodules.buffer = buffer = self.buffer
+        wiring.connect(m, wiring.flipped(self.i_stream), decoder.i_stream)
+        wiring.connect(m, decoder.o_data, buffer.i_data)
+        wiring.connect(m, decoder.o_end, buffer.i_end)
+        wiring.connect(m, buffer.o_stream, wiring.flipped(self.o_stream))
+        wiring.connect(m, buffer.o_error, wiring.flipped(self.o_error))
+        m.d.comb += [buffer.start.eq(decoder.o_start), self.busy.eq(decoder.busy | buffer.busy)]
         return m
 
 
-class FrameTransmitter(wiring.Component):
-    """Frames in, bytes with sync, header and CRC-32 out; keeps the last frame for replays.
+def payload_byte_layout() -> data.StructLayout:
+    """A payload byte on its way to `FrameEncoder`: `last` on the frame's final one."""
+    return data.StructLayout({"data": 8, "last": 1})
 
-    A frame from `i_stream` is stored whole before it is sent, which gives its length for the
-    header and lets `i_replay` send it again.  NAKs from `i_nak` are sent without disturbing the
-    stored frame.  A frame longer than `max_payload` is replaced by a `RESPONSE_TOO_LONG` NAK.
+
+class FrameEncoder(wiring.Component):
+    """A frame's header and payload in; its bytes out: sync, header, payload, CRC-32.
+
+    Parameters
+    ----------
+    max_payload : int
+        Largest payload, in bytes.
+
+    Ports
+    -----
+    i_header : In(stream.Signature(frame_header_layout(max_payload)))
+        The frame to send; read while it is sent and taken with its last byte, so its transfer
+        ends the frame.
+    i_payload : In(stream.Signature(payload_byte_layout()))
+        Its payload bytes (none when the header's length is 0), taken as they are sent.
+    o_stream : Out(stream.Signature(8))
+        Bytes for the line; a byte waits while the CRC takes the previous one (8 cycles, less
+        than a UART byte time).
+    busy : Out(1)
+        A frame is being sent.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        _check_max_payload(max_payload)
+        self.max_payload = max_payload
+        super().__init__({
+            "i_header": In(stream.Signature(frame_header_layout(max_payload))),
+            "i_payload": In(stream.Signature(payload_byte_layout())),
+            "o_stream": Out(stream.Signature(8)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.crc = crc = SerialCRC()
+        o, head, pay = self.o_stream, self.i_header, self.i_payload
+        length = Signal(16)
+        transfer = o.valid & o.ready
+        m.d.comb += [crc.data.eq(o.payload), length.eq(head.payload.length)]
+
+        def send(value, next_state, *, crc_start=False, crc_on=True, ready=1):
+            m.d.comb += [o.valid.eq(~crc.busy & ready), o.payload.eq(value)]
+            with m.If(transfer):
+                if crc_on:
+                    m.d.comb += [crc.valid.eq(1), crc.start.eq(crc_start)]
+                m.next = next_state
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(head.valid):
+                    m.next = "SYNC0"
+            with m.State("SYNC0"):
+                send(SYNC[0], "SYNC1", crc_on=False)
+            with m.State("SYNC1"):
+                send(SYNC[1], "CMD", crc_on=False)
+            with m.State("CMD"):
+                send(head.payload.cmd, "SEQ", crc_start=True)
+            with m.State("SEQ"):
+                send(head.payload.seq, "LEN0")
+            with m.State("LEN0"):
+                send(length[:8], "LEN1")
+            with m.State("LEN1"):
+                send(length[8:], "PAYLOAD")
+                with m.If(transfer & (length == 0)):
+                    m.next = "CRC0"
+            with m.State("PAYLOAD"):
+                send(pay.payload.data, "PAYLOAD", ready=pay.valid)
+                m.d.comb += pay.ready.eq(o.ready & ~crc.busy)
+                with m.If(transfer & pay.payload.last):
+                    m.next = "CRC0"
+            for k in range(4):
+                with m.State(f"CRC{k}"):
+                    send(crc.crc[8 * k:8 * k + 8], f"CRC{k + 1}" if k < 3 else "IDLE", crc_on=False)
+            m.d.comb += head.ready.eq(fsm.ongoing("CRC3") & transfer)
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+class SendBuffer(wiring.Component):
+    """Stores the application's response frame whole and offers it, a NAK or a replay to a
+    `FrameEncoder`.
+
+    A frame from `i_stream` is stored before it is sent, which gives its length for the header
+    and lets `i_replay` send it again.  NAKs from `i_nak` are sent without disturbing the stored
+    frame.  A frame longer than `max_payload` is replaced by a `RESPONSE_TOO_LONG` NAK.
 
     Parameters
     ----------
@@ -317,6 +550,109 @@ class FrameTransmitter(wiring.Component):
         Refusals to send as `NAK` frames (payload: code, refused command); first priority.
     i_replay : In(stream.Signature(0))
         Each transfer sends the stored frame again.
+    o_header : Out(stream.Signature(frame_header_layout(max_payload)))
+        The header of the frame to send, offered until the frame has been sent.
+    o_payload : Out(stream.Signature(payload_byte_layout()))
+        Its payload bytes.
+    busy : Out(1)
+        A frame is being stored or offered.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
+        _check_max_payload(max_payload)
+        self.max_payload = max_payload
+        super().__init__({
+            "i_stream": In(stream.Signature(FrameBeat)),
+            "i_nak": In(stream.Signature(Nak)),
+            "i_replay": In(stream.Signature(0)),
+            "o_header": Out(stream.Signature(frame_header_layout(self.max_payload))),
+            "o_payload": Out(stream.Signature(payload_byte_layout())),
+            "busy": Out(1),
+        })
+
+    def _frame(self, name):
+        """A frame to send: header, and `buffered` (payload from the buffer, else the two bytes
+        p0, p1)."""
+        return Signal(data.StructLayout({"cmd": 8, "seq": 8, "length": range(self.max_payload + 1),
+                                         "buffered": 1, "p0": 8, "p1": 8}), name=name)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.buffer = buffer = _link_memory("send_buffer", self.max_payload)
+        wr, rd = buffer.write_port(), buffer.read_port()
+        stored, cur = self._frame("stored"), self._frame("cur")
+        count = Signal(range(self.max_payload + 1))
+        overflow = Signal()
+        beat, nak = self.i_stream.payload, self.i_nak.payload
+
+        def nak_frame(seq, code, cmd):
+            return {"cmd": NAK, "seq": seq, "length": 2, "buffered": 0, "p0": code, "p1": cmd}
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.i_nak.valid):
+                    m.d.comb += self.i_nak.ready.eq(1)
+                    m.d.sync += assign(cur, nak_frame(nak.seq, nak.code, nak.cmd))
+                    m.next = "SEND"
+                with m.Elif(self.i_replay.valid):
+                    m.d.comb += self.i_replay.ready.eq(1)
+                    m.d.sync += cur.eq(stored)
+                    m.next = "SEND"
+                with m.Elif(self.i_stream.valid):
+                    m.d.sync += [count.eq(0), overflow.eq(0)]
+                    m.next = "FILL"
+            with m.State("FILL"):
+                m.d.comb += self.i_stream.ready.eq(1)
+                with m.If(self.i_stream.valid):
+                    m.d.sync += [stored.cmd.eq(beat.cmd), stored.seq.eq(beat.seq)]
+                    with m.If(~beat.empty):
+                        with m.If(count == self.max_payload):
+                            m.d.sync += overflow.eq(1)
+                        with m.Else():
+                            m.d.comb += [wr.en.eq(1), wr.addr.eq(count), wr.data.eq(beat.data)]
+                            m.d.sync += count.eq(count + 1)
+                    with m.If(beat.last):
+                        m.next = "COMMIT"
+            with m.State("COMMIT"):
+                too_long = nak_frame(stored.seq, ErrorCode.RESPONSE_TOO_LONG, stored.cmd)
+                whole = {"cmd": stored.cmd, "seq": stored.seq, "length": count, "buffered": 1,
+                         "p0": 0, "p1": 0}
+                with m.If(overflow):
+                    m.d.sync += assign(stored, too_long) + assign(cur, too_long)
+                with m.Else():
+                    m.d.sync += assign(stored, whole) + assign(cur, whole)
+                m.next = "SEND"
+            self._offer(m, rd, cur)
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+    def _offer(self, m, rd, cur):
+        """State SEND: offer the frame `cur` to the encoder, its header for the whole frame."""
+        head, pay = self.o_header, self.o_payload
+        ptr = Signal(range(self.max_payload + 1))
+        taken = pay.valid & pay.ready
+        m.d.comb += rd.addr.eq(Mux(taken, ptr + 1, ptr))
+        with m.State("SEND"):
+            m.d.comb += [head.valid.eq(1), head.payload.cmd.eq(cur.cmd),
+                         head.payload.seq.eq(cur.seq), head.payload.length.eq(cur.length),
+                         pay.valid.eq(ptr != cur.length), pay.payload.last.eq(ptr == cur.length - 1),
+                         pay.payload.data.eq(Mux(cur.buffered, rd.data,
+                                                 Mux(ptr == 0, cur.p0, cur.p1)))]
+            with m.If(taken):
+                m.d.sync += ptr.eq(ptr + 1)
+            with m.If(head.ready):
+                m.d.sync += ptr.eq(0)
+                m.next = "IDLE"
+
+
+class FrameTransmitter(wiring.Component):
+    """Frames in, bytes with sync, header and CRC-32 out; keeps the last frame for replays.
+
+    A `SendBuffer` followed by a `FrameEncoder`; `max_payload` (bytes) and the ports `i_stream`,
+    `i_nak` and `i_replay` are the `SendBuffer`'s.
+
+    Ports
+    -----
     o_stream : Out(stream.Signature(8))
         Bytes for the line.
     busy : Out(1)
@@ -330,113 +666,20 @@ class FrameTransmitter(wiring.Component):
     busy: Out(1)
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD):
-        _check_max_payload(max_payload)
-        self.max_payload = max_payload
+        self.store = SendBuffer(max_payload)
+        self.encoder = FrameEncoder(max_payload)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.buffer = buffer = Memory(shape=8, depth=self.max_payload, init=[])
-        wr, rd = buffer.write_port(), buffer.read_port()
-        m.submodules.crc = gen = SerialCRC()
-
-        # a frame header; `buffered` = payload from the buffer, else the two bytes p0, p1
-        size = range(self.max_payload + 1)
-
-        def header(name):
-            return {f: Signal(w, name=f"{name}_{f}") for f, w in
-                    (("cmd", 8), ("seq", 8), ("len", size), ("buffered", 1), ("p0", 8),
-                     ("p1", 8))}
-
-        stored, cur = header("stored"), header("cur")
-
-        def assign(dst, **src):
-            return [dst[k].eq(v) for k, v in src.items()]
-
-        count = Signal(size)
-        overflow = Signal()
-        ptr = Signal(size)
-        o = self.o_stream
-        transfer = o.valid & o.ready
-        beat = self.i_stream.payload
-
-        m.d.comb += gen.data.eq(o.payload)
-
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                m.d.sync += ptr.eq(0)
-                nak = self.i_nak.payload
-                with m.If(self.i_nak.valid):
-                    m.d.comb += self.i_nak.ready.eq(1)
-                    m.d.sync += assign(cur, cmd=NAK, seq=nak.seq, len=2, buffered=0,
-                                       p0=nak.code, p1=nak.cmd)
-                    m.next = "SYNC0"
-                with m.Elif(self.i_replay.valid):
-                    m.d.comb += self.i_replay.ready.eq(1)
-                    m.d.sync += [cur[k].eq(stored[k]) for k in cur]
-                    m.next = "SYNC0"
-                with m.Elif(self.i_stream.valid):
-                    m.d.sync += [count.eq(0), overflow.eq(0)]
-                    m.next = "FILL"
-            with m.State("FILL"):
-                m.d.comb += self.i_stream.ready.eq(1)
-                with m.If(self.i_stream.valid):
-                    m.d.sync += assign(stored, cmd=beat.cmd, seq=beat.seq)
-                    with m.If(~beat.empty):
-                        with m.If(count == self.max_payload):
-                            m.d.sync += overflow.eq(1)
-                        with m.Else():
-                            m.d.comb += [wr.en.eq(1), wr.addr.eq(count), wr.data.eq(beat.data)]
-                            m.d.sync += count.eq(count + 1)
-                    with m.If(beat.last):
-                        m.next = "COMMIT"
-            with m.State("COMMIT"):
-                too_long = dict(cmd=NAK, seq=stored["seq"], len=2, buffered=0,
-                                p0=ErrorCode.RESPONSE_TOO_LONG, p1=stored["cmd"])
-                whole = dict(cmd=stored["cmd"], seq=stored["seq"], len=count, buffered=1,
-                             p0=0, p1=0)
-                with m.If(overflow):
-                    m.d.sync += assign(stored, **too_long) + assign(cur, **too_long)
-                with m.Else():
-                    m.d.sync += assign(stored, **whole) + assign(cur, **whole)
-                m.next = "SYNC0"
-
-            def send(value, next_state, *, crc_start=False, crc=True):
-                # a byte waits while the CRC takes the previous one (8 cycles, less than a
-                # UART byte time)
-                m.d.comb += [o.valid.eq(~gen.busy), o.payload.eq(value)]
-                with m.If(transfer):
-                    if crc:
-                        m.d.comb += [gen.valid.eq(1), gen.start.eq(crc_start)]
-                    m.next = next_state
-
-            with m.State("SYNC0"):
-                send(SYNC[0], "SYNC1", crc=False)
-            with m.State("SYNC1"):
-                send(SYNC[1], "CMD", crc=False)
-            with m.State("CMD"):
-                send(cur["cmd"], "SEQ", crc_start=True)
-            with m.State("SEQ"):
-                send(cur["seq"], "LEN0")
-            with m.State("LEN0"):
-                send(cur["len"][:8], "LEN1")
-            with m.State("LEN1"):
-                send(cur["len"][8:], "PAYLOAD")
-                with m.If(transfer & (cur["len"] == 0)):
-                    m.next = "CRC0"
-            with m.State("PAYLOAD"):
-                value = Mux(cur["buffered"], rd.data, Mux(ptr == 0, cur["p0"], cur["p1"]))
-                send(value, "PAYLOAD")
-                with m.If(transfer):
-                    m.d.sync += ptr.eq(ptr + 1)
-                    with m.If(ptr == cur["len"] - 1):
-                        m.next = "CRC0"
-            for i in range(4):
-                with m.State(f"CRC{i}"):
-                    send(gen.crc[8 * i:8 * i + 8], f"CRC{i + 1}" if i < 3 else "IDLE", crc=False)
-
-        m.d.comb += [rd.addr.eq(Mux(transfer & fsm.ongoing("PAYLOAD"), ptr + 1, ptr)),
-                     self.busy.eq(~fsm.ongoing("IDLE"))]
+        m.submodules.store = store = self.store
+        m.submodules.encoder = encoder = self.encoder
+        for name in ("i_stream", "i_nak", "i_replay"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(store, name))
+        wiring.connect(m, store.o_header, encoder.i_header)
+        wiring.connect(m, store.o_payload, encoder.i_payload)
+        wiring.connect(m, encoder.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += self.busy.eq(store.busy | encoder.busy)
         return m
 
 
@@ -526,32 +769,59 @@ class RetryFilter(wiring.Component):
         return m
 
 
-def nak_states(m: Module, o, code, cmd) -> None:
-    """Add an application's NAK reply to the FSM being built in `m`: state "NAK_CODE" sends the
-    error `code`, then "NAK_CMD" the refused `cmd` (docs/protocol.md), then back to "IDLE"."""
-    transfer = o.valid & o.ready
-    with m.State("NAK_CODE"):
-        m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(code)]
-        with m.If(transfer):
-            m.next = "NAK_CMD"
-    with m.State("NAK_CMD"):
-        m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(NAK), o.payload.data.eq(cmd),
-                     o.payload.last.eq(1)]
-        with m.If(transfer):
-            m.next = "IDLE"
+class Reply(data.Struct):
+    """An answer without payload of its own: `code` 0 is the command's empty response, any
+    other code a NAK of the command."""
+
+    cmd: 8
+    code: 8
 
 
-class EchoApplication(wiring.Component):
-    """A link-test application: answers IDENTIFY from a constant and ECHO with its payload.
+class ShortReply(wiring.Component):
+    """Sends an empty response or a NAK (payload: code, command) for a `Reply`.
 
-    IDENTIFY with an empty payload returns `identity`; with a payload it is refused as
-    `BAD_PAYLOAD`.  ECHO returns its payload unchanged (it passes straight through, so its
-    length is bounded only by the link).  Every other command is refused as `UNKNOWN_COMMAND`.
+    Ports
+    -----
+    i_stream : In(stream.Signature(Reply))
+        What to answer; taken with the answer's last beat, so its transfer ends the answer.
+    o_stream : Out(stream.Signature(Message))
+        The answer.
+    """
+
+    i_stream: In(stream.Signature(Reply))
+    o_stream: Out(stream.Signature(Message))
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        second = Signal()       # the NAK's second beat (the command) is on offer
+        m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready & o.payload.last)]
+        with m.If(i.payload.code == 0):
+            m.d.comb += [o.payload.cmd.eq(i.payload.cmd | RESPONSE_FLAG), o.payload.last.eq(1),
+                         o.payload.empty.eq(1)]
+        with m.Else():
+            m.d.comb += [o.payload.cmd.eq(NAK), o.payload.last.eq(second),
+                         o.payload.data.eq(Mux(second, i.payload.cmd, i.payload.code))]
+        with m.If(o.valid & o.ready):
+            m.d.sync += second.eq(~o.payload.last)
+        return m
+
+
+class BasicCommands(wiring.Component):
+    """The commands every application shares: ECHO, IDENTIFY and the refusal of the rest.
+
+    ECHO returns its payload unchanged (it passes straight through, so its length is bounded
+    only by the link).  IDENTIFY with an empty payload returns `identity`.  A command of `local`
+    with an empty payload is handed to the application on `o_local`, which then answers it on
+    its own; IDENTIFY or a `local` command with a payload is refused as `BAD_PAYLOAD`, any other
+    command as `UNKNOWN_COMMAND`.  With no `local` commands this is the link-test application.
 
     Parameters
     ----------
     identity : bytes
         The IDENTIFY response (see `prunefab.boards.protocol.identity_payload`).
+    local : tuple of int
+        Commands without payload the application answers itself.
 
     Ports
     -----
@@ -559,70 +829,91 @@ class EchoApplication(wiring.Component):
         Requests.
     o_stream : Out(stream.Signature(Message))
         Responses.
+    o_local : Out(stream.Signature(8))
+        A `local` command taken whole; its response is the application's to send.
     """
 
     i_stream: In(stream.Signature(Message))
     o_stream: Out(stream.Signature(Message))
+    o_local: Out(stream.Signature(8))
 
-    def __init__(self, identity: bytes):
+    def __init__(self, identity: bytes, *, local: tuple = ()):
         if not isinstance(identity, (bytes, bytearray)) or not identity:
             raise TypeError(f"Identity must be non-empty bytes, not {identity!r}")
         self.identity = bytes(identity)
+        self.local = tuple(local)
         super().__init__()
 
     @classmethod
-    def for_config(cls, config_json: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD):
-        return cls(identity_payload(config_json, max_payload))
+    def for_config(cls, config_json: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD, **kwargs):
+        return cls(identity_payload(config_json, max_payload), **kwargs)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity), init=self.identity)
+        m.submodules.identity = rom = _link_memory("identity", DEFAULT_MAX_PAYLOAD, self.identity)
+        m.submodules.reply = reply = ShortReply()
         rd = rom.read_port()
         i, o = self.i_stream, self.o_stream
-        cmd = Signal(8)
-        code = Signal(8)
+        cmd, code = Signal(8), Signal(8)
         ptr = Signal(range(len(self.identity) + 1))
         had_payload = Signal()
-        transfer = o.valid & o.ready
-        m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
-
+        m.d.comb += [rd.addr.eq(Mux(o.valid & o.ready, ptr + 1, ptr)),
+                     reply.i_stream.payload.cmd.eq(cmd), reply.i_stream.payload.code.eq(code),
+                     self.o_local.payload.eq(cmd)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [cmd.eq(i.payload.cmd), had_payload.eq(0), ptr.eq(0)]
                 with m.If(i.valid):
+                    m.next = "DRAIN"
                     with m.If(i.payload.cmd == Command.ECHO):
                         m.next = "ECHO"
-                    with m.Else():
-                        m.next = "DRAIN"
             with m.State("ECHO"):
-                m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready),
-                             o.payload.eq(i.payload), o.payload.cmd.eq(Command.ECHO | RESPONSE_FLAG)]
+                m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready), o.payload.eq(i.payload),
+                             o.payload.cmd.eq(Command.ECHO | RESPONSE_FLAG)]
                 with m.If(i.valid & i.ready & i.payload.last):
                     m.next = "IDLE"
             with m.State("DRAIN"):
-                m.d.comb += i.ready.eq(1)
-                with m.If(i.valid):
-                    with m.If(~i.payload.empty):
-                        m.d.sync += had_payload.eq(1)
-                    with m.If(i.payload.last):
-                        with m.If(cmd != Command.IDENTIFY):
-                            m.d.sync += code.eq(ErrorCode.UNKNOWN_COMMAND)
-                            m.next = "NAK_CODE"
-                        with m.Elif(had_payload | ~i.payload.empty):
-                            m.d.sync += code.eq(ErrorCode.BAD_PAYLOAD)
-                            m.next = "NAK_CODE"
-                        with m.Else():
-                            m.next = "IDENTITY"
+                self._drain(m, cmd, code, had_payload)
             with m.State("IDENTITY"):
                 last = ptr == len(self.identity) - 1
                 m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(Command.IDENTIFY | RESPONSE_FLAG),
                              o.payload.data.eq(rd.data), o.payload.last.eq(last)]
-                with m.If(transfer):
+                with m.If(o.valid & o.ready):
                     m.d.sync += ptr.eq(ptr + 1)
                     with m.If(last):
                         m.next = "IDLE"
-            nak_states(m, o, code, cmd)
+            with m.State("REPLY"):
+                m.d.comb += reply.i_stream.valid.eq(1)
+                wiring.connect(m, reply.o_stream, wiring.flipped(o))
+                with m.If(reply.i_stream.ready):
+                    m.next = "IDLE"
+            with m.State("LOCAL"):
+                m.d.comb += self.o_local.valid.eq(1)
+                with m.If(self.o_local.ready):
+                    m.next = "IDLE"
         return m
+
+    def _drain(self, m, cmd, code, had_payload):
+        """Take the rest of a request whose answer does not depend on its payload."""
+        i = self.i_stream
+        m.d.comb += i.ready.eq(1)
+        known = cmd == Command.IDENTIFY
+        for c in self.local:
+            known |= cmd == c
+        with m.If(i.valid):
+            with m.If(~i.payload.empty):
+                m.d.sync += had_payload.eq(1)
+            with m.If(i.payload.last):
+                with m.If(~known):
+                    m.d.sync += code.eq(ErrorCode.UNKNOWN_COMMAND)
+                    m.next = "REPLY"
+                with m.Elif(had_payload | ~i.payload.empty):
+                    m.d.sync += code.eq(ErrorCode.BAD_PAYLOAD)
+                    m.next = "REPLY"
+                with m.Elif(cmd == Command.IDENTIFY):
+                    m.next = "IDENTITY"
+                with m.Else():
+                    m.next = "LOCAL"
 
 
 class FrameLink(wiring.Component):

@@ -1,5 +1,5 @@
 """Simulation helpers for the link benches: put and get stream payloads and whole messages,
-with random stalls."""
+with random stalls, and run a bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import random
 import warnings
 
 from amaranth.hdl import UnusedElaboratable
+from amaranth.sim import Simulator
 
 
 async def stream_put(ctx, stream, value, rng: random.Random | None = None, stall: float = 0.3):
@@ -60,6 +61,18 @@ async def message_get(ctx, stream, rng: random.Random | None = None,
             data.append(beat.data)
         if beat.last:
             return beat.cmd, bytes(data), beat
+
+
+def simulate(dut, *benches, background=()) -> None:
+    """Run the testbenches `benches` to their end (and `background` ones beside them) on `dut`
+    with a 1 MHz clock."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    for bench in benches:
+        sim.add_testbench(bench)
+    for bench in background:
+        sim.add_testbench(bench, background=True)
+    sim.run()
 
 
 @contextlib.contextmanager

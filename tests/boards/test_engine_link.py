@@ -6,16 +6,22 @@ import struct
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from prunefab.boards.engine_link import (EngineAdapter, config_json, counter_count,
+from prunefab.boards.engine_link import (ChunkDeframer, ChunkResult, ChunkTransfer, EngineAdapter,
+                                         WordSerializer, config_json, counter_count,
                                          load_word_bytes, transfer_bits)
+from prunefab.boards.link import Message
 from prunefab.boards.protocol import NAK, RESPONSE_FLAG, Command, ErrorCode, identity_payload
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
 from prunefab.sw.synthetic import random_images, random_network
 
-from .streams import message_get, message_put, refused_construction
+from .streams import (message_get, message_put, refused_construction, simulate, stream_get,
+                      stream_put)
 from .traffic import CONFIG, MAX_PAYLOAD, SHAPE
 
 CYCLE_LIMIT = 200_000      # a hung adapter fails instead of running forever
@@ -158,3 +164,114 @@ def test_responses_must_fit_the_payload():
         EngineAdapter(CONFIG, max_payload=20)
     with refused_construction(), pytest.raises(TypeError, match="EngineConfig"):
         EngineAdapter("icebreaker")
+
+
+def test_chunk_deframer_splits_header_and_words():
+    deframer = ChunkDeframer(3, 12)
+    rng = random.Random(2)
+    requests = [struct.pack("<II", 5, 9) + bytes(range(6)),       # two words
+                struct.pack("<II", 0, 4095),                      # header only
+                struct.pack("<II", 1 << 12, 1),                   # an offset too large
+                struct.pack("<II", 0, 1 << 31),                   # a total too large
+                b"\x01\x02",                                      # short header
+                b"",                                              # no payload at all
+                struct.pack("<II", 1, 2) + b"\xaa\xbb\xcc\xdd"]   # a word and a part
+    headers, words = [], []
+
+    async def source(ctx):
+        for payload in requests:
+            await message_put(ctx, deframer.i_stream, Command.LOAD, payload, rng)
+
+    async def header_sink(ctx):
+        for _ in requests:
+            h = await stream_get(ctx, deframer.o_header, rng)
+            headers.append("short" if h.short else (h.offset, h.total, h.large, h.ended))
+
+    async def word_sink(ctx):
+        for _ in range(4):
+            w = await stream_get(ctx, deframer.o_words, rng)
+            words.append("partial" if w.partial else (w.word, w.last))   # a part is refused
+
+    simulate(deframer, source, header_sink, word_sink)
+    assert headers == [(5, 9, 0, 0), (0, 4095, 0, 1), (0, 1, 1, 1), (0, 0, 1, 1), "short",
+                       "short", (1, 2, 0, 0)]
+    assert words == [(0x020100, 0), (0x050403, 1), (0xccbbaa, 0), "partial"]
+
+
+class ChunkBench(wiring.Component):
+    """A ChunkDeframer feeding a ChunkTransfer, as in the EngineAdapter."""
+
+    def __init__(self, word_bytes, bits):
+        self.deframer = ChunkDeframer(word_bytes, bits)
+        self.transfer = ChunkTransfer(word_bytes, bits)
+        super().__init__({"i_stream": In(stream.Signature(Message)),
+                          "o_words": Out(stream.Signature(8 * word_bytes)),
+                          "o_result": Out(stream.Signature(ChunkResult)), "allowed": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.deframer, m.submodules.transfer = self.deframer, self.transfer
+        wiring.connect(m, wiring.flipped(self.i_stream), self.deframer.i_stream)
+        wiring.connect(m, self.deframer.o_header, self.transfer.i_header)
+        wiring.connect(m, self.deframer.o_words, self.transfer.i_words)
+        wiring.connect(m, self.transfer.o_words, wiring.flipped(self.o_words))
+        wiring.connect(m, self.transfer.o_result, wiring.flipped(self.o_result))
+        m.d.comb += self.transfer.allowed.eq(self.allowed)
+        return m
+
+
+def test_chunk_transfer_counts_checks_and_refuses():
+    transfer = ChunkBench(2, 8)
+    rng = random.Random(3)
+
+    def chunk(offset, total, words, extra=b""):
+        return struct.pack("<II", offset, total) + b"".join(w.to_bytes(2, "little") for w in words) + extra
+
+    requests = [(1, chunk(0, 3, [1, 2])), (1, chunk(2, 3, [3])),     # a whole transfer
+                (1, chunk(1, 3, [9])),                                # not where it ended
+                (1, chunk(0, 1, [4, 5])),                             # a word beyond the total
+                (1, chunk(0, 2, [6], b"\x07")),                       # a partial word
+                (1, chunk(0, 256, [])),                               # a total too large
+                (0, chunk(0, 1, [8])),                                # not allowed now
+                (1, chunk(0, 1, [8]))]
+    results, words = [], []
+
+    async def source(ctx):
+        for k, (allowed, payload) in enumerate(requests):
+            while len(results) < k:         # `allowed` changes between requests
+                await ctx.tick()
+            ctx.set(transfer.allowed, allowed)
+            await message_put(ctx, transfer.i_stream, Command.INFER, payload, rng)
+
+    async def result_sink(ctx):
+        for _ in requests:
+            r = await stream_get(ctx, transfer.o_result, rng)
+            results.append((r.code, r.complete))
+
+    async def word_sink(ctx):
+        for _ in range(6):
+            words.append(await stream_get(ctx, transfer.o_words, rng))
+
+    simulate(transfer, source, result_sink, word_sink)
+    bad = ErrorCode.BAD_PAYLOAD
+    assert results == [(0, 0), (0, 1), (bad, 0), (bad, 0), (bad, 0), (bad, 0),
+                       (ErrorCode.NOT_READY, 0), (0, 1)]
+    assert words == [1, 2, 3, 4, 6, 8]      # refused chunks pass their words up to the refusal
+
+
+def test_word_serializer_ends_after_the_last_word_offered():
+    serializer = WordSerializer()
+    rng = random.Random(5)
+    got = []
+
+    async def source(ctx):
+        ctx.set(serializer.cmd, 0x84)
+        for word in (0x04030201, 0x08070605, 0x0C0B0A09):
+            await stream_put(ctx, serializer.i_stream, word)
+
+    async def sink(ctx):
+        got.append(await message_get(ctx, serializer.o_stream, rng))
+
+    simulate(serializer, source, sink)
+    (cmd, payload, _), = got
+    assert (cmd, payload) == (0x84, bytes(range(1, 13)))

@@ -119,4 +119,4 @@ def test_engine_memories_are_counted_from_their_description():
     cfg = EngineConfig.ecp5_85f()
     names = [m.name for m in F.memories(cfg)]
     assert names[:3] == ["weights", "params", "descriptors"] and "logits" in names
-    assert {"receiver", "transmitter", "identity"} <= set(names)
+    assert {"receive_buffer", "send_buffer", "identity"} <= set(names)

@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunefab.boards import protocol as P
-from prunefab.boards.link import (EchoApplication, FrameLink, FrameReceiver, Message,
+from prunefab.boards.link import (BasicCommands, FrameDecoder, FrameEncoder, FrameLink,
+                                  FrameReceiver, Message, ReceiveBuffer, SendBuffer, ShortReply,
                                   UARTLink)
 
-from .streams import message_get, refused_construction, stream_get, stream_put
+from .streams import (message_get, message_put, refused_construction, simulate, stream_get,
+                      stream_put)
 
 MAX_PAYLOAD = 32
 TIMEOUT = 64
@@ -113,7 +115,7 @@ def exchange(app, frames: list[bytes], *, seed=0, stall=0.3, expect=None) -> lis
 
 
 def echo_app():
-    return EchoApplication.for_config(CONFIG, MAX_PAYLOAD)
+    return BasicCommands.for_config(CONFIG, MAX_PAYLOAD)
 
 
 def echo_model(cmd: int, seq: int, payload: bytes) -> P.Frame:
@@ -212,6 +214,166 @@ def test_constructors_check_their_arguments():
         with pytest.raises(TypeError, match="Byte timeout"):
             FrameReceiver(16, byte_timeout=0)
         with pytest.raises(TypeError, match="Identity"):
-            EchoApplication(b"")
+            BasicCommands(b"")
         with pytest.raises(TypeError, match="needs port i_stream"):
             UARTLink(FrameReceiver(16, byte_timeout=5), cycles_per_bit=4, byte_timeout=5)
+
+
+def test_decoder_judges_frames_as_the_model():
+    rng = random.Random(2)
+    good = [P.encode_frame(P.Command.ECHO, k, bytes(rng.randrange(256) for _ in range(k)))
+            for k in range(4)]
+    bad_crc = bytearray(good[2])
+    bad_crc[-1] ^= 0x10
+    too_long = bytearray(good[1])
+    too_long[4:6] = (MAX_PAYLOAD + 1).to_bytes(2, "little")
+    line = b"\x00" + good[0] + bytes(bad_crc) + good[3] + bytes(too_long[:6]) + good[1]
+    decoder = FrameDecoder(MAX_PAYLOAD, byte_timeout=TIMEOUT)
+    seen, payload = [], bytearray()
+
+    async def host(ctx):
+        for b in line:
+            await stream_put(ctx, decoder.i_stream, b, rng)
+        await ctx.tick().repeat(20)
+
+    async def monitor(ctx):
+        async for _, _, start, data_valid, data, end_valid, end in ctx.tick().sample(
+                decoder.o_start, decoder.o_data.valid, decoder.o_data.payload,
+                decoder.o_end.valid, decoder.o_end.payload):
+            if start:
+                payload.clear()
+            if data_valid:
+                payload.append(data)
+            if end_valid:
+                seen.append(P.FrameError(end.cmd, end.seq, end.code) if end.code else
+                            P.Frame(end.cmd, end.seq, bytes(payload)))
+
+    simulate(decoder, host, background=[monitor])
+    assert seen == P.FrameParser(MAX_PAYLOAD).feed(line)
+
+
+def test_receive_buffer_holds_one_frame_and_reports_the_rest():
+    buffer = ReceiveBuffer(MAX_PAYLOAD)
+    held, errors = [], []
+
+    async def frame(ctx, cmd, seq, payload, code=0):
+        ctx.set(buffer.start, 1)
+        await ctx.tick()
+        ctx.set(buffer.start, 0)
+        for b in payload:
+            ctx.set(buffer.i_data.payload, b)
+            ctx.set(buffer.i_data.valid, 1)
+            await ctx.tick()
+        ctx.set(buffer.i_data.valid, 0)
+        ctx.set(buffer.i_end.payload, {"cmd": cmd, "seq": seq, "length": len(payload), "code": code})
+        ctx.set(buffer.i_end.valid, 1)
+        await ctx.tick()
+        ctx.set(buffer.i_end.valid, 0)
+
+    async def host(ctx):
+        await frame(ctx, 1, 1, b"abc")
+        await frame(ctx, 2, 2, b"xy")                         # the buffer is full: BUSY
+        errors.append(await stream_get(ctx, buffer.o_error))
+        held.append(await message_get(ctx, buffer.o_stream))
+        await frame(ctx, 3, 3, b"", P.ErrorCode.BAD_CRC)
+        errors.append(await stream_get(ctx, buffer.o_error))
+        await frame(ctx, 4, 4, b"")
+        held.append(await message_get(ctx, buffer.o_stream))
+
+    simulate(buffer, host)
+    assert [(e.cmd, e.seq, e.code) for e in errors] == [(2, 2, P.ErrorCode.BUSY),
+                                                        (3, 3, P.ErrorCode.BAD_CRC)]
+    assert [(cmd, last.seq, payload) for cmd, payload, last in held] == [(1, 1, b"abc"),
+                                                                         (4, 4, b"")]
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, MAX_PAYLOAD])
+def test_encoder_writes_the_protocols_frame(length):
+    rng = random.Random(length)
+    payload = bytes(rng.randrange(256) for _ in range(length))
+    encoder = FrameEncoder(MAX_PAYLOAD)
+    line = bytearray()
+
+    async def source(ctx):
+        ctx.set(encoder.i_header.payload, {"cmd": 0x85, "seq": 9, "length": length})
+        ctx.set(encoder.i_header.valid, 1)
+        for k, b in enumerate(payload):
+            await stream_put(ctx, encoder.i_payload, {"data": b, "last": k == length - 1}, rng)
+        await ctx.tick().until(encoder.i_header.ready)      # taken with the frame's last byte
+        ctx.set(encoder.i_header.valid, 0)
+
+    async def sink(ctx):
+        while len(line) < len(P.encode_frame(0x85, 9, payload)):
+            line.append(await stream_get(ctx, encoder.o_stream, rng))
+
+    simulate(encoder, source, sink)
+    assert bytes(line) == P.encode_frame(0x85, 9, payload)
+
+
+def test_send_buffer_stores_replays_and_puts_naks_first():
+    store = SendBuffer(MAX_PAYLOAD)
+    rng = random.Random(4)
+    offered = []
+
+    async def source(ctx):
+        await message_put(ctx, store.i_stream, 0x81, b"hello", rng, seq=5)
+        await stream_put(ctx, store.i_nak, {"cmd": 0x10, "seq": 6, "code": P.ErrorCode.BAD_CRC}, rng)
+        await stream_put(ctx, store.i_replay, 0, rng)
+        await message_put(ctx, store.i_stream, 0x82, bytes(MAX_PAYLOAD + 1), rng, seq=7)
+
+    async def sink(ctx):
+        for _ in range(4):
+            body = bytearray()
+            head, = await ctx.tick().sample(store.o_header.payload).until(store.o_header.valid)
+            while len(body) < head.length:
+                beat = await stream_get(ctx, store.o_payload, rng)
+                body.append(beat.data)
+                assert beat.last == (len(body) == head.length)
+            await stream_get(ctx, store.o_header, rng)     # the frame has been sent
+            offered.append((head.cmd, head.seq, bytes(body)))
+
+    simulate(store, source, sink)
+    assert offered == [(0x81, 5, b"hello"), (P.NAK, 6, bytes([P.ErrorCode.BAD_CRC, 0x10])),
+                       (0x81, 5, b"hello"),
+                       (P.NAK, 7, bytes([P.ErrorCode.RESPONSE_TOO_LONG, 0x82]))]
+
+
+def test_short_reply_acknowledges_or_refuses():
+    reply = ShortReply()
+    answers = []
+
+    async def source(ctx):
+        await stream_put(ctx, reply.i_stream, {"cmd": 0x02, "code": 0})
+        await stream_put(ctx, reply.i_stream, {"cmd": 0x03, "code": P.ErrorCode.NOT_READY})
+
+    async def sink(ctx):
+        for _ in range(2):
+            cmd, payload, _ = await message_get(ctx, reply.o_stream, random.Random(1))
+            answers.append((cmd, payload))
+
+    simulate(reply, source, sink)
+    assert answers == [(0x82, b""), (P.NAK, bytes([P.ErrorCode.NOT_READY, 0x03]))]
+
+
+def test_basic_commands_hand_local_commands_on():
+    app = BasicCommands(b"id", local=(0x04,))
+    rng = random.Random(6)
+    answers, handed = [], []
+
+    async def source(ctx):
+        await message_put(ctx, app.i_stream, 0x04, b"", rng)           # handed on
+        await message_put(ctx, app.i_stream, 0x04, b"\x00", rng)       # takes no payload
+        await message_put(ctx, app.i_stream, P.Command.IDENTIFY, b"", rng)
+
+    async def local(ctx):
+        handed.append(await stream_get(ctx, app.o_local, rng))
+
+    async def sink(ctx):
+        for _ in range(2):
+            cmd, payload, _ = await message_get(ctx, app.o_stream, rng)
+            answers.append((cmd, payload))
+
+    simulate(app, source, local, sink)
+    assert handed == [0x04]
+    assert answers == [(P.NAK, bytes([P.ErrorCode.BAD_PAYLOAD, 0x04])),
+                       (P.Command.IDENTIFY | P.RESPONSE_FLAG, b"id")]

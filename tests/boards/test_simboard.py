@@ -7,7 +7,7 @@ import pytest
 import serial
 
 from prunefab.boards.host import Link, LinkError
-from prunefab.boards.link import EchoApplication, UARTLink
+from prunefab.boards.link import BasicCommands, UARTLink
 from prunefab.boards.protocol import design_hash
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
 from prunefab.hw.config import EngineConfig
@@ -31,7 +31,7 @@ def engine_json() -> bytes:
 
 def test_identify_round_trip():
     config = engine_json()
-    with board(EchoApplication.for_config(config, MAX_PAYLOAD)) as b:
+    with board(BasicCommands.for_config(config, MAX_PAYLOAD)) as b:
         port = serial.serial_for_url(b.url)
         try:
             identity = Link(port, timeout=b.response_timeout()).identify()
@@ -46,7 +46,7 @@ def test_faulty_line_never_gives_a_wrong_answer():
     faults = LineFaults(flip_rate=0.01, drop_rate=0.005, seed=7)
     rng = random.Random(11)
     outcomes = []
-    with board(EchoApplication.for_config(b'{"e":1}', MAX_PAYLOAD), faults) as b:
+    with board(BasicCommands.for_config(b'{"e":1}', MAX_PAYLOAD), faults) as b:
         port = serial.serial_for_url(b.url)
         link = Link(port, timeout=b.response_timeout(), retries=4)
         try:
@@ -89,7 +89,7 @@ def test_retries_never_run_a_request_twice():
 
 
 def test_board_stops_by_itself():
-    b = SimulatedBoard(UARTLink(EchoApplication(b"x"), cycles_per_bit=4, byte_timeout=40),
+    b = SimulatedBoard(UARTLink(BasicCommands(b"x"), cycles_per_bit=4, byte_timeout=40),
                        lifetime=0.3)
     b.start()
     for t in b._threads:

@@ -23,7 +23,7 @@ SMALL = EngineConfig(lanes=2, max_height=10, max_width=10, max_channels=8, max_l
 def plan(request):
     spec = BOARDS[request.param]
     platform = spec.make_platform()
-    return spec, platform.prepare(BoardTop(spec, SMALL), name=NAME, **_overrides(spec, 7))
+    return spec, platform.prepare(BoardTop(spec, SMALL), name=NAME, **_overrides(spec, SMALL, 7))
 
 
 def test_board_top_emits_rtlil_with_pll_pins_and_clock(plan):
