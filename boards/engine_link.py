@@ -56,6 +56,11 @@ def counter_count(config: EngineConfig) -> int:
     return 2 + config.max_layers
 
 
+def handshake(m: Module, source, sink) -> None:
+    """Join the valid and ready of two streams (their payloads are joined elsewhere)."""
+    m.d.comb += [sink.valid.eq(source.valid), source.ready.eq(sink.ready)]
+
+
 def adapter_memories(config: EngineConfig,
                      max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[MemorySpec, ...]:
     """The memories of the link around `config`'s engine: its frame buffers and the identity
@@ -67,10 +72,12 @@ def chunk_header_layout(bits: int) -> data.StructLayout:
     """A LOAD or INFER chunk's header as `ChunkDeframer` offers it.
 
     `offset`, `total`: the fields' low `bits` bits (in load words); `large`: either field is
-    2 ** bits or more (no transfer is that long); `short`: the request ended before the header's
-    eight bytes (the fields are then garbage); `ended`: no words follow the header.
+    2 ** bits or more (no transfer is that long); `offset_zero`, `total_zero`: the whole field is
+    0; `short`: the request ended before the header's eight bytes (the fields are then garbage);
+    `ended`: no words follow the header.
     """
-    return data.StructLayout({"offset": bits, "total": bits, "large": 1, "short": 1, "ended": 1})
+    return data.StructLayout({"offset": bits, "total": bits, "large": 1, "offset_zero": 1,
+                              "total_zero": 1, "short": 1, "ended": 1})
 
 
 def chunk_word_layout(word_bytes: int) -> data.StructLayout:
@@ -123,12 +130,14 @@ class ChunkDeframer(wiring.Component):
             for k in range(CHUNK_HEADER_BYTES):
                 field = head.offset if k < 4 else head.total
                 low = 8 * (k % 4)
+                zero = head.offset_zero if k < 4 else head.total_zero
                 with m.Case(k):
                     if low < self.bits:
                         m.d.sync += field[low:low + 8].eq(byte)
                     above = byte[max(self.bits - low, 0):] != 0 if low + 8 > self.bits else 0
-                    # the header's first byte forgets the previous header's `large`
-                    m.d.sync += head.large.eq(above if k == 0 else head.large | above)
+                    # a field's first byte forgets the previous header's flags
+                    m.d.sync += [head.large.eq(above if k == 0 else head.large | above),
+                                 zero.eq((byte == 0) & (zero if k % 4 else 1))]
 
     def elaborate(self, platform):
         m = Module()
@@ -225,20 +234,20 @@ class ChunkTransfer(wiring.Component):
         count, total = Signal(self.bits), Signal(self.bits)
         refused, not_ready = Signal(), Signal()     # this chunk's answer, if not taken
         refuse, start, step = Signal(), Signal(), Signal()
-        # `full` is `count == total` (the count never passes the total) of the previous cycle:
-        # current whenever a word is offered, since a word takes two bytes or more, so no
-        # comparison reaches a clock enable.
+        # `full` is `count == total` (the count never passes the total) of the previous cycle,
+        # cleared as a transfer starts over: current whenever a word is offered, since a word
+        # takes two bytes or more, so no comparison reaches a clock enable.
         at_total, full = Signal(), Signal()
         m.d.comb += at_total.eq(count == total)
-        m.d.sync += full.eq(at_total)
+        m.d.sync += full.eq(at_total & ~start)
         res = self.o_result
-        m.d.comb += [res.payload.code.eq(Mux(refused, ErrorCode.BAD_PAYLOAD,
+        m.d.comb += [self.o_words.payload.eq(self.i_words.payload.word),
+                     res.payload.code.eq(Mux(refused, ErrorCode.BAD_PAYLOAD,
                                              Mux(not_ready, ErrorCode.NOT_READY, 0))),
                      res.payload.complete.eq(~refused & ~not_ready & at_total),
                      self.restarted.eq(refuse | start)]
         with m.FSM():
-            with m.State("HEADER"):
-                self._header(m, count, total, refuse, start, refused, not_ready)
+            self._header(m, count, total, refuse, start, refused, not_ready)
             with m.State("WORDS"):
                 self._words(m, full, refuse, step)
             with m.State("DRAIN"):
@@ -264,21 +273,26 @@ class ChunkTransfer(wiring.Component):
         return m
 
     def _header(self, m, count, total, refuse, start, refused, not_ready):
-        """Check the chunk's header against the transfer so far."""
+        """States HEADER and CHECK: compare the chunk's header with the transfer so far, then
+        act on the registered outcome (so no comparison reaches a clock enable)."""
         head = self.i_header
         h = head.payload
-        restart = h.offset == 0
-        resume = (h.offset == count) & (h.total == total)
-        bad = h.short | h.large | (h.total == 0) | ~(restart | resume)
-        waiting = ~h.short & ~self.allowed
-        m.d.comb += head.ready.eq(1)
-        with m.If(head.valid):
+        bad, restart, waiting = Signal(), Signal(), Signal()
+        with m.State("HEADER"):
+            with m.If(head.valid):
+                resume = (h.offset == count) & (h.total == total)
+                m.d.sync += [
+                    bad.eq(h.short | h.large | h.total_zero | ~(h.offset_zero | resume)),
+                    restart.eq(h.offset_zero), waiting.eq(~h.short & ~self.allowed)]
+                m.next = "CHECK"
+        with m.State("CHECK"):
+            m.d.comb += head.ready.eq(1)
             m.d.sync += [refused.eq(0), not_ready.eq(waiting)]
             with m.If(~waiting):
                 m.d.comb += [refuse.eq(bad), start.eq(~bad & restart)]
             with m.If(h.ended):
                 m.next = "RESULT"
-            with m.Elif(~self.allowed | bad):
+            with m.Elif(waiting | bad):
                 m.next = "DRAIN"
             with m.Else():
                 m.next = "WORDS"
@@ -286,7 +300,7 @@ class ChunkTransfer(wiring.Component):
     def _words(self, m, full, refuse, step):
         """Pass whole words on while the total allows."""
         w, o = self.i_words, self.o_words
-        m.d.comb += [o.payload.eq(w.payload.word), o.valid.eq(w.valid & ~w.payload.partial & ~full),
+        m.d.comb += [o.valid.eq(w.valid & ~w.payload.partial & ~full),
                      w.ready.eq(o.ready | w.payload.partial | full)]
         with m.If(w.valid):
             with m.If(w.payload.partial | full):
@@ -412,12 +426,19 @@ class EngineAdapter(wiring.Component):
                      load.o_words.ready.eq(engine.i_load.ready),
                      infer.o_words.ready.eq(engine.i_load.ready)]
         answer = Signal(Reply)
-        m.d.comb += reply.i_stream.payload.eq(answer)
+        counters = Signal()                 # the words answer READ_COUNTERS, not INFER
+        # Payloads go everywhere at once; the state switches only the handshakes.
+        m.d.comb += [reply.i_stream.payload.eq(answer),
+                     basic.i_stream.payload.eq(i.payload), deframer.i_stream.payload.eq(i.payload),
+                     load.i_header.payload.eq(deframer.o_header.payload),
+                     infer.i_header.payload.eq(deframer.o_header.payload),
+                     load.i_words.payload.eq(deframer.o_words.payload),
+                     infer.i_words.payload.eq(deframer.o_words.payload)]
         done = o.valid & o.ready & o.payload.last
         request_done = Signal()
         with m.If(i.valid & i.ready & i.payload.last):
             m.d.sync += request_done.eq(1)
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.sync += request_done.eq(0)
                 with m.If(i.valid):
@@ -427,10 +448,11 @@ class EngineAdapter(wiring.Component):
                     with m.If(i.payload.cmd == Command.INFER):
                         m.next = "INFER"
             with m.State("BASIC"):
-                wiring.connect(m, wiring.flipped(i), basic.i_stream)
-                wiring.connect(m, basic.o_stream, wiring.flipped(o))
+                handshake(m, i, basic.i_stream)
+                handshake(m, basic.o_stream, o)
                 m.d.comb += basic.o_local.ready.eq(1)
                 with m.If(basic.o_local.valid):
+                    m.d.sync += counters.eq(1)
                     m.next = "COUNTERS"
                 with m.If(done):
                     m.next = "IDLE"
@@ -438,16 +460,20 @@ class EngineAdapter(wiring.Component):
                 with m.State(name):
                     # the path is ready for the next request before it has answered this one
                     with m.If(~request_done):
-                        wiring.connect(m, wiring.flipped(i), deframer.i_stream)
-                    wiring.connect(m, deframer.o_header, path.i_header)
-                    wiring.connect(m, deframer.o_words, path.i_words)
+                        handshake(m, i, deframer.i_stream)
+                    handshake(m, deframer.o_header, path.i_header)
+                    handshake(m, deframer.o_words, path.i_words)
                     self._chunk_done(m, path, answer, Command[name], loaded)
             with m.State("REPLY"):
                 m.d.comb += reply.i_stream.valid.eq(1)
-                wiring.connect(m, reply.o_stream, wiring.flipped(o))
+                handshake(m, reply.o_stream, o)
                 with m.If(reply.i_stream.ready):
                     m.next = "IDLE"
-            self._results(m, engine, words, done)
+            self._results(m, engine, words, done, counters)
+        # the response: BasicCommands' while it serves, the reply's, else the words'
+        m.d.comb += o.payload.eq(Mux(fsm.ongoing("BASIC"), basic.o_stream.payload,
+                                     Mux(fsm.ongoing("REPLY"), reply.o_stream.payload,
+                                         words.o_stream.payload)))
         return m
 
     def _chunk_done(self, m, path, answer, cmd, loaded):
@@ -464,39 +490,38 @@ class EngineAdapter(wiring.Component):
                 with m.If(res.payload.complete):
                     m.next = "START"
 
-    def _results(self, m, engine, words, done):
+    def _results(self, m, engine, words, done, counters):
         """Run the engine and answer its cycles and logits; answer READ_COUNTERS."""
         first = Signal()            # the INFER response's first word (cycles) is next
-        index = Signal(range(counter_count(self.config) + 1))
+        index = Signal(range(counter_count(self.config) + 1))     # READ_COUNTERS' next word
         w = words.i_stream
+        m.d.comb += [
+            words.cmd.eq(Mux(counters, Command.READ_COUNTERS, Command.INFER) | RESPONSE_FLAG),
+            w.payload.eq(Mux(Mux(counters, index == 0, first), engine.total_cycles,
+                             Mux(~counters, engine.o_logits.payload,
+                                 Mux(index == 1, engine.mac_cycles, engine.layer_cycles))))]
         with m.State("START"):
             m.d.comb += engine.start.eq(1)
             m.next = "RUN"
         with m.State("RUN"):
-            m.d.sync += first.eq(1)
+            m.d.sync += [first.eq(1), counters.eq(0)]
             with m.If(engine.done):
                 m.next = "LOGITS"
         with m.State("LOGITS"):
             logits = engine.o_logits
-            m.d.comb += [words.cmd.eq(Command.INFER | RESPONSE_FLAG),
-                         w.valid.eq(first | logits.valid),
-                         w.payload.eq(Mux(first, engine.total_cycles, logits.payload)),
-                         logits.ready.eq(~first & w.ready)]
+            m.d.comb += [w.valid.eq(first | logits.valid), logits.ready.eq(~first & w.ready)]
             with m.If(w.ready):
                 m.d.sync += first.eq(0)
-            wiring.connect(m, words.o_stream, wiring.flipped(self.o_stream))
+            handshake(m, words.o_stream, self.o_stream)
             with m.If(done):
                 m.next = "IDLE"
         with m.State("COUNTERS"):
             # layer_cycles shows the layer named a cycle earlier: a word is taken three cycles
             # or more after the previous one, which names the next word's layer.
-            m.d.comb += [words.cmd.eq(Command.READ_COUNTERS | RESPONSE_FLAG),
-                         w.valid.eq(index < counter_count(self.config)),
-                         w.payload.eq(Mux(index == 0, engine.total_cycles,
-                                          Mux(index == 1, engine.mac_cycles, engine.layer_cycles)))]
+            m.d.comb += w.valid.eq(index < counter_count(self.config))
             with m.If(w.valid & w.ready):
                 m.d.sync += [index.eq(index + 1), engine.layer_sel.eq(index - 1)]
-            wiring.connect(m, words.o_stream, wiring.flipped(self.o_stream))
+            handshake(m, words.o_stream, self.o_stream)
             with m.If(done):
                 m.d.sync += [index.eq(0), engine.layer_sel.eq(0)]
                 m.next = "IDLE"

@@ -153,11 +153,6 @@ def _link_memory(name: str, max_payload: int, identity: bytes = b"") -> Memory:
     return build_memory(spec, identity if spec.rom else ())
 
 
-def assign(view, fields: dict) -> list:
-    """Statements setting each named field of a struct `view`."""
-    return [view[name].eq(value) for name, value in fields.items()]
-
-
 def frame_end_layout(max_payload: int) -> data.StructLayout:
     """What `FrameDecoder` says at the end of a frame: its header and `code`, 0 when its CRC
     matched, else BAD_CRC or BAD_LENGTH (the length is then meaningless)."""
@@ -226,7 +221,7 @@ class FrameDecoder(wiring.Component):
     def _parse(self, m, crc, take, timed_out):
         """The frame's states, sync to CRC check; returns the FSM."""
         byte, end = self.i_stream.payload, self.o_end
-        count = Signal(range(self.max_payload + 1))     # payload or CRC bytes taken
+        left = Signal(range(max(self.max_payload, 4) + 1))     # payload or CRC bytes to come
         low = Signal(8)
 
         def byte_state(next_state=None, *, crc_start=False):
@@ -266,27 +261,28 @@ class FrameDecoder(wiring.Component):
                 byte_state()
                 length = Cat(low, byte)
                 with m.If(~timed_out & take):
-                    m.d.sync += [end.payload.length.eq(length), count.eq(0)]
+                    m.d.sync += [end.payload.length.eq(length), left.eq(length)]
                     with m.If(length > self.max_payload):
                         m.d.sync += [end.valid.eq(1), end.payload.code.eq(ErrorCode.BAD_LENGTH)]
                         m.next = "HUNT"
                     with m.Else():
                         m.next = "PAYLOAD"
                         with m.If(length == 0):
+                            m.d.sync += left.eq(4)
                             m.next = "CRC"
             with m.State("PAYLOAD"):
                 byte_state()
                 with m.If(~timed_out & take):
                     m.d.comb += self.o_data.valid.eq(1)
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == end.payload.length - 1):
-                        m.d.sync += count.eq(0)
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(left == 1):
+                        m.d.sync += left.eq(4)
                         m.next = "CRC"
             with m.State("CRC"):
                 byte_state()
                 with m.If(~timed_out & take):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == 3):
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(left == 1):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 # once the CRC has taken the last byte, the residue says whether it matched
@@ -370,24 +366,23 @@ class ReceiveBuffer(wiring.Component):
         return m
 
     def _send(self, m, rd, held, occupied):
-        """Hand the held frame on; the read port runs one address ahead of each transfer, and
-        `last` and `empty` are registers, decided a beat ahead."""
+        """Hand the held frame on.  The read port's address is the offered byte's; after a
+        transfer the next byte is offered a cycle later, once the memory shows it.  `last` and
+        `empty` are registers, decided a beat ahead."""
         o = self.o_stream
         ptr = Signal.like(held.length)
-        last, empty = Signal(), Signal()
+        last, empty, shown = Signal(), Signal(), Signal()
         transfer = o.valid & o.ready
-        m.d.comb += rd.addr.eq(Mux(transfer, ptr + 1, ptr))
+        m.d.comb += [rd.addr.eq(ptr), o.payload.cmd.eq(held.cmd), o.payload.seq.eq(held.seq),
+                     o.payload.data.eq(rd.data), o.payload.last.eq(last), o.payload.empty.eq(empty)]
+        m.d.sync += shown.eq(~transfer)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [ptr.eq(0), last.eq(held.length <= 1), empty.eq(held.length == 0)]
                 with m.If(occupied):
-                    m.next = "PRIME"
-            with m.State("PRIME"):
-                m.next = "SEND"
+                    m.next = "SEND"
             with m.State("SEND"):
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(held.cmd), o.payload.seq.eq(held.seq),
-                             o.payload.data.eq(rd.data), o.payload.last.eq(last),
-                             o.payload.empty.eq(empty)]
+                m.d.comb += o.valid.eq(shown)
                 with m.If(transfer):
                     m.d.sync += [ptr.eq(ptr + 1), last.eq(ptr + 2 == held.length)]
                     with m.If(last):
@@ -570,75 +565,68 @@ class SendBuffer(wiring.Component):
             "busy": Out(1),
         })
 
-    def _frame(self, name):
-        """A frame to send: header, and `buffered` (payload from the buffer, else the two bytes
-        p0, p1)."""
-        return Signal(data.StructLayout({"cmd": 8, "seq": 8, "length": range(self.max_payload + 1),
-                                         "buffered": 1, "p0": 8, "p1": 8}), name=name)
-
     def elaborate(self, platform):
         m = Module()
         m.submodules.buffer = buffer = _link_memory("send_buffer", self.max_payload)
         wr, rd = buffer.write_port(), buffer.read_port()
-        stored, cur = self._frame("stored"), self._frame("cur")
+        # the stored frame: header, payload length (bytes in the buffer) and whether it was too
+        # long (it is then sent as a RESPONSE_TOO_LONG NAK, again on a replay)
+        cmd, seq = Signal(8), Signal(8)
         count = Signal(range(self.max_payload + 1))
         overflow = Signal()
-        beat, nak = self.i_stream.payload, self.i_nak.payload
-
-        def nak_frame(seq, code, cmd):
-            return {"cmd": NAK, "seq": seq, "length": 2, "buffered": 0, "p0": code, "p1": cmd}
-
+        nak = Signal(Nak)           # the link's own NAK being sent, when `naking`
+        naking = Signal()
+        beat = self.i_stream.payload
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.i_nak.valid):
                     m.d.comb += self.i_nak.ready.eq(1)
-                    m.d.sync += assign(cur, nak_frame(nak.seq, nak.code, nak.cmd))
+                    m.d.sync += [nak.eq(self.i_nak.payload), naking.eq(1)]
                     m.next = "SEND"
                 with m.Elif(self.i_replay.valid):
                     m.d.comb += self.i_replay.ready.eq(1)
-                    m.d.sync += cur.eq(stored)
+                    m.d.sync += naking.eq(0)
                     m.next = "SEND"
                 with m.Elif(self.i_stream.valid):
-                    m.d.sync += [count.eq(0), overflow.eq(0)]
+                    m.d.sync += [count.eq(0), overflow.eq(0), naking.eq(0)]
                     m.next = "FILL"
             with m.State("FILL"):
-                m.d.comb += self.i_stream.ready.eq(1)
+                m.d.comb += [self.i_stream.ready.eq(1), wr.addr.eq(count), wr.data.eq(beat.data)]
                 with m.If(self.i_stream.valid):
-                    m.d.sync += [stored.cmd.eq(beat.cmd), stored.seq.eq(beat.seq)]
+                    m.d.sync += [cmd.eq(beat.cmd), seq.eq(beat.seq)]
                     with m.If(~beat.empty):
                         with m.If(count == self.max_payload):
                             m.d.sync += overflow.eq(1)
                         with m.Else():
-                            m.d.comb += [wr.en.eq(1), wr.addr.eq(count), wr.data.eq(beat.data)]
+                            m.d.comb += wr.en.eq(1)
                             m.d.sync += count.eq(count + 1)
                     with m.If(beat.last):
-                        m.next = "COMMIT"
-            with m.State("COMMIT"):
-                too_long = nak_frame(stored.seq, ErrorCode.RESPONSE_TOO_LONG, stored.cmd)
-                whole = {"cmd": stored.cmd, "seq": stored.seq, "length": count, "buffered": 1,
-                         "p0": 0, "p1": 0}
-                with m.If(overflow):
-                    m.d.sync += assign(stored, too_long) + assign(cur, too_long)
-                with m.Else():
-                    m.d.sync += assign(stored, whole) + assign(cur, whole)
-                m.next = "SEND"
-            self._offer(m, rd, cur)
+                        m.next = "SEND"
+            self._offer(m, rd, cmd, seq, count, overflow, nak, naking)
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
 
-    def _offer(self, m, rd, cur):
-        """State SEND: offer the frame `cur` to the encoder, its header for the whole frame."""
+    def _offer(self, m, rd, cmd, seq, count, overflow, nak, naking):
+        """State SEND: offer the stored frame, or a NAK, to the encoder, its header for the
+        whole frame.  The read port's address is the offered byte's; after a byte is taken the
+        next is offered a cycle later, once the memory shows it."""
         head, pay = self.o_header, self.o_payload
         ptr = Signal(range(self.max_payload + 1))
-        taken = pay.valid & pay.ready
-        m.d.comb += rd.addr.eq(Mux(taken, ptr + 1, ptr))
+        shown = Signal()                # the memory shows byte `ptr`
+        refusal = naking | overflow
+        length = Mux(refusal, 2, count)
+        m.d.comb += [rd.addr.eq(ptr),
+                     head.payload.cmd.eq(Mux(refusal, NAK, cmd)),
+                     head.payload.seq.eq(Mux(naking, nak.seq, seq)),
+                     head.payload.length.eq(length),
+                     pay.payload.last.eq(ptr == length - 1),
+                     pay.payload.data.eq(Mux(~refusal, rd.data, Mux(
+                         ptr == 0, Mux(naking, nak.code, ErrorCode.RESPONSE_TOO_LONG),
+                         Mux(naking, nak.cmd, cmd))))]
+        m.d.sync += shown.eq(~(pay.valid & pay.ready))
         with m.State("SEND"):
-            m.d.comb += [head.valid.eq(1), head.payload.cmd.eq(cur.cmd),
-                         head.payload.seq.eq(cur.seq), head.payload.length.eq(cur.length),
-                         pay.valid.eq(ptr != cur.length), pay.payload.last.eq(ptr == cur.length - 1),
-                         pay.payload.data.eq(Mux(cur.buffered, rd.data,
-                                                 Mux(ptr == 0, cur.p0, cur.p1)))]
-            with m.If(taken):
+            m.d.comb += [head.valid.eq(1), pay.valid.eq(shown & (ptr != length))]
+            with m.If(pay.valid & pay.ready):
                 m.d.sync += ptr.eq(ptr + 1)
             with m.If(head.ready):
                 m.d.sync += ptr.eq(0)
@@ -726,6 +714,12 @@ class RetryFilter(wiring.Component):
         head = i.payload
         req_end = req.valid & req.ready & req.payload.last
         resp_end = o.valid & o.ready & o.payload.last
+        # payloads pass whatever the state; only the handshakes are switched
+        m.d.comb += [req.payload.cmd.eq(head.cmd), req.payload.data.eq(head.data),
+                     req.payload.last.eq(head.last), req.payload.empty.eq(head.empty),
+                     o.payload.cmd.eq(resp.payload.cmd), o.payload.seq.eq(last_seq),
+                     o.payload.data.eq(resp.payload.data), o.payload.last.eq(resp.payload.last),
+                     o.payload.empty.eq(resp.payload.empty)]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -748,15 +742,9 @@ class RetryFilter(wiring.Component):
                     m.next = "IDLE"
             with m.State("SERVE"):
                 with m.If(~request_done):
-                    m.d.comb += [req.valid.eq(i.valid), i.ready.eq(req.ready),
-                                 req.payload.cmd.eq(head.cmd), req.payload.data.eq(head.data),
-                                 req.payload.last.eq(head.last), req.payload.empty.eq(head.empty)]
+                    m.d.comb += [req.valid.eq(i.valid), i.ready.eq(req.ready)]
                 with m.If(~response_done):
-                    m.d.comb += [o.valid.eq(resp.valid), resp.ready.eq(o.ready),
-                                 o.payload.cmd.eq(resp.payload.cmd), o.payload.seq.eq(last_seq),
-                                 o.payload.data.eq(resp.payload.data),
-                                 o.payload.last.eq(resp.payload.last),
-                                 o.payload.empty.eq(resp.payload.empty)]
+                    m.d.comb += [o.valid.eq(resp.valid), resp.ready.eq(o.ready)]
                 with m.If(req_end):
                     m.d.sync += request_done.eq(1)
                 with m.If(resp_end):
@@ -857,9 +845,14 @@ class BasicCommands(wiring.Component):
         cmd, code = Signal(8), Signal(8)
         ptr = Signal(range(len(self.identity) + 1))
         had_payload = Signal()
-        m.d.comb += [rd.addr.eq(Mux(o.valid & o.ready, ptr + 1, ptr)),
+        shown = Signal()            # the ROM shows byte `ptr` (a cycle after each transfer)
+        m.d.sync += shown.eq(~(o.valid & o.ready))
+        m.d.comb += [rd.addr.eq(ptr),
                      reply.i_stream.payload.cmd.eq(cmd), reply.i_stream.payload.code.eq(code),
-                     self.o_local.payload.eq(cmd)]
+                     self.o_local.payload.eq(cmd),
+                     # ECHO's and IDENTIFY's response beats; REPLY's replace them
+                     o.payload.cmd.eq(cmd | RESPONSE_FLAG), o.payload.data.eq(i.payload.data),
+                     o.payload.last.eq(i.payload.last), o.payload.empty.eq(i.payload.empty)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [cmd.eq(i.payload.cmd), had_payload.eq(0), ptr.eq(0)]
@@ -868,16 +861,15 @@ class BasicCommands(wiring.Component):
                     with m.If(i.payload.cmd == Command.ECHO):
                         m.next = "ECHO"
             with m.State("ECHO"):
-                m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready), o.payload.eq(i.payload),
-                             o.payload.cmd.eq(Command.ECHO | RESPONSE_FLAG)]
+                m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready)]
                 with m.If(i.valid & i.ready & i.payload.last):
                     m.next = "IDLE"
             with m.State("DRAIN"):
                 self._drain(m, cmd, code, had_payload)
             with m.State("IDENTITY"):
                 last = ptr == len(self.identity) - 1
-                m.d.comb += [o.valid.eq(1), o.payload.cmd.eq(Command.IDENTIFY | RESPONSE_FLAG),
-                             o.payload.data.eq(rd.data), o.payload.last.eq(last)]
+                m.d.comb += [o.valid.eq(shown), o.payload.data.eq(rd.data),
+                             o.payload.last.eq(last), o.payload.empty.eq(0)]
                 with m.If(o.valid & o.ready):
                     m.d.sync += ptr.eq(ptr + 1)
                     with m.If(last):

@@ -185,7 +185,8 @@ def test_chunk_deframer_splits_header_and_words():
     async def header_sink(ctx):
         for _ in requests:
             h = await stream_get(ctx, deframer.o_header, rng)
-            headers.append("short" if h.short else (h.offset, h.total, h.large, h.ended))
+            headers.append("short" if h.short else (h.offset, h.total, h.large, h.offset_zero,
+                                                       h.total_zero, h.ended))
 
     async def word_sink(ctx):
         for _ in range(4):
@@ -193,8 +194,8 @@ def test_chunk_deframer_splits_header_and_words():
             words.append("partial" if w.partial else (w.word, w.last))   # a part is refused
 
     simulate(deframer, source, header_sink, word_sink)
-    assert headers == [(5, 9, 0, 0), (0, 4095, 0, 1), (0, 1, 1, 1), (0, 0, 1, 1), "short",
-                       "short", (1, 2, 0, 0)]
+    assert headers == [(5, 9, 0, 0, 0, 0), (0, 4095, 0, 1, 0, 1), (0, 1, 1, 0, 0, 1),
+                       (0, 0, 1, 1, 0, 1), "short", "short", (1, 2, 0, 0, 0, 0)]
     assert words == [(0x020100, 0), (0x050403, 1), (0xccbbaa, 0), "partial"]
 
 
@@ -232,6 +233,7 @@ def test_chunk_transfer_counts_checks_and_refuses():
                 (1, chunk(0, 1, [4, 5])),                             # a word beyond the total
                 (1, chunk(0, 2, [6], b"\x07")),                       # a partial word
                 (1, chunk(0, 256, [])),                               # a total too large
+                (1, chunk(0, 0, [])),                                 # a total of none
                 (0, chunk(0, 1, [8])),                                # not allowed now
                 (1, chunk(0, 1, [8]))]
     results, words = [], []
@@ -254,7 +256,7 @@ def test_chunk_transfer_counts_checks_and_refuses():
 
     simulate(transfer, source, result_sink, word_sink)
     bad = ErrorCode.BAD_PAYLOAD
-    assert results == [(0, 0), (0, 1), (bad, 0), (bad, 0), (bad, 0), (bad, 0),
+    assert results == [(0, 0), (0, 1), (bad, 0), (bad, 0), (bad, 0), (bad, 0), (bad, 0),
                        (ErrorCode.NOT_READY, 0), (0, 1)]
     assert words == [1, 2, 3, 4, 6, 8]      # refused chunks pass their words up to the refusal
 
