@@ -317,9 +317,9 @@ class ChunkTransfer(wiring.Component):
 class WordSerializer(wiring.Component):
     """32-bit words in, a response of their bytes (little-endian) out.
 
-    A response ends after the word at whose last byte no further word is offered: a source
-    offers its next word, if any, within three cycles of the previous one being taken, and a
-    word is taken only as the previous one's last byte goes.
+    A response ends after the word at whose last byte no further word was offered the cycle
+    before: a source offers its next word, if any, within two cycles of the previous one being
+    taken, and a word is taken only as the previous one's last byte goes.
 
     Ports
     -----
@@ -341,10 +341,12 @@ class WordSerializer(wiring.Component):
         word = Signal(32)
         byte = Signal(2)
         busy = Signal()
+        more = Signal()             # a next word was offered a cycle ago: no source's handshake
+        m.d.sync += more.eq(i.valid)    # reaches the response's end
         last_byte = byte == 3
-        m.d.comb += [i.ready.eq(~busy | (o.ready & last_byte)),
+        m.d.comb += [i.ready.eq(~busy | (o.ready & last_byte & more)),
                      o.valid.eq(busy), o.payload.cmd.eq(self.cmd), o.payload.data.eq(word[:8]),
-                     o.payload.last.eq(last_byte & ~i.valid)]
+                     o.payload.last.eq(last_byte & ~more)]
         with m.If(i.valid & i.ready):
             m.d.sync += [word.eq(i.payload), byte.eq(0), busy.eq(1)]
         with m.Elif(o.valid & o.ready):

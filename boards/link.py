@@ -483,8 +483,10 @@ class FrameEncoder(wiring.Component):
         m.submodules.crc = crc = SerialCRC()
         o, head, pay = self.o_stream, self.i_header, self.i_payload
         length = Signal(16)
+        empty = Signal()            # no payload: decided while the sync bytes go
         transfer = o.valid & o.ready
         m.d.comb += [crc.data.eq(o.payload), length.eq(head.payload.length)]
+        m.d.sync += empty.eq(length == 0)
 
         def send(value, next_state, *, crc_start=False, crc_on=True, ready=1):
             m.d.comb += [o.valid.eq(~crc.busy & ready), o.payload.eq(value)]
@@ -509,7 +511,7 @@ class FrameEncoder(wiring.Component):
                 send(length[:8], "LEN1")
             with m.State("LEN1"):
                 send(length[8:], "PAYLOAD")
-                with m.If(transfer & (length == 0)):
+                with m.If(transfer & empty):
                     m.next = "CRC0"
             with m.State("PAYLOAD"):
                 send(pay.payload.data, "PAYLOAD", ready=pay.valid)
@@ -612,20 +614,24 @@ class SendBuffer(wiring.Component):
         next is offered a cycle later, once the memory shows it."""
         head, pay = self.o_header, self.o_payload
         ptr = Signal(range(self.max_payload + 1))
-        shown = Signal()                # the memory shows byte `ptr`
+        shown = Signal()                # the memory shows byte `ptr`; `more`, `last` are current
+        more, last = Signal(), Signal()
         refusal = naking | overflow
         length = Mux(refusal, 2, count)
         m.d.comb += [rd.addr.eq(ptr),
                      head.payload.cmd.eq(Mux(refusal, NAK, cmd)),
                      head.payload.seq.eq(Mux(naking, nak.seq, seq)),
                      head.payload.length.eq(length),
-                     pay.payload.last.eq(ptr == length - 1),
+                     pay.payload.last.eq(last),
                      pay.payload.data.eq(Mux(~refusal, rd.data, Mux(
                          ptr == 0, Mux(naking, nak.code, ErrorCode.RESPONSE_TOO_LONG),
                          Mux(naking, nak.cmd, cmd))))]
-        m.d.sync += shown.eq(~(pay.valid & pay.ready))
+        # Decided a cycle ahead (a byte is not offered in the first cycle of SEND nor in the
+        # one after a transfer), so that no comparison is on the encoder's handshake.
+        m.d.sync += [more.eq(ptr != length), last.eq(ptr == length - 1), shown.eq(0)]
         with m.State("SEND"):
-            m.d.comb += [head.valid.eq(1), pay.valid.eq(shown & (ptr != length))]
+            m.d.sync += shown.eq(~(pay.valid & pay.ready))
+            m.d.comb += [head.valid.eq(1), pay.valid.eq(shown & more)]
             with m.If(pay.valid & pay.ready):
                 m.d.sync += ptr.eq(ptr + 1)
             with m.If(head.ready):
@@ -749,7 +755,8 @@ class RetryFilter(wiring.Component):
                     m.d.sync += request_done.eq(1)
                 with m.If(resp_end):
                     m.d.sync += response_done.eq(1)
-                with m.If((request_done | req_end) & (response_done | resp_end)):
+                # a cycle after both ends, so that no handshake reaches the state's enable
+                with m.If(request_done & response_done):
                     m.d.sync += answered.eq(1)
                     m.next = "IDLE"
 
