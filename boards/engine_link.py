@@ -436,13 +436,17 @@ class EngineAdapter(wiring.Component):
                      infer.i_header.payload.eq(deframer.o_header.payload),
                      load.i_words.payload.eq(deframer.o_words.payload),
                      infer.i_words.payload.eq(deframer.o_words.payload)]
-        done = o.valid & o.ready & o.payload.last
+        # A response's end is noted in `done` and acted on a cycle later, so that no part's
+        # `last` reaches the state's enable; meanwhile nothing more is taken or offered.
+        done = Signal()
         request_done = Signal()
         with m.If(i.valid & i.ready & i.payload.last):
             m.d.sync += request_done.eq(1)
+        with m.If(o.valid & o.ready & o.payload.last):
+            m.d.sync += done.eq(1)
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.sync += request_done.eq(0)
+                m.d.sync += [request_done.eq(0), done.eq(0)]
                 with m.If(i.valid):
                     m.next = "BASIC"
                     with m.If(i.payload.cmd == Command.LOAD):
@@ -450,8 +454,9 @@ class EngineAdapter(wiring.Component):
                     with m.If(i.payload.cmd == Command.INFER):
                         m.next = "INFER"
             with m.State("BASIC"):
-                handshake(m, i, basic.i_stream)
-                handshake(m, basic.o_stream, o)
+                with m.If(~done):
+                    handshake(m, i, basic.i_stream)
+                    handshake(m, basic.o_stream, o)
                 m.d.comb += basic.o_local.ready.eq(1)
                 with m.If(basic.o_local.valid):
                     m.d.sync += counters.eq(1)
@@ -467,9 +472,9 @@ class EngineAdapter(wiring.Component):
                     handshake(m, deframer.o_words, path.i_words)
                     self._chunk_done(m, path, answer, Command[name], loaded)
             with m.State("REPLY"):
-                m.d.comb += reply.i_stream.valid.eq(1)
+                m.d.comb += reply.i_stream.valid.eq(~done)
                 handshake(m, reply.o_stream, o)
-                with m.If(reply.i_stream.ready):
+                with m.If(done):
                     m.next = "IDLE"
             self._results(m, engine, words, done, counters)
         # the response: BasicCommands' while it serves, the reply's, else the words'
@@ -511,7 +516,8 @@ class EngineAdapter(wiring.Component):
                 m.next = "LOGITS"
         with m.State("LOGITS"):
             logits = engine.o_logits
-            m.d.comb += [w.valid.eq(first | logits.valid), logits.ready.eq(~first & w.ready)]
+            m.d.comb += [w.valid.eq((first | logits.valid) & ~done),
+                         logits.ready.eq(~first & w.ready & ~done)]
             with m.If(w.ready):
                 m.d.sync += first.eq(0)
             handshake(m, words.o_stream, self.o_stream)
@@ -520,7 +526,7 @@ class EngineAdapter(wiring.Component):
         with m.State("COUNTERS"):
             # layer_cycles shows the layer named a cycle earlier: a word is taken three cycles
             # or more after the previous one, which names the next word's layer.
-            m.d.comb += w.valid.eq(index < counter_count(self.config))
+            m.d.comb += w.valid.eq((index < counter_count(self.config)) & ~done)
             with m.If(w.valid & w.ready):
                 m.d.sync += [index.eq(index + 1), engine.layer_sel.eq(index - 1)]
             handshake(m, words.o_stream, self.o_stream)
