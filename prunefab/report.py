@@ -288,11 +288,19 @@ def engine_figures(cycles: int, clock_mhz: float, baud: int) -> tuple[float, flo
 
 
 def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
-    from prunefab.boards.top import BAUD, board_spec
-    s, res = demo.settings, demo.results
-    rows = demo.rows
+    from prunefab.boards.top import board_spec
+    clock = board_spec(demo.settings.board).clock_mhz
+    bit = demo.results.get("bitstream")
+    if bit and not bit.get("skipped"):
+        clock = bit["clock_mhz"]                 # the configured clock of the timing-clean build
+    sections = [_accuracy(demo), *_survival(nets), _accuracy_curve(sweep), _cycles(demo),
+                _resources(demo, clock), _latency(demo, clock), _board(demo), _stages(demo)]
+    return [section for section in sections if section is not None]
+
+
+def _accuracy(demo) -> Section:
+    s, rows = demo.settings, demo.rows
     base = rows[0]["float_accuracy"]
-    out = []
     table = [["method", "conv-FLOPs cut", "param cut", "float acc", "int8 acc", "vs dense",
               "idx bits/nz", "artifact", "time"]]
     for r in rows:
@@ -301,99 +309,122 @@ def _sections(demo, nets: dict, sweep: list[dict]) -> list[Section]:
                       f"{100 * (r['int8_accuracy'] - base):+.2f} p",
                       f"{r['index_bits_per_conv_nonzero']:.2f}", f"{r['artifact_bytes']} B",
                       f"{r['seconds']:.0f} s"])
-    out.append(Section("Accuracy", f"{s.data_name} test set ({rows[0]['test_images']} images), "
-                       f"conv-FLOPs target {s.flops_cut:.0%}, seed {s.seed}; budget "
-                       f"{s.budget.train_epochs} dense epochs, {s.budget.sparsity_epochs} sparsity + "
-                       f"{s.budget.finetune_epochs} fine-tune epochs per method. \"vs dense\": int8 "
-                       f"accuracy against the dense float model. One seed: the spread across seeds "
-                       f"is in docs/results.md.", table, None))
+    return Section("Accuracy", f"{s.data_name} test set ({rows[0]['test_images']} images), "
+                   f"conv-FLOPs target {s.flops_cut:.0%}, seed {s.seed}; budget "
+                   f"{s.budget.train_epochs} dense epochs, {s.budget.sparsity_epochs} sparsity + "
+                   f"{s.budget.finetune_epochs} fine-tune epochs per method. \"vs dense\": int8 "
+                   f"accuracy against the dense float model. One seed: the spread across seeds "
+                   f"is in docs/results.md.", table, None)
+
+
+def _survival(nets: dict) -> list[Section]:
     patterns = [["method", *(f"conv{j}" for j in range(len(next(iter(nets.values())).convs)))]]
     for name, net in nets.items():
         patterns.append([name, *(f"{_patterns(distinct_patterns(c.weights))}, "
                                  f"{100 * np.mean(c.weights != 0):.0f} % kept" for c in net.convs)])
-    out.append(Section("Which kernel elements survive",
-                       "Per method and conv layer, the share of kernel planes (one output channel "
-                       "by one input channel) that keep each of the nine 3x3 positions, and how "
-                       "many different survival patterns the planes show. KEP picks each plane's "
-                       "elements; stripe methods (IESSP, SWP) keep a position for every input "
-                       "channel of a filter at once.", patterns, "positions"))
-    out.append(Section(f"Every kernel plane of conv{PLANES_LAYER}",
-                       "Each 3x3 block is one kernel plane; a row of blocks is one output channel. "
-                       "Stripes show as rows whose blocks are all alike.", None, "planes"))
-    out.append(Section("Accuracy against the conv-FLOPs cut",
-                       "Stars: this run (int8 accuracy). " + (
-                           f"Lines: the sweep's float accuracy, mean and one standard deviation over "
-                           f"seeds (docs/{SWEEP.name}, {len(sweep)} methods)." if sweep else
-                           f"No sweep records in docs/{SWEEP.name} yet (make sweep)."),
-                       None, "accuracy"))
-    rtl = res.get("rtl")
-    if rtl:
-        runs = rtl["runs"]
-        ctab = [["layer", *(f"{n}, measured" for n in runs), *(f"{n} zero-skip limit" for n in runs
-                                                             if n != "dense"),
-                 "every weight nonzero"]]
-        first = next(iter(runs.values()))
-        for k, layer in enumerate(first["layers"]):
-            ctab.append([layer["name"], *(str(runs[n]["measured"][k]) for n in runs),
-                         *(str(runs[n]["layers"][k]["zero_skip_limit"]) for n in runs if n != "dense"),
-                         str(layer["dense_cycles"])])
-        ctab.append(["total", *(str(runs[n]["total_cycles"]) for n in runs),
-                     *(str(sum(x["zero_skip_limit"] for x in runs[n]["layers"])) for n in runs
-                       if n != "dense"), str(sum(x["dense_cycles"] for x in first["layers"]))])
-        checked = ", ".join(f"{n} {r['images']} images ({r['correct']} right)" for n, r in runs.items())
-        out.append(Section("Cycles on the engine",
-                           f"The {rtl['lanes']}-lane engine the {s.board} build holds, in the "
-                           f"cycle-accurate Verilator model: {checked}; every answer equal to the "
-                           f"integer reference, every layer's cycle counter equal to the cycle "
-                           f"model. The zero-skip limit is the fewest cycles any zero-skipping "
-                           f"engine with as many lanes could take (nonzero MACs / lanes).",
-                           ctab, "cycles"))
-    bit = res.get("bitstream")
-    spec = board_spec(s.board)
-    clock = spec.clock_mhz
-    if bit:
-        rtab = [["resource", "used", "available", "share"]]
-        for k, v in ordered_resources(bit.get("resources", {})).items():
-            rtab.append([k.upper(), str(v["used"]), str(v["available"]),
-                         f"{100 * v['used'] / v['available']:.0f} %"])
-        if bit.get("skipped"):
-            text = (f"{bit['skipped']}: the resource estimate (boards/fit.py) of the "
-                    f"{bit['lanes']}-lane engine, at the board's own {clock:.4g} MHz clock.")
-        else:
-            clock = bit["clock_mhz"]
-            text = (f"{bit['lanes']} lanes, timing-clean: clock {bit['clock_mhz']:.4g} MHz "
-                    f"(asked {bit['target_mhz']:.4g}), routed Fmax {bit['fmax_mhz']:.1f} MHz; "
-                    f"{s.board}/prunefab.bin and build_report.json beside this report.")
-        out.append(Section(f"The {s.board}'s resources", text, rtab, "resources"))
-    if rtl:
-        ltab = [["network", "cycles per image", "engine latency", "images/s end to end"]]
-        for n, r in rtl["runs"].items():
-            ms, rate = engine_figures(r["total_cycles"], clock, BAUD)
-            ltab.append([n, str(r["total_cycles"]), f"{ms:.2f} ms", f"{rate:.0f}"])
-        out.append(Section("Latency and throughput",
-                           f"At {clock:.4g} MHz; end to end: a {IMAGE_BYTES}-byte image on the "
-                           f"{BAUD / 1e6:g} Mbaud UART (8N1), then the engine.", ltab, None))
-    board = res.get("board")
-    if board:
-        out.append(Section("The simulated board over a damaged line",
-                           f"The {board['network']} network on the simulated {s.board} (its "
-                           f"gateware, UART link included, under Verilator), line damage "
-                           f"`{board['faults']}`: {board['answered']}/{board['images']} images "
-                           f"answered, {board['mismatches']} mismatches against the integer "
-                           f"reference, {board['link_failures']} link failures; {board['flipped']} "
-                           f"bytes flipped and {board['dropped']} dropped on the line, "
-                           f"{board['resends']} frames resent; {board['cycles']} engine cycles per "
-                           f"image.", None, None))
+    return [Section("Which kernel elements survive",
+                    "Per method and conv layer, the share of kernel planes (one output channel "
+                    "by one input channel) that keep each of the nine 3x3 positions, and how "
+                    "many different survival patterns the planes show. KEP picks each plane's "
+                    "elements; stripe methods (IESSP, SWP) keep a position for every input "
+                    "channel of a filter at once.", patterns, "positions"),
+            Section(f"Every kernel plane of conv{PLANES_LAYER}",
+                    "Each 3x3 block is one kernel plane; a row of blocks is one output channel. "
+                    "Stripes show as rows whose blocks are all alike.", None, "planes")]
+
+
+def _accuracy_curve(sweep: list[dict]) -> Section:
+    return Section("Accuracy against the conv-FLOPs cut",
+                   "Stars: this run (int8 accuracy). " + (
+                       f"Lines: the sweep's float accuracy, mean and one standard deviation over "
+                       f"seeds (docs/{SWEEP.name}, {len(sweep)} methods)." if sweep else
+                       f"No sweep records in docs/{SWEEP.name} yet (make sweep)."),
+                   None, "accuracy")
+
+
+def _cycles(demo) -> Section | None:
+    rtl = demo.results.get("rtl")
+    if not rtl:
+        return None
+    runs = rtl["runs"]
+    pruned = [n for n in runs if n != "dense"]
+    table = [["layer", *(f"{n}, measured" for n in runs), *(f"{n} zero-skip limit" for n in pruned),
+              "every weight nonzero"]]
+    first = next(iter(runs.values()))
+    for k, layer in enumerate(first["layers"]):
+        table.append([layer["name"], *(str(runs[n]["measured"][k]) for n in runs),
+                      *(str(runs[n]["layers"][k]["zero_skip_limit"]) for n in pruned),
+                      str(layer["dense_cycles"])])
+    table.append(["total", *(str(runs[n]["total_cycles"]) for n in runs),
+                  *(str(sum(x["zero_skip_limit"] for x in runs[n]["layers"])) for n in pruned),
+                  str(sum(x["dense_cycles"] for x in first["layers"]))])
+    checked = ", ".join(f"{n} {r['images']} images ({r['correct']} right)" for n, r in runs.items())
+    return Section("Cycles on the engine",
+                   f"The {rtl['lanes']}-lane engine the {demo.settings.board} build holds, in the "
+                   f"cycle-accurate Verilator model: {checked}; every answer equal to the "
+                   f"integer reference, every layer's cycle counter equal to the cycle "
+                   f"model. The zero-skip limit is the fewest cycles any zero-skipping "
+                   f"engine with as many lanes could take (nonzero MACs / lanes).",
+                   table, "cycles")
+
+
+def _resources(demo, clock: float) -> Section | None:
+    bit, board = demo.results.get("bitstream"), demo.settings.board
+    if not bit:
+        return None
+    table = [["resource", "used", "available", "share"]]
+    for k, v in ordered_resources(bit.get("resources", {})).items():
+        table.append([k.upper(), str(v["used"]), str(v["available"]),
+                      f"{100 * v['used'] / v['available']:.0f} %"])
+    if bit.get("skipped"):
+        text = (f"{bit['skipped']}: the resource estimate (boards/fit.py) of the "
+                f"{bit['lanes']}-lane engine, at the board's own {clock:.4g} MHz clock.")
+    else:
+        text = (f"{bit['lanes']} lanes, timing-clean: clock {bit['clock_mhz']:.4g} MHz "
+                f"(asked {bit['target_mhz']:.4g}), routed Fmax {bit['fmax_mhz']:.1f} MHz; "
+                f"{board}/prunefab.bin and build_report.json beside this report.")
+    return Section(f"The {board}'s resources", text, table, "resources")
+
+
+def _latency(demo, clock: float) -> Section | None:
+    from prunefab.boards.top import BAUD
+    rtl = demo.results.get("rtl")
+    if not rtl:
+        return None
+    table = [["network", "cycles per image", "engine latency", "images/s end to end"]]
+    for n, r in rtl["runs"].items():
+        ms, rate = engine_figures(r["total_cycles"], clock, BAUD)
+        table.append([n, str(r["total_cycles"]), f"{ms:.2f} ms", f"{rate:.0f}"])
+    return Section("Latency and throughput",
+                   f"At {clock:.4g} MHz; end to end: a {IMAGE_BYTES}-byte image on the "
+                   f"{BAUD / 1e6:g} Mbaud UART (8N1), then the engine.", table, None)
+
+
+def _board(demo) -> Section | None:
+    board = demo.results.get("board")
+    if not board:
+        return None
+    return Section("The simulated board over a damaged line",
+                   f"The {board['network']} network on the simulated {demo.settings.board} (its "
+                   f"gateware, UART link included, under Verilator), line damage "
+                   f"`{board['faults']}`: {board['answered']}/{board['images']} images "
+                   f"answered, {board['mismatches']} mismatches against the integer "
+                   f"reference, {board['link_failures']} link failures; {board['flipped']} "
+                   f"bytes flipped and {board['dropped']} dropped on the line, "
+                   f"{board['resends']} frames resent; {board['cycles']} engine cycles per "
+                   f"image.", None, None)
+
+
+def _stages(demo) -> Section:
     times = [["stage", "wall time", "processor time", ""]]
     for name, t in demo.seconds.items():
         cpu = demo.cpu_seconds.get(name)
         times.append([name, f"{t:.0f} s", "-" if cpu is None else f"{cpu:.0f} s",
                       "reused" if demo.reused.get(name) else ""])
-    out.append(Section("Stages", f"torch pinned to {s.threads} threads. Processor time: user and "
-                       f"system time of the demo and the tools it ran, which a busy machine inflates "
-                       f"less than the wall time. A reused stage shows the times it took when it ran.",
-                       times, None))
-    return out
+    return Section("Stages", f"torch pinned to {demo.settings.threads} threads. Processor time: user "
+                   f"and system time of the demo and the tools it ran, which a busy machine "
+                   f"inflates less than the wall time. A reused stage shows the times it took when "
+                   f"it ran.", times, None)
 
 
 def _title(demo) -> str:
