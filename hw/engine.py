@@ -11,7 +11,6 @@ from prunefab.hw.load_port import LoadPort
 from prunefab.hw.logit_memory import LogitMemory
 from prunefab.hw.mac_array import MacArray
 from prunefab.hw.memories import engine_memories, unchecked_read_port
-from prunefab.hw.pool import MaxPool
 from prunefab.hw.requantizer import Requantizer
 from prunefab.hw.sequencer import Sequencer
 from prunefab.hw.serializer import ChannelSerializer
@@ -22,13 +21,13 @@ COUNTER_BITS = 32
 # The pipeline after the Sequencer, in stream order: (submodule name, Component).  The engine
 # joins them in this order, and the cycle models compose their LATENCY and BACKPRESSURE.
 PIPELINE = (("fetch", WindowFetch), ("decoder", IndexDecoder), ("mac", MacArray),
-            ("pool", MaxPool), ("serializer", ChannelSerializer), ("requantizer", Requantizer))
+            ("serializer", ChannelSerializer), ("requantizer", Requantizer))
 
 
 class Engine(wiring.Component):
     """The zero-skipping sparse convolution accelerator.
 
-    Sequencer -> WindowFetch -> IndexDecoder -> MacArray -> MaxPool -> ChannelSerializer ->
+    Sequencer -> WindowFetch -> IndexDecoder -> MacArray (with the max-pool) -> ChannelSerializer ->
     Requantizer -> writer (activation banks, or the LogitMemory for the classifier);
     the LoadPort writes the memories (`prunefab.hw.memories.engine_memories`) while idle.
 
@@ -84,7 +83,7 @@ class Engine(wiring.Component):
             wiring.connect(m, upstream, stage.i_stream)
             stages.append(stage)
             upstream = stage.o_stream
-        fetch, _, mac, _, ser, rq = stages
+        fetch, _, mac, ser, rq = stages
         m.submodules.loader = load = LoadPort(cfg)
         wiring.connect(m, wiring.flipped(self.i_load), load.i_stream)
         m.d.comb += [seq.start.eq(self.start & ~seq.busy), self.busy.eq(seq.busy),

@@ -154,12 +154,10 @@ def operand_layout(cfg: EngineConfig) -> data.StructLayout:
     })
 
 
-def accumulator_layout(cfg: EngineConfig, with_pool_flags: bool = True) -> data.StructLayout:
-    """MacArray -> MaxPool (with the pool flags) and MaxPool -> ChannelSerializer (without)."""
-    fields = {"acc": data.ArrayLayout(signed(ACC_BITS), cfg.lanes), "tag": vector_tag_layout(cfg)}
-    if with_pool_flags:
-        fields.update(pool_first=1, pool_last=1)
-    return data.StructLayout(fields)
+def accumulator_layout(cfg: EngineConfig) -> data.StructLayout:
+    """MacArray -> ChannelSerializer: a pool window's P sums (their maxima) and its tag."""
+    return data.StructLayout({"acc": data.ArrayLayout(signed(ACC_BITS), cfg.lanes),
+                              "tag": vector_tag_layout(cfg)})
 
 
 def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:

@@ -1,6 +1,6 @@
-"""MacArray: P multiply-accumulate lanes."""
+"""MacArray: P multiply-accumulate lanes and the 2x2 max-pool of their sums."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,15 +10,24 @@ from prunefab.hw.timing import Backpressure
 
 
 class MacArray(wiring.Component):
-    """P lanes of acc += weight * activation, with registered products (one DSP each).
+    """P lanes of acc += weight * activation (registered products, one DSP each), pooled.
 
-    A step with flags.first starts a new sum; a step with flags.last hands the P sums to the
-    output register.  The array stalls only when a sum is ready and the output is still full.
+    A step with flags.last ends a pixel's sum; the sum goes into the output register, which
+    holds the lane-wise maximum of the pool window's sums (pool_first starts a window) and is
+    offered at the window's last pixel (pool_last; both flags are set when there is no pool).
+    Pooling the bias-free sums equals pooling the uint8 outputs: adding the channel's bias and
+    requantizing are both monotone non-decreasing (docs/arithmetic.md), and the requantizer then
+    runs on a quarter of the values.  The array stalls only when a pixel's last step meets a
+    finished window not yet taken.
+
+    The running sum is cleared by the flip-flops' synchronous reset in the cycle of a pixel's
+    last step, so each lane's adder is one carry chain with no multiplexer in front (the next
+    pixel's first step adds to zero).
 
     Ports:
       i_stream: In(stream of operand_layout): P (int8 weight, uint8 activation) pairs and flags
-      o_stream: Out(stream of accumulator_layout): P signed 32-bit sums, the pool flags and the
-                tag of the step that ended them
+      o_stream: Out(stream of accumulator_layout without pool flags): P signed 32-bit maxima of
+                a pool window's sums and the tag of its last step
     """
 
     LATENCY = 2     # the products registered, then the sum in the output register
@@ -48,10 +57,9 @@ class MacArray(wiring.Component):
         out = Signal(accumulator_layout(self.config), reset_less=True)
         m.d.comb += o.payload.eq(out)
 
-        # The running sum including this step's product; `first` drops the previous pixel's sum.
         total = Signal(data.ArrayLayout(signed(ACC_BITS), P))
         for lane in range(P):
-            m.d.comb += total[lane].eq(Mux(s1_flags.first, 0, acc[lane]) + prod[lane])
+            m.d.comb += total[lane].eq(acc[lane] + prod[lane])
 
         stall = Signal()
         m.d.comb += [stall.eq(s1_valid & s1_flags.last & o.valid & ~o.ready), i.ready.eq(~stall)]
@@ -68,14 +76,22 @@ class MacArray(wiring.Component):
                 a16 = Signal(signed(16), name=f"a16_{lane}")
                 m.d.comb += [w16.eq(i.payload.weight[lane]), a16.eq(i.payload.act[lane])]
                 m.d.sync += prod[lane].eq(w16 * a16)
-            # Stage 2: accumulate; the sum that ends a pixel goes to the output register.
-            with m.If(s1_valid):
+            # Stage 2: a pixel's sum goes into the window's maximum.
+            with m.If(s1_valid & s1_flags.last):
                 for lane in range(P):
-                    m.d.sync += acc[lane].eq(total[lane])
-                    with m.If(s1_flags.last):
+                    # `>=` rather than `>` (the same maximum): yosys builds it from the
+                    # subtraction's carry alone, without a 32-bit equality test.
+                    with m.If(s1_flags.pool_first | (total[lane] >= out.acc[lane])):
                         m.d.sync += out.acc[lane].eq(total[lane])
-                with m.If(s1_flags.last):
-                    m.d.sync += [o.valid.eq(1), out.tag.eq(s1_tag),
-                                 out.pool_first.eq(s1_flags.pool_first),
-                                 out.pool_last.eq(s1_flags.pool_last)]
+                with m.If(s1_flags.pool_last):
+                    m.d.sync += [o.valid.eq(1), out.tag.eq(s1_tag)]
+        # The running sums: one shared enable and one shared clear (a pixel's last step, or the
+        # reset, so that a run after a reset in the middle of another starts from zero), which
+        # map onto the flip-flops' enable and synchronous reset pins.
+        acc_en, acc_clear = Signal(), Signal()
+        m.d.comb += [acc_en.eq(~stall & s1_valid | ResetSignal()),
+                     acc_clear.eq(s1_flags.last | ResetSignal())]
+        with m.If(acc_en):
+            for lane in range(P):
+                m.d.sync += acc[lane].eq(Mux(acc_clear, 0, total[lane]))
         return m

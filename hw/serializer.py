@@ -18,7 +18,7 @@ class ChannelSerializer(wiring.Component):
     The destination address of lane l is dest_addr + l * plane_out (channel-major planes).
 
     Ports:
-      i_stream:  In(stream of accumulator_layout without pool flags)
+      i_stream:  In(stream of accumulator_layout)
       o_stream:  Out(stream of requant_in_layout)
       raw:       In(1), classifier mode: pass the biased sums through (layer constant)
       plane_out: In, words per bank of one output channel (layer constant)
@@ -34,7 +34,7 @@ class ChannelSerializer(wiring.Component):
             raise TypeError(f"ChannelSerializer needs an EngineConfig, not {config!r}")
         self.config = config
         super().__init__({
-            "i_stream": In(stream.Signature(accumulator_layout(config, with_pool_flags=False))),
+            "i_stream": In(stream.Signature(accumulator_layout(config))),
             "o_stream": Out(stream.Signature(requant_in_layout(config))),
             "raw": In(1),
             "plane_out": In(config.act_addr_bits),
@@ -51,7 +51,7 @@ class ChannelSerializer(wiring.Component):
         busy = Signal()
         # Data registers have no reset (only `busy` and `valid` need one).  The vector shifts
         # down one lane per value, so the value leaving is always lane 0 (no P:1 select);
-        # `last_lane` is registered, so the ready the MaxPool sees is one gate after registers.
+        # `last_lane` is registered, so the ready the MacArray sees is one gate after registers.
         vec = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.lanes), reset_less=True)
         left = Signal(range(cfg.lanes), reset_less=True)     # lanes after the one leaving now
         last_lane = Signal(reset_less=True)

@@ -21,11 +21,9 @@ class Backpressure(enum.Enum):
     LOCKSTEP = "lockstep"
     #: Every stage moves when the output register is empty or being taken.
     PIPELINE = "pipeline"
-    #: The stages move until a finished result meets a full output register (MacArray).
+    #: The stages move until a finished result meets a full output register (MacArray: the
+    #: output register holds the running maximum of a pool window and is offered at its end).
     HOLD = "hold"
-    #: One register holds the running and then the finished result; the block accepts unless a
-    #: finished result still waits to be taken (MaxPool).
-    REDUCE = "reduce"
     #: A vector leaves one value per cycle; the next vector is accepted in the cycle the last
     #: value leaves (ChannelSerializer).
     SERIALIZE = "serialize"

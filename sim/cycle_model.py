@@ -65,8 +65,9 @@ class _Pipeline(_Lockstep):
 
 
 class _Hold:
-    """`latency - 1` registers, then an output register that a pixel's last step fills; the
-    registers stall only when that step meets a full output."""
+    """`latency - 1` registers, then an output register that a pixel's last step updates and
+    a pool window's last pixel fills; the registers stall only when a pixel's last step meets a
+    full output."""
 
     def __init__(self, latency: int):
         self.regs = [None] * (latency - 1)
@@ -84,30 +85,10 @@ class _Hold:
         if self.out is not None and down_ready:
             self.out = None
         if moving:
-            if self.regs[-1] is not None and self.regs[-1].last:
-                self.out = self.regs[-1]
+            ending = self.regs[-1]
+            if ending is not None and ending.last and ending.pool_last:
+                self.out = ending
             self.regs = [incoming] + self.regs[:-1]
-
-
-class _Reduce:
-    """One register holding the running and then the finished window (latency 1)."""
-
-    def __init__(self, latency: int):
-        assert latency == 1, "a REDUCE block holds its window in one register"
-        self.out = None
-
-    def output(self):
-        return self.out
-
-    def ready(self, down_ready: bool) -> bool:
-        return self.out is None or down_ready
-
-    def clock(self, incoming, down_ready: bool) -> None:
-        accepting = self.ready(down_ready)
-        if self.out is not None and down_ready:
-            self.out = None
-        if incoming is not None and accepting and incoming.pool_last:
-            self.out = incoming
 
 
 class _Serialize:
@@ -138,8 +119,7 @@ class _Serialize:
 
 
 _MODELS = {Backpressure.LOCKSTEP: _Lockstep, Backpressure.PIPELINE: _Pipeline,
-           Backpressure.HOLD: _Hold, Backpressure.REDUCE: _Reduce,
-           Backpressure.SERIALIZE: _Serialize}
+           Backpressure.HOLD: _Hold, Backpressure.SERIALIZE: _Serialize}
 
 
 def stage_model(component):

@@ -7,7 +7,6 @@ from amaranth.lib import wiring
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.index_decoder import IndexDecoder
 from prunefab.hw.mac_array import MacArray
-from prunefab.hw.pool import MaxPool
 from prunefab.hw.requantizer import Requantizer
 
 from .formal import StreamProtocolSpec, prove, yosys_binary
@@ -20,8 +19,7 @@ pytestmark = pytest.mark.skipif(yosys_binary() is None, reason="no yosys on PATH
 
 @pytest.mark.parametrize("block,in_flight,emits", [
     (IndexDecoder, 1, lambda p: 1),
-    (MacArray, 2, lambda p: p.flags.last),
-    (MaxPool, 1, lambda p: p.pool_last),
+    (MacArray, 2, lambda p: p.flags.last & p.flags.pool_last),
     (Requantizer, 6, lambda p: 1),
 ])
 def test_stream_rules_hold(block, in_flight, emits):

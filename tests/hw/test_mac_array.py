@@ -9,15 +9,16 @@ from .streams import run_stream_bench
 
 
 def mac_model(steps: list[dict], lanes: int) -> list[dict]:
-    """Sums of weight*act per lane from a `first` step to a `last` step."""
-    out, acc = [], [0] * lanes
+    """Sums of weight*act per lane over a pixel's steps (up to a `last` step), then the
+    lane-wise maximum of the sums from a `pool_first` pixel to a `pool_last` pixel."""
+    out, acc, best = [], [0] * lanes, [0] * lanes
     for s in steps:
-        if s["flags"]["first"]:
-            acc = [0] * lanes
         acc = [a + w * x for a, w, x in zip(acc, s["weight"], s["act"])]
         if s["flags"]["last"]:
-            out.append({"acc": list(acc), "tag": s["tag"], "pool_first": s["flags"]["pool_first"],
-                        "pool_last": s["flags"]["pool_last"]})
+            best = acc if s["flags"]["pool_first"] else [max(a, b) for a, b in zip(acc, best)]
+            acc = [0] * lanes
+            if s["flags"]["pool_last"]:
+                out.append({"acc": list(best), "tag": s["tag"]})
     return out
 
 
@@ -25,11 +26,12 @@ def random_steps(rng: random.Random, cfg, pixels: int) -> list[dict]:
     steps = []
     for px in range(pixels):
         n = rng.choice([1, 1, 2, 3, 7])
+        pool_first, pool_last = rng.randrange(2), rng.randrange(2)     # the last step's count
         for k in range(n):
             steps.append({"weight": [rng.randint(-127, 127) for _ in range(cfg.lanes)],
                           "act": [rng.randrange(256) for _ in range(cfg.lanes)],
                           "flags": {"first": int(k == 0), "last": int(k == n - 1),
-                                    "pool_first": rng.randrange(2), "pool_last": rng.randrange(2)},
+                                    "pool_first": int(px == 0) or pool_first, "pool_last": pool_last},
                           "tag": {"dest_bank": rng.randrange(16), "dest_addr": px % small_addr(cfg),
                                   "param_index": 0, "n_lanes": cfg.lanes}})
     return steps
@@ -40,9 +42,9 @@ def small_addr(cfg):
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.6])
-def test_mac_array_sums_each_pixel(small_config, stall):
+def test_mac_array_sums_and_pools_each_pixel(small_config, stall):
     rng = random.Random(3)
-    steps = random_steps(rng, small_config, 25)
+    steps = random_steps(rng, small_config, 40)
     want = mac_model(steps, small_config.lanes)
     dut = MacArray(small_config)
     got = run_stream_bench(dut, [pack(operand_layout(small_config), s) for s in steps], len(want),

@@ -39,3 +39,24 @@ def test_requantizer_matches_the_reference(small_config, stall):
                            [pack(requant_in_layout(small_config), x) for x in items], len(items),
                            stall=stall, seed=8)
     assert [unpack(requant_out_layout(small_config), w) for w in got] == want
+
+
+def test_requantizer_clamps_at_the_boundaries(small_config):
+    # Sums whose requantized value lies just below, at and just above 0 and 255, for every
+    # shift: the clamp reads only the shifted value's low bits and a "too big" bit.
+    rng = random.Random(11)
+    items = []
+    for shift in range(1, 48):
+        mult = rng.randint(1, (1 << 15) - 1)
+        for target in (-1, 0, 1, 254, 255, 256, 257):
+            acc = max(min((target << shift) // mult, (1 << 31) - 1), -(1 << 31))
+            for delta in (-1, 0, 1):
+                a = max(min(acc + delta, (1 << 31) - 1), -(1 << 31))
+                items.append({"acc": a, "bias": 0, "mult": mult, "shift": shift, "raw": 0,
+                              "dest_bank": 0, "dest_addr": 0})
+    want = [requant_model(x) for x in items]
+    assert {0, 254, 255} <= {w["value"] for w in want}
+    got = run_stream_bench(Requantizer(small_config),
+                           [pack(requant_in_layout(small_config), x) for x in items], len(items),
+                           stall=0.3, seed=9)
+    assert [unpack(requant_out_layout(small_config), w) for w in got] == want

@@ -64,6 +64,6 @@ def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw
         ctx.set(dut.raw, raw)
         ctx.set(dut.plane_out, plane_out)
 
-    got = run_stream_bench(dut, [pack(accumulator_layout(cfg, False), v) for v in vectors], len(want),
+    got = run_stream_bench(dut, [pack(accumulator_layout(cfg), v) for v in vectors], len(want),
                            stall=stall, seed=12, setup=setup)
     assert [unpack(requant_in_layout(cfg), w) for w in got] == want
