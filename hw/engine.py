@@ -94,7 +94,7 @@ class Engine(wiring.Component):
         desc_wr, desc_rd = mems["descriptors"].write_port(), unchecked_read_port(
             m, mems["descriptors"], "descriptors")
         m.d.comb += [desc_rd.addr.eq(seq.desc_addr), desc_rd.en.eq(seq.desc_en),
-                     seq.desc_data.eq(desc_rd.data), desc_wr.addr.eq(load.descriptors_addr),
+                     seq.desc_rd_data.eq(desc_rd.data), desc_wr.addr.eq(load.descriptors_addr),
                      desc_wr.data.eq(load.descriptors_data), desc_wr.en.eq(load.descriptors_en)]
         self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, rq, load)
 
@@ -128,7 +128,7 @@ class Engine(wiring.Component):
         layer counters live above the parameters (`layer_sel` reads them while idle)."""
         cfg = self.config
         wr, rd = mem.write_port(), unchecked_read_port(m, mem, "params")
-        m.d.comb += ser.param_data.eq(rd.data)
+        m.d.comb += ser.param_rd_data.eq(rd.data)
         with m.If(seq.busy):
             m.d.comb += [rd.addr.eq(ser.param_addr), rd.en.eq(ser.param_en)]
         with m.Else():

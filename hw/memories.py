@@ -124,13 +124,20 @@ class ReadPort:
     data: Signal
 
 
+#: The name of every `unchecked_read_port` register ends so, and so does the name of a port
+#: that such a register drives directly (the netlist may name the register after it); the
+#: synthesis scripts drop these registers' initial value (`hw/synthesis.READ_REGISTER_INIT`).
+READ_REGISTER_SUFFIX = "_rd_data"
+
+
 def unchecked_read_port(m: Module, mem: memory.Memory, name: str) -> ReadPort:
     """A synchronous read port of `mem` (data one cycle after `en`, held while `en` is low),
     made of an asynchronous port and a register so that yosys merges the two and applies the
-    memory's `no_rw_check`."""
+    memory's `no_rw_check`.  Nothing may read the register before the port's first read: its
+    power-up value is the block RAM's, not 0."""
     port = mem.read_port(domain="comb")
     en = Signal(name=f"{name}_rd_en")
-    read = Signal(mem.shape, name=f"{name}_rd_data", reset_less=True)
+    read = Signal(mem.shape, name=f"{name}{READ_REGISTER_SUFFIX}", reset_less=True)
     with m.If(en):
         m.d.sync += read.eq(port.data)
     return ReadPort(port.addr, en, read)

@@ -38,7 +38,7 @@ class Sequencer(wiring.Component):
       layer_index: Out, the running layer's number
       layer_end:  Out(1), one-cycle pulse when a layer's outputs are all written
       written:    In(1), one pulse per output value the writer stores
-      desc_addr, desc_en: Out, desc_data: In, the descriptor memory's synchronous read port
+      desc_addr, desc_en: Out, desc_rd_data: In, the descriptor memory's synchronous read port
       w_addr, w_en: Out, w_data: In, the weight memory's synchronous read port
     """
 
@@ -62,7 +62,7 @@ class Sequencer(wiring.Component):
             "written": In(1),
             "desc_addr": Out(config.layer_bits),
             "desc_en": Out(1),
-            "desc_data": In(descriptor_layout(config)),
+            "desc_rd_data": In(descriptor_layout(config)),
             "w_addr": Out(config.weight_addr_bits),
             "w_en": Out(1),
             "w_data": In(step_layout(config)),
@@ -86,7 +86,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [self.layer_index.eq(0), r.ptr.eq(0), r.gstart.eq(0),
                                  r.pbase.eq(0), r.state.eq(SequencerState.DESCRIPTOR)]
             with m.Case(SequencerState.DESCRIPTOR):
-                m.d.sync += [self.layer.eq(self.desc_data), r.next_layer.eq(self.layer_index + 1),
+                m.d.sync += [self.layer.eq(self.desc_rd_data), r.next_layer.eq(self.layer_index + 1),
                              r.state.eq(SequencerState.PRIME)]
             with m.Case(SequencerState.PRIME):
                 self._prime(m, r)

@@ -23,7 +23,7 @@ class ChannelSerializer(wiring.Component):
       raw:       In(1), classifier mode: pass the biased sums through (layer constant)
       plane_out: In, words per bank of one output channel (layer constant)
       param_addr, param_en: Out, the parameter memory's synchronous read port
-      param_data: In(param_layout), its data one cycle after param_en
+      param_rd_data: In(param_layout), its data one cycle after param_en
     """
 
     LATENCY = 2     # the vector registered, then its first value; its n values leave in n cycles
@@ -40,7 +40,7 @@ class ChannelSerializer(wiring.Component):
             "plane_out": In(config.act_addr_bits),
             "param_addr": Out(config.param_addr_bits),
             "param_en": Out(1),
-            "param_data": In(param_layout(config)),
+            "param_rd_data": In(param_layout(config)),
         })
 
     def elaborate(self, platform):
@@ -70,9 +70,9 @@ class ChannelSerializer(wiring.Component):
             self.param_addr.eq(param_addr),
             o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw),
             o.payload.dest_bank.eq(out.dest_bank), o.payload.dest_addr.eq(out.dest_addr),
-            o.payload.bias.eq(self.param_data.bias),
-            o.payload.mult.eq(self.param_data.mult),
-            o.payload.shift.eq(self.param_data.shift),
+            o.payload.bias.eq(self.param_rd_data.bias),
+            o.payload.mult.eq(self.param_rd_data.mult),
+            o.payload.shift.eq(self.param_rd_data.shift),
         ]
         with m.If(en):
             m.d.sync += [

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.generate import TOP_NAME, generate
-from prunefab.hw.memories import MemoryHint, engine_memories
+from prunefab.hw.memories import READ_REGISTER_SUFFIX, MemoryHint, engine_memories
 
 # ECP5 LUT mapping with the classic ABC mapper: synth_ecp5's ABC9 step (yosys 0.70) stops on the
 # engine with an internal assertion in ABC_OPS_REINTEGRATE, with or without DSPs, carry chains or
@@ -42,10 +42,16 @@ FAMILIES = {
 }
 
 
+# A block RAM's read register powers up holding whatever the RAM gives, so for the all-zero
+# initial value Amaranth gives every register yosys would add a flip-flop and an AND gate per
+# bit of every read port (about 270 iCE40 LUTs in the engine).  Nothing reads these registers
+# before their first read (`memories.unchecked_read_port`), so their initial value is dropped.
+READ_REGISTER_INIT = f"setattr -unset init w:*{READ_REGISTER_SUFFIX};"
+
 # Every memory of the engine is written by the loader at run time, so its power-up contents do
 # not matter; the all-zero initial value the generator writes would stop SPRAM (which cannot be
 # initialized) from being used.
-STRIP_INIT = "delete t:$meminit_v2;"
+STRIP_INIT = f"delete t:$meminit_v2; {READ_REGISTER_INIT}"
 
 
 # The families with large single-port RAM for memories hinted HUGE (the iCE40UP5K's SPRAM).

@@ -36,7 +36,7 @@ class SequencerBench(wiring.Component):
             shape=cfg.descriptor_bits, depth=cfg.max_layers, init=self.program.descriptors)
         w, d = wmem.read_port(), dmem.read_port()
         m.d.comb += [w.addr.eq(s.w_addr), w.en.eq(s.w_en), s.w_data.eq(w.data),
-                     d.addr.eq(s.desc_addr), d.en.eq(s.desc_en), s.desc_data.eq(d.data)]
+                     d.addr.eq(s.desc_addr), d.en.eq(s.desc_en), s.desc_rd_data.eq(d.data)]
         return m
 
 

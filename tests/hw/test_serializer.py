@@ -28,7 +28,7 @@ class SerializerBench(wiring.Component):
         m.submodules.params = mem = memory.Memory(shape=param_layout(s.config),
                                                   depth=len(self.params), init=self.params)
         port = mem.read_port()
-        m.d.comb += [port.addr.eq(s.param_addr), port.en.eq(s.param_en), s.param_data.eq(port.data)]
+        m.d.comb += [port.addr.eq(s.param_addr), port.en.eq(s.param_en), s.param_rd_data.eq(port.data)]
         return m
 
 
