@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prunefab.hw.config import EngineConfig
-from prunefab.hw.cycles import fixed_overhead, issue_cycles
+from prunefab.hw.cycles import PIPELINE_DEPTH, fixed_overhead, issue_cycles
 from prunefab.sim.engine_sim import verify
 from prunefab.hw.loader import pack_network
 from prunefab.sw.synthetic import reference_shaped_network
@@ -43,8 +43,9 @@ def test_reference_shaped_kep_network_bit_exact_within_the_cycle_bound():
         # Random KEP weights with k = 5, 3, 2: the issue cycles are exactly the zero-skip limit.
         assert [issue_cycles(p) for p in program.layers[:3]] == [3920, 9408, 25088]
         assert [p.zero_skip_bound for p in program.layers[:3]] == [3920, 9408, 25088]
-        # 17 cycles of pipeline plus the last group's 8 lanes.
-        assert list(result.layer_cycles[:3]) == [3920 + 25, 9408 + 25, 25088 + 25]
+        # The pipeline's depth (16 cycles) plus the last group's 8 lanes.
+        assert PIPELINE_DEPTH == 16
+        assert list(result.layer_cycles[:3]) == [3920 + 24, 9408 + 24, 25088 + 24]
 
 
 @pytest.mark.slow
