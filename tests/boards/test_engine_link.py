@@ -20,8 +20,9 @@ from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
 from prunefab.sw.synthetic import random_images, random_network
 
-from .streams import (message_get, message_put, refused_construction, simulate, stream_get,
-                      stream_put)
+from tests.hw.streams import simulate, stream_get, stream_put
+
+from .messages import message_get, message_put, refused_construction
 from .traffic import CONFIG, MAX_PAYLOAD, SHAPE
 
 CYCLE_LIMIT = 200_000      # a hung adapter fails instead of running forever

@@ -15,8 +15,9 @@ from prunefab.boards.link import (BasicCommands, FrameDecoder, FrameEncoder, Fra
                                   FrameReceiver, Message, ReceiveBuffer, SendBuffer, ShortReply,
                                   UARTLink)
 
-from .streams import (message_get, message_put, refused_construction, simulate, stream_get,
-                      stream_put)
+from tests.hw.streams import simulate, stream_get, stream_put
+
+from .messages import message_get, message_put, refused_construction
 
 MAX_PAYLOAD = 32
 TIMEOUT = 64

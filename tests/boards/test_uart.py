@@ -8,7 +8,9 @@ from amaranth.sim import Simulator
 from prunefab.boards.uart import UARTReceiver, UARTTransmitter
 
 
-from .streams import refused_construction, stream_get, stream_put
+from tests.hw.streams import stream_get, stream_put
+
+from .messages import refused_construction
 
 
 def line_bits(byte: int, stop: int = 1) -> list[int]:

@@ -4,7 +4,7 @@ from amaranth.sim import Simulator
 
 from prunefab.hw.logit_memory import LogitMemory
 
-from .streams import stream_get
+from .streams import packed, stream_get
 
 
 def test_logits_come_out_in_order_under_stalls_and_clear_forgets_them(small_config):
@@ -27,7 +27,7 @@ def test_logits_come_out_in_order_under_stalls_and_clear_forgets_them(small_conf
                 ctx.set(dut.i_stream.valid, 0)
                 for _ in range(rng.randint(0, 2)):
                     await ctx.tick()
-            got.append([await stream_get(ctx, dut.o_stream, rng, 0.5) for _ in run])
+            got.append([packed(await stream_get(ctx, dut.o_stream, rng, 0.5)) for _ in run])
             await ctx.tick().repeat(3)
             assert not ctx.get(dut.o_stream.valid)      # nothing beyond what was written
 

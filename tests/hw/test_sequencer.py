@@ -11,7 +11,7 @@ from prunefab.hw.loader import pack_network
 from prunefab.hw.sequencer import Sequencer
 from prunefab.sw.synthetic import Pattern, random_network
 
-from .streams import stream_get
+from .streams import packed, stream_get
 
 
 class SequencerBench(wiring.Component):
@@ -95,7 +95,7 @@ def test_sequencer_issues_the_loop_order(small_config, stall):
         await ctx.tick()
         ctx.set(dut.start, 0)
         for _ in want:
-            word = await stream_get(ctx, dut.o_stream, rrng, stall)
+            word = packed(await stream_get(ctx, dut.o_stream, rrng, stall))
             req = unpack(request_layout(small_config), word)
             got.append(req)
             if req["flags"]["last"] and req["flags"]["pool_last"]:

@@ -1,5 +1,6 @@
-"""Simulation helpers for the link benches: put and get stream payloads and whole messages,
-with random stalls, and run a bench."""
+"""Simulation helpers for the link benches: whole messages over a stream, beat by beat with
+random stalls (one payload at a time through tests/hw/streams.py), and components that refuse
+their arguments."""
 
 from __future__ import annotations
 
@@ -9,31 +10,8 @@ import random
 import warnings
 
 from amaranth.hdl import UnusedElaboratable
-from amaranth.sim import Simulator
 
-
-async def stream_put(ctx, stream, value, rng: random.Random | None = None, stall: float = 0.3):
-    """Send one payload (an int, or a dict of fields for a struct payload) after random idle cycles."""
-    while rng is not None and rng.random() < stall:
-        await ctx.tick()
-    if isinstance(value, dict):
-        for name, v in value.items():
-            ctx.set(getattr(stream.payload, name), v)
-    else:
-        ctx.set(stream.payload, value)
-    ctx.set(stream.valid, 1)
-    await ctx.tick().until(stream.ready)
-    ctx.set(stream.valid, 0)
-
-
-async def stream_get(ctx, stream, rng: random.Random | None = None, stall: float = 0.3):
-    """Receive one payload (an int or a struct view's values), refusing it for random cycles first."""
-    while rng is not None and rng.random() < stall:
-        await ctx.tick()
-    ctx.set(stream.ready, 1)
-    payload, = await ctx.tick().sample(stream.payload).until(stream.valid)
-    ctx.set(stream.ready, 0)
-    return payload
+from tests.hw.streams import stream_get, stream_put
 
 
 def message_beats(cmd: int, payload: bytes, **extra) -> list[dict]:
@@ -61,18 +39,6 @@ async def message_get(ctx, stream, rng: random.Random | None = None,
             data.append(beat.data)
         if beat.last:
             return beat.cmd, bytes(data), beat
-
-
-def simulate(dut, *benches, background=()) -> None:
-    """Run the testbenches `benches` to their end (and `background` ones beside them) on `dut`
-    with a 1 MHz clock."""
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    for bench in benches:
-        sim.add_testbench(bench)
-    for bench in background:
-        sim.add_testbench(bench, background=True)
-    sim.run()
 
 
 @contextlib.contextmanager
