@@ -411,7 +411,7 @@ def _bitstream_stage(s: DemoSettings, out: Path, stage, config) -> None:
           lambda r: f"{r['clock_mhz']:.4g} MHz clock, Fmax {r['fmax_mhz']:.1f} MHz, "
                     + ", ".join(f"{k.upper()} {v['used']}/{v['available']}"
                                 for k, v in ordered_resources(r["resources"]).items()),
-          expect="2 to 3 minutes")
+          expect="5 to 10 minutes")
 
 
 def _board_stage(s: DemoSettings, out: Path, stage, name: str) -> None:
