@@ -194,6 +194,11 @@ class EngineConfig:
         which knows the packing; this checks the shape limits.
         """
         net.validate()
+        unsupported = first_unsupported(net)
+        if unsupported:
+            raise EngineLimitError(f"{unsupported} is not supported by this engine yet; it runs "
+                                   f"3x3 stride-1 conv layers, each reading the one before, and one "
+                                   f"classifier on the flattened last feature map")
         shapes = net.feature_shapes()
         if len(net.convs) + 1 > self.max_layers:
             raise EngineLimitError(
@@ -255,6 +260,28 @@ class EngineConfig:
         """32 lanes for the ECP5-85F."""
         return cls(lanes=32, max_height=32, max_width=32, max_channels=64, max_layers=12,
                    max_classes=32, act_depth=2048, weight_depth=4096, param_depth=512)
+
+
+def first_unsupported(net: QuantizedNetwork) -> str | None:
+    """`layer: what` for the first layer kind of docs/arithmetic.md the gateware does not run
+    yet, or None when every layer is of the kinds it runs."""
+    for i, c in enumerate(net.convs):
+        name = f"conv{i}"
+        if c.kernel != 3:
+            return f"{name}: a {c.kernel}x{c.kernel} convolution"
+        if c.stride != 1:
+            return f"{name}: stride {c.stride}"
+        if c.source is not None and c.source != i:
+            return f"{name}: reading feature map {c.source} (not the layer before)"
+        if c.residual is not None:
+            return f"{name}: a residual addition"
+        if not c.relu:
+            return f"{name}: a conv layer without ReLU"
+    if net.hidden:
+        return "linear0: a hidden linear layer"
+    if net.linear.global_pool:
+        return "linear: global average pooling"
+    return None
 
 
 PRESETS = {"icebreaker": EngineConfig.icebreaker, "ecp5-85f": EngineConfig.ecp5_85f}

@@ -16,9 +16,8 @@ from torch import nn
 
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
-from prunefab.sw.flops import count
-from prunefab.sw.models import NetSpec, layer_specs
-from prunefab.sw.qnet import ConvLayer, LinearLayer, QuantizedNetwork
+from prunefab.sw.models import NetSpec, engine_spec
+from prunefab.sw.qnet import ConvLayer, LinearLayer, QuantizedNetwork, Residual
 
 
 @dataclass(frozen=True)
@@ -80,23 +79,15 @@ def check_model(model: nn.Module, config: EngineConfig, input_shape) -> ModelMap
     hardware family gives the first layer outside it as the problem."""
     input_shape = tuple(input_shape)
     try:
-        spec = layer_specs(model)
+        spec = engine_spec(model)
     except PrunefabError as e:
         return ModelMap(input_shape, (), str(e), None)
-    counts = count(model, input_shape)
-    layers, shape = [], input_shape
-    for i, (c, n) in enumerate(zip(spec.convs, counts.convs)):
-        out_c, (h, w) = c.conv.out_channels, n.out_hw
-        out = (out_c, h // 2, w // 2) if c.pool else (out_c, h, w)
-        kind = "conv3x3" + ("+bn" if c.bn is not None else "") + "+relu" + ("+maxpool2x2" if c.pool else "")
-        layers.append(LayerMap(f"conv{i}", c.name, kind, shape, out, n.dense_flops, n.weights + out_c))
-        shape = out
-    lin = counts.linear
-    layers.append(LayerMap("linear", spec.linear_name, "linear", (lin.shape[1],), (lin.shape[0],),
-                           lin.dense_flops, lin.weights + lin.shape[0]))
     net = _stand_in(spec, input_shape)
-    # the engine's layers are named conv0.. and linear; say which of the model's that is
-    names = {f"conv{i}": c.name for i, c in enumerate(spec.convs)} | {"linear": spec.linear_name}
+    layers = _layer_maps(spec, net)
+    # the engine's layers are named conv0.., linear0.. and linear; say which of the model's that is
+    names = ({f"conv{i}": c.name for i, c in enumerate(spec.convs)}
+             | {f"linear{j}": name for j, (name, _) in enumerate(spec.hidden)}
+             | {"linear": spec.linear_name})
     from prunefab.hw.loader import pack_network
     try:
         config.check_network(net)
@@ -112,17 +103,60 @@ def check_model(model: nn.Module, config: EngineConfig, input_shape) -> ModelMap
                     f"parameters {len(program.params)} of {config.param_depth}")
 
 
+def _layer_maps(spec: NetSpec, net: QuantizedNetwork) -> list[LayerMap]:
+    """The table's rows: each layer's kind, shapes, dense FLOPs (a multiply-add is 2, the conv's
+    output before pooling) and parameters (a bias per output)."""
+    shapes = net.feature_shapes()
+    layers = []
+    for i, (c, layer) in enumerate(zip(spec.convs, net.convs)):
+        k, stride = layer.kernel, layer.stride
+        src = shapes[net.conv_source(i)]
+        kind = (f"conv{k}x{k}" + (f"/{stride}" if stride > 1 else "") + ("+bn" if c.bn is not None else "")
+                + (f"+add:{_writer(c.residual)}" if c.residual is not None else "") + ("+relu" if c.relu else "")
+                + ("+maxpool2x2" if c.pool else ""))
+        pixels = -(-src[1] // stride) * -(-src[2] // stride)
+        layers.append(LayerMap(f"conv{i}", c.name, kind, src, shapes[i + 1],
+                               2 * pixels * layer.weights.size, layer.weights.size + layer.out_channels))
+    last = shapes[len(net.convs)]
+    features = (last[0],) if spec.global_pool else (last[0] * last[1] * last[2],)
+    linears = [*spec.hidden, (spec.linear_name, spec.linear)]
+    for j, ((name, lin), layer) in enumerate(zip(linears, net.linears)):
+        hidden = j < len(spec.hidden)
+        kind = ("avgpool+" if layer.global_pool else "") + "linear" + ("+relu" if hidden else "")
+        layers.append(LayerMap(f"linear{j}" if hidden else "linear", name, kind, features,
+                               (lin.out_features,), 2 * layer.weights.size,
+                               layer.weights.size + lin.out_features))
+        features = (lin.out_features,)
+    return layers
+
+
+def _writer(feature_map: int) -> str:
+    """The layer that writes a feature map (docs/arithmetic.md's numbering): input, conv0, ..."""
+    return "input" if feature_map == 0 else f"conv{feature_map - 1}"
+
+
 def _stand_in(spec: NetSpec, input_shape) -> QuantizedNetwork:
-    """An integer network of the model's shapes with every weight kept (each 1): what the
-    engine's limits and memories see of the dense model."""
+    """An integer network of the model's graph and shapes with every weight kept (each 1): what
+    the engine's limits and memories see of the dense model."""
     convs = []
-    for c in spec.convs:
-        o, i = c.conv.out_channels, c.conv.in_channels
-        convs.append(ConvLayer(np.ones((o, i, 3, 3), np.int8), np.zeros(o, np.int32),
-                               np.full(o, 1, np.int32), np.full(o, 16, np.int32), c.pool))
+    for i, c in enumerate(spec.convs):
+        o, n, k = c.conv.out_channels, c.conv.in_channels, c.conv.kernel_size[0]
+        residual = None
+        if c.residual is not None:
+            residual = Residual(c.residual, np.ones(o, np.int32), np.full(o, 16, np.int32))
+        convs.append(ConvLayer(np.ones((o, n, k, k), np.int8), np.zeros(o, np.int32),
+                               np.full(o, 1, np.int32), np.full(o, 16, np.int32), c.pool,
+                               c.conv.stride[0], c.relu, c.source, residual))
+    hidden = []
+    for j, (_, lin) in enumerate(spec.hidden):
+        k, f = lin.out_features, lin.in_features
+        hidden.append(LinearLayer(np.ones((k, f), np.int8), np.zeros(k, np.int32), np.ones(k, np.int32),
+                                  np.full(k, 16, np.int32), spec.global_pool and j == 0))
     k, f = spec.linear.out_features, spec.linear.in_features
     return QuantizedNetwork(tuple(input_shape), tuple(convs),
-                            LinearLayer(np.ones((k, f), np.int8), np.zeros(k, np.int32)))
+                            LinearLayer(np.ones((k, f), np.int8), np.zeros(k, np.int32),
+                                        global_pool=spec.global_pool and not hidden),
+                            hidden=tuple(hidden))
 
 
 def _named(message: str, names: dict[str, str]) -> str:

@@ -144,6 +144,12 @@ def cmd_export(args) -> None:
         qnet, name, pruning = art.network, art.data, art.pruning
     else:
         model, name, (tr, _), pruning = _checkpoint_and_data(args, args.network)
+        if args.config:         # a layer the engine cannot run is refused before calibration
+            from prunefab.check import check_model
+            from prunefab.hw.config import EngineLimitError
+            found = check_model(model, args.config, model.input_shape)
+            if not found.ok:
+                raise EngineLimitError(found.problem)
         qnet = quantize_model(model, tr, _budget(args))
     program = None
     if args.config:
@@ -212,12 +218,13 @@ def cmd_check(args) -> int:
     from prunefab.check import check
     found = check(args.model, args.config, args.input_shape, args.classes or 10)
     where = _engine_name(args.config)
+    if found.layers:        # the model's layers are known: its table, then whether it maps
+        print(f"{args.model}: {'x'.join(map(str, found.input_shape))} input, "
+              f"{found.layers[-1].output_shape[0]} classes, on {where}")
+        print(found.table())
     if not found.ok:
         print(f"{args.model} does not map to {where}: {found.problem}")
         return 1
-    print(f"{args.model}: {'x'.join(map(str, found.input_shape))} input, "
-          f"{found.layers[-1].output_shape[0]} classes, on {where}")
-    print(found.table())
     print(f"maps to {where}: {found.memory}")
     return 0
 
@@ -414,8 +421,8 @@ def _add_train(sub, common) -> None:
     _training(sp)
     sp.add_argument("--model", default=None, type=arg.model, metavar=_model_metavar(),
                     help="a built-in model or FACTORY() from your FILE.py (docs/models.md); "
-                         "default reference, or the recipe's.  Each takes the data's shape; the "
-                         "family (reference, vgg11, vgg16, your own) exports, resnet20/56 do not")
+                         "default reference, or the recipe's.  Each takes the data's shape and "
+                         "exports; `prunefab check` says whether an engine runs it")
     sp.add_argument("--epochs", type=COUNT, default=None, help="training epochs (default 3)")
     sp.add_argument("-o", "--output", type=arg.output_file, required=True,
                     help="checkpoint to write (.pt)")

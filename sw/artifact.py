@@ -24,11 +24,13 @@ import numpy as np
 from prunefab.errors import PrunefabError
 from prunefab.sw import data as data_sets
 from prunefab.sw.data import Dataset
-from prunefab.sw.qnet import (KERNEL_ELEMENTS, MULT_BITS, SHIFT_MAX, SHIFT_MIN, WEIGHT_MAX, ConvLayer,
-                              LinearLayer, NetworkError, QuantizedNetwork, check_accumulator)
+from prunefab.sw.qnet import (KERNEL, KERNELS, MULT_BITS, RESIDUAL_LIFT_MAX, SHIFT_MAX, SHIFT_MIN,
+                              STRIDES, WEIGHT_MAX, ConvLayer, LinearLayer, NetworkError,
+                              QuantizedNetwork, Residual, check_accumulator)
 
 MAGIC = b"PFAB"
-VERSION = 1
+VERSION = 2                         # the newest version this module reads and writes
+PLAIN_VERSION = 1                   # what a network of the first family is written as
 _PREFIX = struct.Struct("<4sHHI")   # magic, version, flags, header length
 _CRC = struct.Struct("<I")
 _DTYPES = {"int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "int32": np.int32}
@@ -46,8 +48,11 @@ _HEADER_KEYS = frozenset({"activation_scales", "format", "input_shape", "layers"
 _OPTIONAL_KEYS = frozenset({"data", "pruning"})
 _PRUNING_KEYS = frozenset({"method", "flops_cut"})
 _METHOD_NAME = re.compile(rf"[a-z][a-z0-9-]{{0,{MAX_METHOD_NAME - 1}}}")
-_CONV_KEYS = frozenset({"kind", "in_channels", "out_channels", "pool", "nonzeros", "uniform_count"})
-_LINEAR_KEYS = frozenset({"kind", "in_features", "out_features", "nonzeros", "index"})
+_CONV_KEYS_V1 = frozenset({"kind", "in_channels", "out_channels", "pool", "nonzeros", "uniform_count"})
+_LINEAR_KEYS_V1 = frozenset({"kind", "in_features", "out_features", "nonzeros", "index"})
+_CONV_KEYS = {1: _CONV_KEYS_V1,
+              2: _CONV_KEYS_V1 | {"kernel", "stride", "relu", "source", "residual"}}
+_LINEAR_KEYS = {1: _LINEAR_KEYS_V1, 2: _LINEAR_KEYS_V1 | {"global_pool"}}
 _ENTRY_KEYS = frozenset({"name", "dtype", "count", "offset"})
 
 
@@ -127,7 +132,7 @@ def conv_elements(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
     Returns (counts [C_out, C_in], positions [nnz] 0..8 = ky*3+kx, weights [nnz] int8).
     """
-    flat = layer.weights.reshape(layer.out_channels, layer.in_channels, KERNEL_ELEMENTS)
+    flat = layer.weights.reshape(layer.out_channels, layer.in_channels, layer.kernel * layer.kernel)
     nz = flat != 0
     counts = nz.sum(axis=2).astype(np.uint8)
     _, _, pos = np.nonzero(nz)
@@ -168,8 +173,9 @@ def encode(net: QuantizedNetwork, data: str | None = None, pruning: Pruning | No
     """
     try:
         net.validate()
-        layers, arrays = _encode_layers(net)
-        header = {"format": FORMAT, "version": VERSION, "input_shape": [int(v) for v in net.input_shape],
+        version = PLAIN_VERSION if net.plain else VERSION
+        layers, arrays = _encode_layers(net, version)
+        header = {"format": FORMAT, "version": version, "input_shape": [int(v) for v in net.input_shape],
                   "layers": layers, "activation_scales": [float(s) for s in net.activation_scales],
                   "logit_scale": float(net.logit_scale), "sections": []}
         if data is not None:
@@ -189,38 +195,65 @@ def encode(net: QuantizedNetwork, data: str | None = None, pruning: Pruning | No
     assert not arrays, sorted(arrays)
     header["sections"] = table
     hbytes = _canonical(header).encode()
-    body = _PREFIX.pack(MAGIC, VERSION, 0, len(hbytes)) + hbytes + b"".join(payload)
+    body = _PREFIX.pack(MAGIC, version, 0, len(hbytes)) + hbytes + b"".join(payload)
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _encode_layers(net: QuantizedNetwork) -> tuple[list[dict], dict[str, np.ndarray]]:
+def _encode_layers(net: QuantizedNetwork, version: int) -> tuple[list[dict], dict[str, np.ndarray]]:
     """The header's layer list and every section's array, by section name."""
     layers, arrays = [], {}
     for i, layer in enumerate(net.convs):
         counts, pos, w = conv_elements(layer)
         uniform = int(counts.flat[0]) if np.all(counts == counts.flat[0]) else None
-        layers.append({"kind": "conv", "in_channels": layer.in_channels,
-                       "out_channels": layer.out_channels, "pool": bool(layer.pool),
-                       "nonzeros": int(len(w)), "uniform_count": uniform})
+        spec = {"kind": "conv", "in_channels": layer.in_channels,
+                "out_channels": layer.out_channels, "pool": bool(layer.pool),
+                "nonzeros": int(len(w)), "uniform_count": uniform}
+        if version > 1:
+            res = layer.residual
+            spec.update({"kernel": layer.kernel, "stride": layer.stride, "relu": bool(layer.relu),
+                         "source": net.conv_source(i),
+                         "residual": None if res is None else int(res.source)})
+        layers.append(spec)
         p = f"conv{i}."
         arrays.update({p + "bias": layer.bias.astype(np.int32),
                        p + "multiplier": layer.multiplier.astype(np.uint16),
                        p + "shift": layer.shift.astype(np.uint8),
                        p + "counts": _pack_nibbles(counts.ravel()),
                        p + "positions": _pack_nibbles(pos), p + "weights": w.astype(np.int8)})
+        if layer.residual is not None:
+            arrays.update({p + "residual_multiplier": layer.residual.multiplier.astype(np.uint16),
+                           p + "residual_shift": layer.residual.shift.astype(np.uint8)})
         if uniform is not None:
             del arrays[p + "counts"]
-    counts, idx, w = linear_elements(net.linear)
-    index = _classifier_index(net.linear.out_features, net.linear.in_features, len(w))
-    layers.append({"kind": "linear", "in_features": net.linear.in_features,
-                   "out_features": net.linear.out_features, "nonzeros": int(len(w)), "index": index})
-    arrays["linear.bias"] = net.linear.bias.astype(np.int32)
-    if index == "bitmap":
-        arrays["linear.bitmap"] = np.packbits(net.linear.weights.ravel() != 0, bitorder="little")
-    else:
-        arrays.update({"linear.counts": counts, "linear.indices": idx})
-    arrays["linear.weights"] = w.astype(np.int8)
+    names = _linear_names(len(net.linears))
+    for lin, name in zip(net.linears, names):
+        counts, idx, w = linear_elements(lin)
+        index = _classifier_index(lin.out_features, lin.in_features, len(w))
+        spec = {"kind": "linear", "in_features": lin.in_features,
+                "out_features": lin.out_features, "nonzeros": int(len(w)), "index": index}
+        if version > 1:
+            spec["global_pool"] = bool(lin.global_pool)
+        layers.append(spec)
+        p = name + "."
+        arrays[p + "bias"] = lin.bias.astype(np.int32)
+        if lin.multiplier is not None:
+            arrays.update({p + "multiplier": lin.multiplier.astype(np.uint16),
+                           p + "shift": lin.shift.astype(np.uint8)})
+        if index == "bitmap":
+            arrays[p + "bitmap"] = np.packbits(lin.weights.ravel() != 0, bitorder="little")
+        else:
+            arrays.update({p + "counts": counts, p + "indices": idx})
+        arrays[p + "weights"] = w.astype(np.int8)
     return layers, arrays
+
+
+def _linear_names(n: int) -> list[str]:
+    """Names of n linear layers: linear0.. for the hidden ones, linear for the classifier."""
+    return [f"linear{j}" for j in range(n - 1)] + ["linear"]
+
+
+def _conv_count(layers: list[dict]) -> int:
+    return next((i for i, spec in enumerate(layers) if spec.get("kind") != "conv"), len(layers))
 
 
 def _classifier_index(out_features: int, in_features: int, nonzeros: int) -> str:
@@ -231,21 +264,28 @@ def _classifier_index(out_features: int, in_features: int, nonzeros: int) -> str
 def _layout(layers: list[dict]) -> list[tuple[str, str, int]]:
     """(name, dtype, count) of every section a (checked) layer list implies, in file order."""
     out = []
-    for i, spec in enumerate(layers[:-1]):
+    n_convs = _conv_count(layers)
+    for i, spec in enumerate(layers[:n_convs]):
         p, n_out, n = f"conv{i}.", spec["out_channels"], spec["nonzeros"]
         out += [(p + "bias", "int32", n_out), (p + "multiplier", "uint16", n_out),
                 (p + "shift", "uint8", n_out)]
+        if spec.get("residual") is not None:
+            out += [(p + "residual_multiplier", "uint16", n_out), (p + "residual_shift", "uint8", n_out)]
         if spec["uniform_count"] is None:
             out.append((p + "counts", "uint8", (n_out * spec["in_channels"] + 1) // 2))
         out += [(p + "positions", "uint8", (n + 1) // 2), (p + "weights", "int8", n)]
-    spec = layers[-1]
-    k, f, n = spec["out_features"], spec["in_features"], spec["nonzeros"]
-    out.append(("linear.bias", "int32", k))
-    if spec["index"] == "bitmap":
-        out.append(("linear.bitmap", "uint8", (k * f + 7) // 8))
-    else:
-        out += [("linear.counts", "uint16", k), ("linear.indices", "uint16", n)]
-    out.append(("linear.weights", "int8", n))
+    linears = layers[n_convs:]
+    for spec, name in zip(linears, _linear_names(len(linears))):
+        p = name + "."
+        k, f, n = spec["out_features"], spec["in_features"], spec["nonzeros"]
+        out.append((p + "bias", "int32", k))
+        if name != "linear":
+            out += [(p + "multiplier", "uint16", k), (p + "shift", "uint8", k)]
+        if spec["index"] == "bitmap":
+            out.append((p + "bitmap", "uint8", (k * f + 7) // 8))
+        else:
+            out += [(p + "counts", "uint16", k), (p + "indices", "uint16", n)]
+        out.append((p + "weights", "int8", n))
     return out
 
 
@@ -289,13 +329,16 @@ def parse(data: bytes, name: str = "artifact") -> Artifact:
     """The network and its recorded provenance; a file that breaks any validity rule of
     docs/format.md raises ArtifactError, one line naming `name` and the rule."""
     try:
-        header, text, payload = _read_container(data)
-        _check_header(header)
+        header, text, payload, version = _read_container(data)
+        shapes = _check_header(header, version)
         if _canonical(header) != text:
             _refuse(7, "header is not in canonical form (keys sorted, no spaces, ASCII, "
                        "numbers as written by the encoder)")
         sections = _sections(header["sections"], header["layers"], payload)
-        net = _network(header, sections)
+        net = _network(header, sections, shapes)
+        if version > PLAIN_VERSION and net.plain:
+            _refuse(2, f"a version {version} file holds a network that version {PLAIN_VERSION} "
+                       f"writes (3x3 stride-1 conv layers, one classifier)")
     except _Invalid as e:
         raise ArtifactError(f"{name}: {e}") from None
     try:
@@ -307,21 +350,23 @@ def parse(data: bytes, name: str = "artifact") -> Artifact:
                     None if pruning is None else Pruning(pruning["method"], pruning["flops_cut"]))
 
 
-def _read_container(data: bytes) -> tuple[dict, str, memoryview]:
-    """Rules 1 to 6: the header (parsed, and as written) and the payload between it and the CRC."""
+def _read_container(data: bytes) -> tuple[dict, str, memoryview, int]:
+    """Rules 1 to 6: the header (parsed, and as written), the payload between it and the CRC,
+    the version."""
     if len(data) < _PREFIX.size + _CRC.size:
         _refuse(1, f"truncated: {len(data)} bytes is shorter than any artifact")
     magic, version, flags, hlen = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         _refuse(1, "not a prunefab artifact (bad magic)")
-    if version != VERSION:
-        _refuse(2, f"artifact format version {version}; this prunefab reads version {VERSION} only")
+    if not PLAIN_VERSION <= version <= VERSION:
+        _refuse(2, f"artifact format version {version}; this prunefab reads versions "
+                   f"{PLAIN_VERSION} to {VERSION} (export the network again with this prunefab)")
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     body = memoryview(data)[:len(data) - _CRC.size]
     if zlib.crc32(body) != crc:
         _refuse(3, "checksum mismatch: the file is truncated or corrupted")
     if flags:
-        _refuse(4, f"flags 0x{flags:04x} are set; version {VERSION} defines no flags")
+        _refuse(4, f"flags 0x{flags:04x} are set; version {version} defines no flags")
     if _PREFIX.size + hlen > len(body):
         _refuse(5, f"truncated header: {hlen} header bytes announced, "
                    f"{len(body) - _PREFIX.size} before the checksum")
@@ -329,7 +374,7 @@ def _read_container(data: bytes) -> tuple[dict, str, memoryview]:
         text = bytes(body[_PREFIX.size:_PREFIX.size + hlen]).decode("utf-8")
     except UnicodeDecodeError:
         _refuse(6, "header is not UTF-8 text")
-    return _parse_header(text), text, body[_PREFIX.size + hlen:]
+    return _parse_header(text), text, body[_PREFIX.size + hlen:], version
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -398,19 +443,23 @@ def _keys(obj, keys: frozenset, what: str, rule: int, optional: frozenset = froz
         _refuse(rule, f"{what} has the unknown key {_show(unknown[0])}")
 
 
-def _check_header(header: dict) -> None:
-    """Rules 8 to 14: everything in the header but the section table."""
+def _check_header(header: dict, container: int | None = None) -> list[tuple[int, int, int]]:
+    """Rules 8 to 14: everything in the header but the section table; the feature maps' shapes.
+    `container`: the container's version, which the header's must equal."""
     _keys(header, _HEADER_KEYS, "header", 8, _OPTIONAL_KEYS)
     if header["format"] != FORMAT:
         _refuse(8, f"header format is {_show(header['format'])}, not a prunefab network")
-    if _int(header["version"], "header version", 0, 1 << 16, 8) != VERSION:
-        _refuse(8, f"header version {header['version']}; this prunefab reads version {VERSION} only")
+    version = _int(header["version"], "header version", 0, 1 << 16, 8)
+    if not PLAIN_VERSION <= version <= VERSION:
+        _refuse(8, f"header version {version}; this prunefab reads versions {PLAIN_VERSION} to {VERSION}")
+    if container is not None and version != container:
+        _refuse(8, f"header version {version} differs from the container's {container}")
     shape = header["input_shape"]
     if not isinstance(shape, list) or len(shape) != 3:
         _refuse(10, f"input_shape must be a list [C, H, W], not {_show(shape)}")
     for axis, v in zip("CHW", shape):
         _int(v, f"input_shape {axis}", 1, MAX_DIM, 10)
-    _check_layers(header["layers"], tuple(shape))
+    shapes = _check_layers(header["layers"], tuple(shape), version)
     convs = len(header["layers"]) - 1
     scales = header["activation_scales"]
     if not isinstance(scales, list) or len(scales) not in (0, convs + 1):
@@ -437,51 +486,101 @@ def _check_header(header: dict) -> None:
         if type(cut) is not float or not 0.0 <= cut < 1.0 or math.copysign(1.0, cut) < 0:
             _refuse(14, f"pruning flops_cut must be a JSON number with a fraction in [0, 1), "
                         f"not {_show(cut)}")
+    return shapes
 
 
-def _check_layers(layers, shape: tuple[int, int, int]) -> None:
-    """Rules 11 and 12: conv layers, then the classifier; shapes that chain; bounded sizes."""
+def _check_layers(layers, shape: tuple[int, int, int], version: int) -> list[tuple[int, int, int]]:
+    """Rules 11 and 12: conv layers, then linear layers (the classifier last); sources, residual
+    operands and shapes that chain; bounded sizes.  Returns every feature map's shape."""
     if not isinstance(layers, list) or not layers:
         _refuse(11, f"layers must be a non-empty list, not {_show(layers)}")
-    c, h, w = shape
-    for i, spec in enumerate(layers[:-1]):
-        what = f"conv{i}"
-        if isinstance(spec, dict) and spec.get("kind") != "conv":
-            _refuse(11, f"layer {i} is {_show(spec.get('kind'))}; only conv layers precede the classifier")
-        _keys(spec, _CONV_KEYS, f"layer {i}", 11)
-        n_in = _int(spec["in_channels"], f"{what} in_channels", 1, MAX_DIM, 11)
-        n_out = _int(spec["out_channels"], f"{what} out_channels", 1, MAX_DIM, 11)
-        if n_in != c:
-            _refuse(12, f"{what} takes {n_in} input channels, but {c} enter it")
-        if n_out * n_in * KERNEL_ELEMENTS > MAX_LAYER_WEIGHTS:
-            _refuse(12, f"{what} has {n_out * n_in * KERNEL_ELEMENTS} weights; at most {MAX_LAYER_WEIGHTS}")
-        _int(spec["nonzeros"], f"{what} nonzeros", 0, n_out * n_in * KERNEL_ELEMENTS, 11)
-        if spec["uniform_count"] is not None:
-            _int(spec["uniform_count"], f"{what} uniform_count", 0, KERNEL_ELEMENTS, 11)
-        if type(spec["pool"]) is not bool:
-            _refuse(9, f"{what} pool must be true or false, not {_show(spec['pool'])}")
+    n_convs = _conv_count([spec if isinstance(spec, dict) else {} for spec in layers])
+    shapes, signed, residuals = [tuple(shape)], set(), set()
+    for i, spec in enumerate(layers[:n_convs]):
+        shapes.append(_check_conv(i, spec, shapes, signed, residuals, version))
+    linears = layers[n_convs:]
+    if not linears:
+        _refuse(11, "the last layer is a conv layer, not the linear classifier")
+    if version == PLAIN_VERSION and len(linears) > 1:
+        _refuse(11, f"layer {n_convs + 1} follows the classifier; version {PLAIN_VERSION} has one "
+                    f"linear layer")
+    for j, (spec, name) in enumerate(zip(linears, _linear_names(len(linears)))):
+        if isinstance(spec, dict) and spec.get("kind") != "linear":
+            _refuse(11, f"layer {n_convs + j} is {_show(spec.get('kind'))}; only linear layers "
+                        f"follow the first linear layer")
+        _keys(spec, _LINEAR_KEYS[version], f"layer {n_convs + j}", 11)
+        c, h, w = shapes[-1]
+        if len(shapes) - 1 in signed:
+            _refuse(12, f"{name} reads map {len(shapes) - 1}, which a layer without ReLU wrote")
+        pool = spec.get("global_pool", False)
+        if type(pool) is not bool:
+            _refuse(9, f"{name} global_pool must be true or false, not {_show(pool)}")
+        if pool and j:
+            _refuse(12, f"{name} global-pools; only the first linear layer may")
+        n_in = _int(spec["in_features"], f"{name} in_features", 1, MAX_LAYER_WEIGHTS, 11)
+        n_out = _int(spec["out_features"], f"{name} out_features", 1, MAX_DIM, 11)
+        if n_in != (c if pool else c * h * w):
+            _refuse(12, f"{name} takes {n_in} inputs, but the last feature map has "
+                        + (f"{c} channels to pool" if pool else f"{c}x{h}x{w} = {c * h * w}"))
+        if n_out * n_in > MAX_LAYER_WEIGHTS:
+            _refuse(12, f"{name} has {n_out * n_in} weights; at most {MAX_LAYER_WEIGHTS}")
+        n = _int(spec["nonzeros"], f"{name} nonzeros", 0, n_out * n_in, 11)
+        if spec["index"] not in ("bitmap", "list"):
+            _refuse(11, f"{name} index must be \"bitmap\" or \"list\", not {_show(spec['index'])}")
+        if spec["index"] != _classifier_index(n_out, n_in, n):
+            _refuse(24, f"{name} index is {spec['index']!r} where {_classifier_index(n_out, n_in, n)!r} is smaller")
+        if spec["index"] == "list" and n_in > MAX_LIST_FEATURES:
+            _refuse(24, f"{name} index list cannot name {n_in} inputs with 16 bits")
+        if name != "linear":
+            shapes.append((n_out, 1, 1))
+    unused = sorted(signed - residuals)
+    if unused:
+        _refuse(12, f"conv{unused[0] - 1} has no ReLU but feeds no residual addition")
+    return shapes
+
+
+def _check_conv(i: int, spec, shapes: list, signed: set, residuals: set, version: int):
+    """Rules 11 and 12 for conv layer i; its output's shape."""
+    what = f"conv{i}"
+    _keys(spec, _CONV_KEYS[version], f"layer {i}", 11)
+    kernel = _int(spec.get("kernel", KERNEL), f"{what} kernel", 1, KERNEL, 11)
+    if kernel not in KERNELS:
+        _refuse(11, f"{what} kernel is {kernel}; kernels are 1 or 3")
+    stride = _int(spec.get("stride", 1), f"{what} stride", min(STRIDES), max(STRIDES), 11)
+    relu = spec.get("relu", True)
+    for key, value in (("pool", spec["pool"]), ("relu", relu)):
+        if type(value) is not bool:
+            _refuse(9, f"{what} {key} must be true or false, not {_show(value)}")
+    src = _int(spec.get("source", i), f"{what} source", 0, i, 12)
+    if src in signed:
+        _refuse(12, f"{what} reads map {src}, which a layer without ReLU wrote")
+    c, h, w = shapes[src]
+    n_in = _int(spec["in_channels"], f"{what} in_channels", 1, MAX_DIM, 11)
+    n_out = _int(spec["out_channels"], f"{what} out_channels", 1, MAX_DIM, 11)
+    if n_in != c:
+        _refuse(12, f"{what} takes {n_in} input channels, but map {src} has {c}")
+    elements = kernel * kernel
+    if n_out * n_in * elements > MAX_LAYER_WEIGHTS:
+        _refuse(12, f"{what} has {n_out * n_in * elements} weights; at most {MAX_LAYER_WEIGHTS}")
+    _int(spec["nonzeros"], f"{what} nonzeros", 0, n_out * n_in * elements, 11)
+    if spec["uniform_count"] is not None:
+        _int(spec["uniform_count"], f"{what} uniform_count", 0, elements, 11)
+    h, w = -(-h // stride), -(-w // stride)
+    if spec["pool"]:
+        if h < 2 or w < 2:
+            _refuse(12, f"{what} max-pools a {h}x{w} feature map")
+        h, w = h // 2, w // 2
+    res = spec.get("residual")
+    if res is not None:
+        res = _int(res, f"{what} residual", 0, i, 12)
         if spec["pool"]:
-            if h < 2 or w < 2:
-                _refuse(12, f"{what} max-pools a {h}x{w} feature map")
-            h, w = h // 2, w // 2
-        c = n_out
-    spec = layers[-1]
-    if isinstance(spec, dict) and spec.get("kind") != "linear":
-        _refuse(11, f"the last layer is {_show(spec.get('kind'))}, not the linear classifier")
-    _keys(spec, _LINEAR_KEYS, f"layer {len(layers) - 1}", 11)
-    n_in = _int(spec["in_features"], "linear in_features", 1, MAX_LAYER_WEIGHTS, 11)
-    n_out = _int(spec["out_features"], "linear out_features", 1, MAX_DIM, 11)
-    if n_in != c * h * w:
-        _refuse(12, f"linear takes {n_in} inputs, but the last feature map has {c}x{h}x{w} = {c * h * w}")
-    if n_out * n_in > MAX_LAYER_WEIGHTS:
-        _refuse(12, f"linear has {n_out * n_in} weights; at most {MAX_LAYER_WEIGHTS}")
-    n = _int(spec["nonzeros"], "linear nonzeros", 0, n_out * n_in, 11)
-    if spec["index"] not in ("bitmap", "list"):
-        _refuse(11, f"linear index must be \"bitmap\" or \"list\", not {_show(spec['index'])}")
-    if spec["index"] != _classifier_index(n_out, n_in, n):
-        _refuse(24, f"linear index is {spec['index']!r} where {_classifier_index(n_out, n_in, n)!r} is smaller")
-    if spec["index"] == "list" and n_in > MAX_LIST_FEATURES:
-        _refuse(24, f"linear index list cannot name {n_in} inputs with 16 bits")
+            _refuse(12, f"{what} adds a residual and max-pools; a residual layer does not pool")
+        if shapes[res] != (n_out, h, w):
+            _refuse(12, f"{what} adds map {res} of {_dims(shapes[res])} to its {_dims((n_out, h, w))} output")
+        residuals.add(res)
+    if not relu:
+        signed.add(i + 1)
+    return n_out, h, w
 
 
 def _sections(table, layers: list[dict], payload: memoryview) -> dict[str, np.ndarray]:
@@ -531,11 +630,16 @@ def _sections(table, layers: list[dict], payload: memoryview) -> dict[str, np.nd
     return sections
 
 
-def _network(header: dict, sections: dict[str, np.ndarray]) -> QuantizedNetwork:
+def _network(header: dict, sections: dict[str, np.ndarray], shapes: list) -> QuantizedNetwork:
     layers = header["layers"]
-    convs = tuple(_conv_layer(i, spec, sections) for i, spec in enumerate(layers[:-1]))
+    n_convs = _conv_count(layers)
+    convs = tuple(_conv_layer(i, spec, sections) for i, spec in enumerate(layers[:n_convs]))
+    linears = layers[n_convs:]
+    _, h, w = shapes[n_convs]
+    built = [_linear_layer(name, spec, sections, h * w if spec.get("global_pool") else 1)
+             for spec, name in zip(linears, _linear_names(len(linears)))]
     return QuantizedNetwork(input_shape=tuple(header["input_shape"]), convs=convs,
-                            linear=_linear_layer(layers[-1], sections),
+                            linear=built[-1], hidden=tuple(built[:-1]),
                             activation_scales=tuple(header["activation_scales"]),
                             logit_scale=header["logit_scale"])
 
@@ -565,6 +669,8 @@ def _conv_layer(i: int, spec: dict, sections: dict[str, np.ndarray]) -> ConvLaye
     """Rules 19 to 23 and 27 for conv layer i."""
     what, p = f"conv{i}", f"conv{i}."
     n_out, n_in, nnz = spec["out_channels"], spec["in_channels"], spec["nonzeros"]
+    kernel = spec.get("kernel", KERNEL)
+    elements = kernel * kernel
     planes = n_out * n_in
     if spec["uniform_count"] is None:
         counts = _nibbles(sections[p + "counts"], planes, f"{what} counts")
@@ -573,63 +679,85 @@ def _conv_layer(i: int, spec: dict, sections: dict[str, np.ndarray]) -> ConvLaye
                         f"set and the counts left out")
     else:
         counts = np.full(planes, spec["uniform_count"], dtype=np.uint8)
-    if counts.max() > KERNEL_ELEMENTS or int(counts.sum()) != nnz:
+    if counts.max() > elements or int(counts.sum()) != nnz:
         _refuse(19, f"{what}: plane counts do not add up to {nnz} nonzeros of at most "
-                    f"{KERNEL_ELEMENTS} per plane")
+                    f"{elements} per plane")
     pos = _nibbles(sections[p + "positions"], nnz, f"{what} positions")
-    if pos.max(initial=0) >= KERNEL_ELEMENTS:
-        _refuse(20, f"{what}: kernel position above {KERNEL_ELEMENTS - 1}")
+    if pos.max(initial=0) >= elements:
+        _refuse(20, f"{what}: kernel position above {elements - 1}")
     if not _ascending_within(pos, counts):
         _refuse(20, f"{what}: kernel positions within a plane must be strictly ascending")
     weights = sections[p + "weights"]
     _check_weights(what, weights)
+    multiplier, shift = _requantization(what, p, sections)
+    residual = None
+    if spec.get("residual") is not None:
+        n = sections[p + "residual_multiplier"].astype(np.int32)
+        u = sections[p + "residual_shift"].astype(np.int32)
+        if np.any(n < 1) or np.any(n >= 1 << MULT_BITS):
+            _refuse(22, f"{what}: residual multiplier outside 1..{(1 << MULT_BITS) - 1}")
+        if np.any(u < SHIFT_MIN) or np.any(u > shift) or np.any(shift - u > RESIDUAL_LIFT_MAX):
+            _refuse(22, f"{what}: residual shift outside {SHIFT_MIN}..s and "
+                        f"s-{RESIDUAL_LIFT_MAX}..s (s: the layer's shift)")
+        residual = Residual(spec["residual"], n, u)
+    dense = np.zeros((planes, elements), dtype=np.int8)
+    dense[np.repeat(np.arange(planes), counts), pos] = weights
+    bias = sections[p + "bias"].copy()
+    _check_accumulator(what, dense.reshape(n_out, -1), bias)
+    source = spec.get("source", i)
+    return ConvLayer(weights=dense.reshape(n_out, n_in, kernel, kernel), bias=bias,
+                     multiplier=multiplier, shift=shift, pool=spec["pool"],
+                     stride=spec.get("stride", 1), relu=spec.get("relu", True),
+                     source=None if source == i else source, residual=residual)
+
+
+def _requantization(what: str, p: str, sections: dict[str, np.ndarray]):
+    """Rule 22: a layer's requantization multipliers and shifts, as int32."""
     multiplier = sections[p + "multiplier"].astype(np.int32)
     shift = sections[p + "shift"].astype(np.int32)
     if np.any(multiplier < 1) or np.any(multiplier >= 1 << MULT_BITS):
         _refuse(22, f"{what}: requantization multiplier outside 1..{(1 << MULT_BITS) - 1}")
     if np.any(shift < SHIFT_MIN) or np.any(shift > SHIFT_MAX):
         _refuse(22, f"{what}: requantization shift outside {SHIFT_MIN}..{SHIFT_MAX}")
-    dense = np.zeros((planes, KERNEL_ELEMENTS), dtype=np.int8)
-    dense[np.repeat(np.arange(planes), counts), pos] = weights
-    bias = sections[p + "bias"].copy()
-    _check_accumulator(what, dense.reshape(n_out, -1), bias)
-    return ConvLayer(weights=dense.reshape(n_out, n_in, 3, 3), bias=bias, multiplier=multiplier,
-                     shift=shift, pool=spec["pool"])
+    return multiplier, shift
 
 
-def _linear_layer(spec: dict, sections: dict[str, np.ndarray]) -> LinearLayer:
-    """Rules 21, 23, 25 to 27 for the classifier."""
+def _linear_layer(name: str, spec: dict, sections: dict[str, np.ndarray], pixels: int) -> LinearLayer:
+    """Rules 21 to 23, 25 to 27 for a linear layer (`pixels`: values each input sums)."""
+    p = name + "."
     n_out, n_in, nnz = spec["out_features"], spec["in_features"], spec["nonzeros"]
-    weights = sections["linear.weights"]
-    _check_weights("linear", weights)
+    weights = sections[p + "weights"]
+    _check_weights(name, weights)
     dense = np.zeros((n_out, n_in), dtype=np.int8)
     if spec["index"] == "bitmap":
-        bits = np.unpackbits(sections["linear.bitmap"], bitorder="little").astype(bool)
+        bits = np.unpackbits(sections[p + "bitmap"], bitorder="little").astype(bool)
         if np.any(bits[n_out * n_in:]):
-            _refuse(23, "linear bitmap: the unused bits of the last byte are not 0")
+            _refuse(23, f"{name} bitmap: the unused bits of the last byte are not 0")
         if int(bits.sum()) != nnz:
-            _refuse(25, f"linear bitmap: {int(bits.sum())} bits set for {nnz} nonzeros")
+            _refuse(25, f"{name} bitmap: {int(bits.sum())} bits set for {nnz} nonzeros")
         dense.ravel()[bits[:n_out * n_in]] = weights
     else:
-        counts, idx = sections["linear.counts"], sections["linear.indices"]
+        counts, idx = sections[p + "counts"], sections[p + "indices"]
         if int(counts.sum(dtype=np.int64)) != nnz or counts.max(initial=0) > n_in:
-            _refuse(26, f"linear: counts do not add up to {nnz} nonzeros of at most {n_in} per output")
+            _refuse(26, f"{name}: counts do not add up to {nnz} nonzeros of at most {n_in} per output")
         if idx.max(initial=0) >= n_in:
-            _refuse(26, f"linear: input index {int(idx.max())} is outside 0..{n_in - 1}")
+            _refuse(26, f"{name}: input index {int(idx.max())} is outside 0..{n_in - 1}")
         if not _ascending_within(idx, counts):
-            _refuse(26, "linear: input indices within an output must be strictly ascending "
+            _refuse(26, f"{name}: input indices within an output must be strictly ascending "
                         "(no repeats)")
         dense[np.repeat(np.arange(n_out), counts), idx] = weights
-    bias = sections["linear.bias"].copy()
-    _check_accumulator("linear", dense, bias)
-    return LinearLayer(dense, bias)
+    bias = sections[p + "bias"].copy()
+    _check_accumulator(name, dense, bias, pixels)
+    multiplier, shift = _requantization(name, p, sections) if name != "linear" else (None, None)
+    return LinearLayer(dense, bias, multiplier, shift, bool(spec.get("global_pool", False)))
 
 
-def _check_accumulator(what: str, weights: np.ndarray, bias: np.ndarray) -> None:
+def _check_accumulator(what: str, weights: np.ndarray, bias: np.ndarray, pixels: int = 1) -> None:
     try:
-        check_accumulator(what, weights, bias)
+        check_accumulator(what, weights, bias, pixels)
     except NetworkError as e:
         _refuse(27, str(e))
+
 
 
 def load(path: str | os.PathLike) -> QuantizedNetwork:
@@ -707,8 +835,9 @@ def stats(data: bytes) -> EncodingStats:
         layer_bits = 4 * n + (0 if np.all(counts == counts.flat[0]) else 4 * counts.size)
         nnz, conv_nnz = nnz + n, conv_nnz + n
         conv_bits, bits = conv_bits + layer_bits, bits + layer_bits
-    k, f = net.linear.weights.shape
-    n = int(np.count_nonzero(net.linear.weights))
-    nnz += n
-    bits += k * f if _classifier_index(k, f, n) == "bitmap" else 16 * n + 16 * k
+    for lin in net.linears:
+        k, f = lin.weights.shape
+        n = int(np.count_nonzero(lin.weights))
+        nnz += n
+        bits += k * f if _classifier_index(k, f, n) == "bitmap" else 16 * n + 16 * k
     return EncodingStats(len(data), nnz, conv_nnz, conv_bits, bits)

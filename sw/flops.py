@@ -83,13 +83,19 @@ def count(model: nn.Module, input_shape=None) -> NetCount:
 def count_network(net) -> NetCount:
     """The counts of a quantized network (`prunefab.sw.qnet.QuantizedNetwork`): what an
     artifact costs, from its own weights."""
-    sizes = [hw for _, *hw in net.feature_shapes()[:-1]]
-    convs = [(f"conv{i}", layer.weights, tuple(hw)) for i, (layer, hw) in enumerate(zip(net.convs, sizes))]
-    return _tally(convs, ("linear", net.linear.weights))
+    shapes = net.feature_shapes()
+    convs = []
+    for i, layer in enumerate(net.convs):
+        _, h, w = shapes[net.conv_source(i)]
+        hw = (-(-h // layer.stride), -(-w // layer.stride))     # the output before any pool
+        convs.append((f"conv{i}", layer.weights, hw))
+    hidden = [layer.weights for layer in net.hidden]
+    return _tally(convs, ("linear", net.linear.weights), hidden)
 
 
-def _tally(convs, linear) -> NetCount:
-    """convs: (name, weights [O, I, 3, 3], output (H, W)) each; linear: (name, weights [O, I])."""
+def _tally(convs, linear, hidden=()) -> NetCount:
+    """convs: (name, weights [O, I, K, K], output (H, W)) each; linear: (name, weights [O, I]);
+    hidden: the weights of hidden linear layers (counted in the parameters)."""
     layers = []
     params = dense_params = 0
     for name, wt, (h, w) in convs:
@@ -99,6 +105,9 @@ def _tally(convs, linear) -> NetCount:
                                  2 * h * w * wt.size))
         params += nnz + alive
         dense_params += wt.size + wt.shape[0]
+    for hw_ in hidden:
+        params += int(np.count_nonzero(hw_)) + hw_.shape[0]
+        dense_params += hw_.size + hw_.shape[0]
     name, lw = linear
     lnnz = int(np.count_nonzero(lw))
     params += lnnz + lw.shape[0]

@@ -135,8 +135,8 @@ class ResNetCifar(nn.Module):
     """ResNet-20/56 (CIFAR variant, 3 stages of (depth - 2) / 6 basic blocks), for 3x32x32
     images or any other shape (global average pooling before the classifier).
 
-    Outside the hardware family (strided convolutions, residual additions): it is here for
-    paper-scale pruning runs; `layer_specs` refuses it for export.
+    Outside the plain family that `layer_specs` describes (strided and 1x1 convolutions,
+    residual additions); `engine_spec` gives its graph for quantization and export.
     """
 
     def __init__(self, depth: int = 56, num_classes: int = 10, input_shape=(3, 32, 32)):
@@ -296,19 +296,54 @@ def as_family(model: nn.Module, input_shape=None) -> HardwareNet:
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """One conv block as the hardware sees it (module names for error messages and export)."""
+    """One conv block as the hardware sees it (module names for error messages and export).
+
+    source:   the feature map it reads (docs/arithmetic.md numbers them: 0 the input, conv i
+              writes i + 1); None: the one before it
+    relu:     False for a projection shortcut, whose output only feeds a residual addition
+    residual: the feature map added before the ReLU, or None
+    """
 
     conv: nn.Conv2d
     bn: nn.BatchNorm2d | None
     pool: bool
     name: str
+    relu: bool = True
+    source: int | None = None
+    residual: int | None = None
 
 
 @dataclass(frozen=True)
 class NetSpec:
+    """Conv blocks, then hidden linear layers with ReLU (name, module), then the classifier;
+    `global_pool`: the first linear layer takes each channel's average."""
+
     convs: tuple[ConvSpec, ...]
     linear: nn.Linear
     linear_name: str
+    hidden: tuple[tuple[str, nn.Linear], ...] = ()
+    global_pool: bool = False
+
+
+def engine_spec(model: nn.Module) -> NetSpec:
+    """The graph the engine's arithmetic runs for `model` (docs/arithmetic.md): `layer_specs`
+    for the plain family, the residual graph of a ResNetCifar; else UnmappableModel."""
+    if not isinstance(model, ResNetCifar):
+        return layer_specs(model)
+    convs = [ConvSpec(model.conv1, model.bn1, False, "conv1")]
+    for b, block in enumerate(model.layers):
+        x = len(convs)                  # the map the block reads
+        name = f"layers.{b}"
+        convs.append(ConvSpec(block.conv1, block.bn1, False, f"{name}.conv1", source=x))
+        middle = len(convs)
+        shortcut = x
+        if len(block.shortcut):
+            convs.append(ConvSpec(block.shortcut[0], block.shortcut[1], False, f"{name}.shortcut.0",
+                                  relu=False, source=x))
+            shortcut = len(convs)
+        convs.append(ConvSpec(block.conv2, block.bn2, False, f"{name}.conv2", source=middle,
+                              residual=shortcut))
+    return NetSpec(tuple(convs), model.classifier, "classifier", global_pool=True)
 
 
 def layer_specs(model: nn.Module) -> NetSpec:

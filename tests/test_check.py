@@ -10,7 +10,7 @@ import torch
 from prunefab.check import check
 from prunefab.cli import main
 from prunefab.hw.config import EngineConfig
-from prunefab.sw import artifact, models
+from prunefab.sw import artifact, data, models
 from prunefab.sw.flops import count
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "small_cnn.py") + ":small_cnn"
@@ -39,14 +39,42 @@ def test_a_family_model_maps_layer_by_layer(capsys):
 @pytest.mark.parametrize("name, config, problem", [
     ("vgg16", "ecp5-85f", "network: 14 layers exceeds this engine's limit of 12; generate an engine "
                           "with max_layers >= 14"),
-    ("resnet20", "ecp5-85f", "model ResNetCifar has a custom forward (at layers.0 (_BasicBlock))"),
+    ("resnet20", "ecp5-85f", "conv2 (layers.0.conv2): a residual addition is not supported by this "
+                             "engine yet"),
 ])
-def test_a_model_that_cannot_map_gets_one_line_naming_the_layer_and_limit(name, config, problem,
-                                                                         capsys):
+def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_and_limit(
+        name, config, problem, capsys):
     assert run("check", "--model", name, "--config", config) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{name}: 3x32x32 input, 10 classes, on the {config} engine (32 lanes)"
+    assert out[-1].startswith(f"{name} does not map to the {config} engine") and problem in out[-1]
+
+
+def test_resnet20_maps_as_a_graph_layer_by_layer(capsys):
+    assert run("check", "--model", "resnet20", "--config", "ecp5-85f") == 1
+    rows = {r.split()[0]: r.split() for r in capsys.readouterr().out.splitlines()[2:-1]}
+    # 19 convolutions and two 1x1 projections, then global average pooling into the classifier
+    assert len(rows) == 22 + 1
+    assert rows["conv0"][1:5] == ["conv1", "conv3x3+bn+relu", "3x32x32", "16x32x32"]
+    assert rows["conv2"][1:5] == ["layers.0.conv2", "conv3x3+bn+add:conv0+relu", "16x32x32", "16x32x32"]
+    assert rows["conv7"][1:5] == ["layers.3.conv1", "conv3x3/2+bn+relu", "16x32x32", "32x16x16"]
+    assert rows["conv8"][1:5] == ["layers.3.shortcut.0", "conv1x1/2+bn", "16x32x32", "32x16x16"]
+    assert rows["conv9"][1:5] == ["layers.3.conv2", "conv3x3+bn+add:conv8+relu", "32x16x16", "32x16x16"]
+    assert rows["linear"][1:5] == ["classifier", "avgpool+linear", "64", "10"]
+    model = models.resnet20_cifar()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert int(rows["total"][-1]) == (sum(c.weight.numel() + c.out_channels for c in convs)
+                                      + model.classifier.weight.numel() + 10)
+
+
+def test_a_model_without_a_graph_gets_one_line(tmp_path, capsys):
+    (tmp_path / "odd.py").write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)\n    def forward(self, x):\n"
+        "        return self.conv(x)\ndef make():\n    return Net()\n")
+    assert run("check", "--model", f"{tmp_path / 'odd.py'}:make") == 1
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and out.startswith(f"{name} does not map to the {config} engine")
-    assert problem in out
+    assert out.count("\n") == 1 and "model Net has a custom forward (at conv)" in out
 
 
 def test_the_first_layer_over_a_limit_is_named_with_the_models_own_name(tmp_path, capsys):
@@ -103,3 +131,25 @@ def test_a_broken_user_model_is_refused_in_one_line(tmp_path, capsys, source, fa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("prunefab: error: ") and message in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_engine_refuses_a_resnet_before_calibration_and_it_exports_as_version_2(tmp_path, capsys):
+    from prunefab.sw.train import save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(models.ResNetCifar(8, 10, (3, 32, 32)), tmp_path / "r8.pt",
+                    data="synthetic-cifar", seed=0)
+    assert run("export", tmp_path / "r8.pt", "--config", "ecp5-85f", "--calibration", 16,
+               "-o", tmp_path / "r8.pfab") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: data: synthetic-cifar, the checkpoint's" and len(err) == 2
+    assert err[1].startswith("prunefab: error: conv2 (layers.0.conv2): a residual addition is not "
+                             "supported by this engine yet")
+    assert not (tmp_path / "r8.pfab").exists()
+    # without an engine it exports (the integer reference runs it; tests/sw/test_quantize.py)
+    from prunefab.sw.pipeline import quantize_model
+    from prunefab.sw.train import load_checkpoint
+    net = quantize_model(load_checkpoint(tmp_path / "r8.pt")[0], data.synthetic_cifar(16))
+    encoded = artifact.encode(net, "synthetic-cifar")
+    assert encoded[4:6] == b"\x02\x00" and artifact.decode(encoded).input_shape == (3, 32, 32)
+    assert [(c.kernel, c.stride) for c in net.convs if not c.relu] == [(1, 2), (1, 2)]
+    assert net.linear.global_pool

@@ -9,17 +9,26 @@ from hypothesis import given, settings, strategies as st
 from prunefab.sw import artifact, reference
 from prunefab.sw.artifact import ArtifactError
 from prunefab.sw.qnet import LinearLayer, QuantizedNetwork
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import Pattern, random_images, random_network, random_residual_network
 
 
 def same_network(a: QuantizedNetwork, b: QuantizedNetwork) -> None:
     assert a.input_shape == b.input_shape and len(a.convs) == len(b.convs)
-    for x, y in zip(a.convs, b.convs):
+    for i, (x, y) in enumerate(zip(a.convs, b.convs)):
         for f in ("weights", "bias", "multiplier", "shift"):
             np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
-        assert x.pool == y.pool
-    np.testing.assert_array_equal(a.linear.weights, b.linear.weights)
-    np.testing.assert_array_equal(a.linear.bias, b.linear.bias)
+        assert (x.pool, x.stride, x.relu) == (y.pool, y.stride, y.relu)
+        assert a.conv_source(i) == b.conv_source(i)
+        assert (x.residual is None) == (y.residual is None)
+        if x.residual is not None:
+            assert x.residual.source == y.residual.source
+            np.testing.assert_array_equal(x.residual.multiplier, y.residual.multiplier)
+            np.testing.assert_array_equal(x.residual.shift, y.residual.shift)
+    assert len(a.linears) == len(b.linears)
+    for x, y in zip(a.linears, b.linears):
+        for f in ("weights", "bias", "multiplier", "shift"):
+            np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
+        assert x.global_pool == y.global_pool
 
 
 @settings(max_examples=40, deadline=None)
@@ -41,6 +50,35 @@ def test_round_trip_exact(seed, pattern, density, c, h, w, channels, pool_bits):
     images = random_images(rng, 3, (c, h, w))
     np.testing.assert_array_equal(reference.run(back, images), reference.run(net, images))
     assert artifact.encode(back) == artifact.encode(net)
+
+
+@pytest.mark.parametrize("pattern", [Pattern.UNSTRUCTURED, Pattern.KERNEL_ELEMENTS, Pattern.DENSE])
+def test_graph_networks_round_trip_as_version_2(rng, pattern):
+    net = random_residual_network(rng, (3, 9, 8), widths=(4, 6, 8), pattern=pattern)
+    data = artifact.encode(net, "synthetic-cifar")
+    assert data[4:6] == b"\x02\x00"
+    back = artifact.decode(data)
+    same_network(net, back)
+    images = random_images(rng, 3, (3, 9, 8))
+    np.testing.assert_array_equal(reference.run(back, images), reference.run(net, images))
+    assert artifact.encode(back, "synthetic-cifar") == data
+    # the first family still writes version 1, byte for byte as before version 2 existed
+    assert artifact.encode(random_network(rng))[4:6] == b"\x01\x00"
+
+
+def test_version_2_cannot_hold_a_plain_network(rng):
+    import json, struct, zlib
+    data = artifact.encode(random_network(rng))
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    header = json.loads(data[12:12 + hlen])
+    header["version"] = 2
+    for i, layer in enumerate(header["layers"][:-1]):
+        layer.update({"kernel": 3, "stride": 1, "relu": True, "source": i, "residual": None})
+    header["layers"][-1]["global_pool"] = False
+    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body = data[:4] + struct.pack("<HHI", 2, 0, len(h)) + h + data[12 + hlen:-4]
+    with pytest.raises(ArtifactError, match="a version 2 file holds a network that version 1 writes"):
+        artifact.decode(body + struct.pack("<I", zlib.crc32(body)), "x")
 
 
 def test_kep_layers_cost_exactly_four_index_bits(rng):
@@ -75,7 +113,7 @@ def test_save_is_atomic_and_loads(tmp_path, rng):
     (lambda d: d[:-10], "checksum"),
     (lambda d: d[:7], "truncated"),
     (lambda d: b"XXXX" + d[4:], "bad magic"),
-    (lambda d: d[:4] + b"\x02\x00" + d[6:], "version 2"),
+    (lambda d: d[:4] + b"\x03\x00" + d[6:], "version 3"),
     (lambda d: d[:40] + bytes([d[40] ^ 0x10]) + d[41:], "checksum"),
 ])
 def test_damaged_files_give_one_line_errors(rng, damage, message):

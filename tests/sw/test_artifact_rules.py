@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from prunefab.sw import artifact
 from prunefab.sw.artifact import ArtifactError
 from prunefab.sw.qnet import LinearLayer, QuantizedNetwork
-from prunefab.sw.synthetic import Pattern, random_network
+from prunefab.sw.synthetic import Pattern, random_network, random_residual_network
 
 _SIZES = {"int8": 1, "uint8": 1, "uint16": 2, "int32": 4}
 
@@ -124,14 +124,23 @@ def kep_bitmap_net() -> QuantizedNetwork:
     return net
 
 
+def graph_net() -> QuantizedNetwork:
+    """Version 2: a stem, an identity block, a down-sampling block (stride 2, a 1x1 projection
+    without ReLU), global average pooling into a hidden linear layer, the classifier.
+    Layers: conv0 stem, conv1/conv2 (adds map 1), conv3 (stride 2), conv4 (1x1, no ReLU),
+    conv5 (adds map 5), linear0 (layer 6), linear (layer 7)."""
+    return random_residual_network(np.random.default_rng(5), (3, 9, 8), widths=(3, 4))
+
+
 BASES = {"list": unstructured_list_net, "bitmap": kep_bitmap_net}
+GRAPH_BASES = {"graph": graph_net}      # kept apart: the generators below assume version 1
 
 
 PRUNING = artifact.Pruning("kep", 0.75)
 
 
 def base_file(kind: str, data: str | None = "synthetic") -> bytes:
-    return artifact.encode(BASES[kind](), data, PRUNING)
+    return artifact.encode({**BASES, **GRAPH_BASES}[kind](), data, PRUNING)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +326,8 @@ CORPUS = [
     # (id, base file, rule broken, mutation: edits the Parts or returns the header text / bytes)
     ("short file", "list", 1, lambda p: p.build()[:11]),
     ("bad magic", "list", 1, lambda p: setattr(p, "magic", b"PFAX")),
-    ("container version 2", "list", 2, lambda p: setattr(p, "version", 2)),
+    ("container version 3", "list", 2, lambda p: setattr(p, "version", 3)),
+    ("container version 2 of a plain network", "list", 8, lambda p: setattr(p, "version", 2)),
     ("container version 0", "list", 2, lambda p: setattr(p, "version", 0)),
     ("bad checksum", "list", 3, lambda p: p.build()[:-1] + bytes([p.build()[-1] ^ 1])),
     ("nonzero flags", "list", 4, lambda p: setattr(p, "flags", 1)),
@@ -409,6 +419,23 @@ CORPUS = [
      _poke("linear.indices", 1, lambda p, v: p.header["layers"][-1]["in_features"])),
     ("classifier counts off", "list", 26, _poke("linear.counts", 0, lambda p, v: v[0] + 1)),
     ("accumulator overflow", "list", 27, _poke("linear.bias", 0, 2**31 - 1)),
+    # version 2: the graph
+    ("kernel 5", "graph", 11, _set("layers.0.kernel", 5)),
+    ("kernel 2", "graph", 11, _set("layers.0.kernel", 2)),
+    ("stride 3", "graph", 11, _set("layers.3.stride", 3)),
+    ("source not written yet", "graph", 12, _set("layers.1.source", 2)),
+    ("source written without ReLU", "graph", 12, _set("layers.5.source", 5)),
+    ("residual of another shape", "graph", 12, _set("layers.5.residual", 3)),
+    ("a map without ReLU that no layer adds", "graph", 12, _set("layers.5.residual", None)),
+    ("global pool on the classifier too", "graph", 12, _set("layers.7.global_pool", True)),
+    ("relu as a string", "graph", 9, _set("layers.4.relu", "false")),
+    ("residual shift above the shift", "graph", 22, _poke("conv5.residual_shift", 0, 47)),
+    ("residual shift 0", "graph", 22, _poke("conv5.residual_shift", 0, 0)),
+    ("residual multiplier 0", "graph", 22, _poke("conv5.residual_multiplier", 0, 0)),
+    ("hidden shift 0", "graph", 22, _poke("linear0.shift", 0, 0)),
+    ("1x1 position 1", "graph", 20, _poke("conv4.positions", 0, 1)),
+    ("global-pool accumulator overflow", "graph", 27, _poke("linear0.bias", 0, 2**31 - 1)),
+    ("version 1 keys in version 2", "graph", 11, lambda p: p.header["layers"][0].pop("kernel")),
 ]
 
 
@@ -442,6 +469,15 @@ def test_bases_are_valid_and_cover_every_section_kind():
         assert artifact.encode(artifact.decode(data), "synthetic", PRUNING) == data
     names = {e["name"].split(".")[1] for kind in BASES for e in Parts.of(base_file(kind)).header["sections"]}
     assert names == {"bias", "multiplier", "shift", "counts", "positions", "weights", "bitmap", "indices"}
+
+
+def test_the_graph_base_is_valid_and_covers_version_2s_sections():
+    data = base_file("graph")
+    assert data[4:6] == b"\x02\x00"
+    assert artifact.encode(artifact.decode(data), "synthetic", PRUNING) == data
+    names = {e["name"] for e in Parts.of(data).header["sections"]}
+    assert {"conv5.residual_multiplier", "conv5.residual_shift", "linear0.multiplier",
+            "linear0.shift"} <= names
 
 
 def _doc_rules() -> list[int]:
@@ -498,7 +534,8 @@ def _gen_container(rule: int):
                 return p.build()[:draw(st.integers(0, 15))]
             p.magic = draw(st.binary(min_size=4, max_size=4).filter(lambda m: m != b"PFAB"))
         elif rule == 2:
-            p.version = draw(st.integers(0, 65535).filter(lambda v: v != artifact.VERSION))
+            p.version = draw(st.integers(0, 65535).filter(
+                lambda v: not artifact.PLAIN_VERSION <= v <= artifact.VERSION))
         elif rule == 3:
             data = bytearray(p.build())
             bit = draw(st.integers(8 * 6, 8 * len(data) - 1))   # past magic and version

@@ -5,30 +5,52 @@ import pytest
 
 from prunefab.sw import reference
 from prunefab.sw.qnet import NetworkError
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import Pattern, random_images, random_network, random_residual_network
 
 
-def loop_conv(x, layer):
+def loop_conv(x, layer, residual=None):
     """One image, written as the arithmetic document says it, element by element."""
     c, h, w = x.shape
-    out = np.zeros((layer.out_channels, h, w), dtype=np.int64)
+    k, stride = layer.kernel, layer.stride
+    pad = (k - 1) // 2
+    ho, wo = -(-h // stride), -(-w // stride)
+    out = np.zeros((layer.out_channels, ho, wo), dtype=np.int64)
     for o in range(layer.out_channels):
-        for y in range(h):
-            for xx in range(w):
+        for y in range(ho):
+            for xx in range(wo):
                 acc = int(layer.bias[o])
                 for i in range(c):
-                    for ky in range(3):
-                        for kx in range(3):
-                            yy, xi = y + ky - 1, xx + kx - 1
+                    for ky in range(k):
+                        for kx in range(k):
+                            yy, xi = stride * y + ky - pad, stride * xx + kx - pad
                             if 0 <= yy < h and 0 <= xi < w:
                                 acc += int(layer.weights[o, i, ky, kx]) * int(x[i, yy, xi])
                 m, s = int(layer.multiplier[o]), int(layer.shift[o])
-                out[o, y, xx] = min(max((acc * m + (1 << (s - 1))) >> s, 0), 255)
+                v = acc * m + (1 << (s - 1))
+                if residual is not None:
+                    n, u = int(layer.residual.multiplier[o]), int(layer.residual.shift[o])
+                    v += int(residual[o, y, xx]) * n * 2 ** (s - u)
+                low, high = (0, 255) if layer.relu else (-128, 127)
+                out[o, y, xx] = min(max(v >> s, low), high)
     if layer.pool:
-        h2, w2 = h // 2, w // 2
+        h2, w2 = ho // 2, wo // 2
         out = np.array([[[out[o, 2 * y:2 * y + 2, 2 * xx:2 * xx + 2].max() for xx in range(w2)]
                          for y in range(h2)] for o in range(layer.out_channels)])
-    return out.astype(np.uint8)
+    return out.astype(np.uint8 if layer.relu else np.int8)
+
+
+def loop_linear(x, layer):
+    """A linear layer on one image's map, element by element: raw logits, or requantized."""
+    inputs = ([int(x[c].astype(np.int64).sum()) for c in range(x.shape[0])] if layer.global_pool
+              else [int(v) for v in x.reshape(-1)])
+    out = []
+    for o in range(layer.out_features):
+        acc = int(layer.bias[o]) + sum(int(wv) * a for wv, a in zip(layer.weights[o], inputs))
+        if layer.multiplier is not None:
+            m, s = int(layer.multiplier[o]), int(layer.shift[o])
+            acc = min(max((acc * m + (1 << (s - 1))) >> s, 0), 255)
+        out.append(acc)
+    return np.array(out)
 
 
 @pytest.mark.parametrize("pattern", list(Pattern))
@@ -44,6 +66,28 @@ def test_matches_loop_model(rng, pattern):
             np.testing.assert_array_equal(tr.activations[i][n], x)
         logits = net.linear.weights.astype(np.int64) @ x.reshape(-1).astype(np.int64) + net.linear.bias
         np.testing.assert_array_equal(tr.logits[n], logits)
+    np.testing.assert_array_equal(reference.run(net, images), tr.logits)
+
+
+@pytest.mark.parametrize("pattern", [Pattern.UNSTRUCTURED, Pattern.KERNEL_ELEMENTS])
+def test_residual_network_matches_loop_model(rng, pattern):
+    # every layer kind: 3-channel input, stride 2, 1x1 projection without ReLU, residual adds,
+    # global average pooling, a hidden linear layer
+    net = random_residual_network(rng, (3, 7, 6), pattern=pattern)
+    images = random_images(rng, 2, (3, 7, 6))
+    tr = reference.trace(net, images)
+    for n in range(len(images)):
+        maps = [images[n]]
+        for i, layer in enumerate(net.convs):
+            res = None if layer.residual is None else maps[layer.residual.source]
+            maps.append(loop_conv(maps[net.conv_source(i)], layer, res))
+            np.testing.assert_array_equal(tr.activations[i][n], maps[-1])
+        x = maps[-1]
+        for lin in net.hidden:
+            x = loop_linear(x, lin).reshape(-1, 1, 1)
+            np.testing.assert_array_equal(tr.activations[len(maps) - 1][n], x)
+        np.testing.assert_array_equal(tr.logits[n], loop_linear(x, net.linear))
+    assert {a.dtype for a in tr.activations} == {np.dtype(np.uint8), np.dtype(np.int8)}
     np.testing.assert_array_equal(reference.run(net, images), tr.logits)
 
 
