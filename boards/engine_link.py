@@ -421,12 +421,18 @@ class EngineAdapter(wiring.Component):
         m.d.comb += [infer.allowed.eq(loaded), load.allowed.eq(1), infer.clear.eq(load.restarted)]
         with m.If(load.restarted):
             m.d.sync += loaded.eq(0)
-        # Only one path is busy at a time, and both pass the deframer's word on as it is: the
-        # engine's load stream takes that word from whichever path offers it.
-        m.d.comb += [engine.i_load.valid.eq(load.o_words.valid | infer.o_words.valid),
+        # Only one path is busy at a time, and both pass the deframer's word on as it is.  The
+        # engine is offered that word from a register, the cycle after a path passes it on, so
+        # no state decode or transfer count reaches the memories' write enables; the deframer
+        # holds the word meanwhile (it takes no byte while `pending`).
+        pending = Signal()
+        m.d.comb += [engine.i_load.valid.eq(pending),
                      engine.i_load.payload.as_value().eq(deframer.o_words.payload.word),
-                     load.o_words.ready.eq(engine.i_load.ready),
-                     infer.o_words.ready.eq(engine.i_load.ready)]
+                     load.o_words.ready.eq(~pending), infer.o_words.ready.eq(~pending)]
+        with m.If((load.o_words.valid | infer.o_words.valid) & ~pending):
+            m.d.sync += pending.eq(1)
+        with m.Elif(engine.i_load.ready):
+            m.d.sync += pending.eq(0)
         answer = Signal(Reply)
         counters = Signal()                 # the words answer READ_COUNTERS, not INFER
         # Payloads go everywhere at once; the state switches only the handshakes.
@@ -466,7 +472,7 @@ class EngineAdapter(wiring.Component):
             for name, path in (("LOAD", load), ("INFER", infer)):
                 with m.State(name):
                     # the path is ready for the next request before it has answered this one
-                    with m.If(~request_done):
+                    with m.If(~request_done & ~pending):
                         handshake(m, i, deframer.i_stream)
                     handshake(m, deframer.o_header, path.i_header)
                     handshake(m, deframer.o_words, path.i_words)
@@ -476,7 +482,7 @@ class EngineAdapter(wiring.Component):
                 handshake(m, reply.o_stream, o)
                 with m.If(done):
                     m.next = "IDLE"
-            self._results(m, engine, words, done, counters)
+            self._results(m, engine, words, done, counters, pending)
         # the response: BasicCommands' while it serves, the reply's, else the words'
         m.d.comb += o.payload.eq(Mux(fsm.ongoing("BASIC"), basic.o_stream.payload,
                                      Mux(fsm.ongoing("REPLY"), reply.o_stream.payload,
@@ -497,8 +503,9 @@ class EngineAdapter(wiring.Component):
                 with m.If(res.payload.complete):
                     m.next = "START"
 
-    def _results(self, m, engine, words, done, counters):
-        """Run the engine and answer its cycles and logits; answer READ_COUNTERS."""
+    def _results(self, m, engine, words, done, counters, pending):
+        """Run the engine (once the image's last word is in) and answer its cycles and logits;
+        answer READ_COUNTERS."""
         first = Signal()            # the INFER response's first word (cycles) is next
         index = Signal(range(counter_count(self.config) + 1))     # READ_COUNTERS' next word
         w = words.i_stream
@@ -508,8 +515,9 @@ class EngineAdapter(wiring.Component):
                              Mux(~counters, engine.o_logits.payload,
                                  Mux(index == 1, engine.mac_cycles, engine.layer_cycles))))]
         with m.State("START"):
-            m.d.comb += engine.start.eq(1)
-            m.next = "RUN"
+            with m.If(~pending):
+                m.d.comb += engine.start.eq(1)
+                m.next = "RUN"
         with m.State("RUN"):
             m.d.sync += [first.eq(1), counters.eq(0)]
             with m.If(engine.done):
