@@ -346,11 +346,12 @@ def _run_tools(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, s
 
 
 # The build script runs the tools one after another; each step is known to have started when
-# the file or nextpnr log line below appears.  One place and route of the 4-lane iCEBreaker
-# took about 7 minutes (synthesis 4 of them), and 4 to 13 minutes on the ULX3S (8 to 32 lanes),
-# on two cores (docs/boards.md).
+# the file or nextpnr log line below appears.  The 4-lane iCEBreaker took 2.6 minutes in one place
+# and route (up to 7 when yosys' first run compiles itself, twice that when a missed clock is
+# built again), the ULX3S 4 to 13 minutes (8 to 32 lanes, 522 s for two runs at 32), on two
+# shared cores (docs/boards.md).
 ROUTING_STARTS = ("Info: Routing..", "Info: Running router2")
-BUILD_TIME = {"ice40": "the whole build takes 5 to 10 minutes",
+BUILD_TIME = {"ice40": "the whole build takes 3 to 10 minutes",
               "ecp5": "the whole build takes 4 to 13 minutes"}
 
 
