@@ -25,8 +25,10 @@ class Sequencer(wiring.Component):
 
     For each layer (descriptor memory order): for each lane group g, for each pixel (raster
     order; 2x2 blocks in order when pooling), the group's step words from its start up to the
-    word marked `last`.  The next weight address is chosen from the word being issued, so the
-    step stream has no bubble between pixels or groups.  After a layer's last step the
+    word marked `last`.  The weight memory always reads the word after the one being issued,
+    and a pixel's first word is issued again from a copy of the group's first word, so the step
+    stream has no bubble between pixels or groups and the memory's read address is a register
+    that never waits for the memory's own `last` bit.  After a layer's last step the
     sequencer waits until all its outputs are written, then loads the next descriptor; the
     classifier ends the run.
 
@@ -83,11 +85,12 @@ class Sequencer(wiring.Component):
                 m.d.sync += r.next_layer.eq(0)
                 with m.If(self.start):
                     # The first layer's step words and parameters start at address 0.
-                    m.d.sync += [self.layer_index.eq(0), r.ptr.eq(0), r.gstart.eq(0),
+                    m.d.sync += [self.layer_index.eq(0), r.gstart.eq(0),
                                  r.pbase.eq(0), r.state.eq(SequencerState.DESCRIPTOR)]
             with m.Case(SequencerState.DESCRIPTOR):
+                # the layer's first step word follows the previous layer's last
                 m.d.sync += [self.layer.eq(self.desc_rd_data), r.next_layer.eq(self.layer_index + 1),
-                             r.state.eq(SequencerState.PRIME)]
+                             r.rd_addr.eq(r.gstart), r.state.eq(SequencerState.PRIME)]
             with m.Case(SequencerState.PRIME):
                 self._prime(m, r)
             with m.Case(SequencerState.ISSUE):
@@ -98,8 +101,13 @@ class Sequencer(wiring.Component):
 
     def _registers(self) -> SimpleNamespace:
         cfg = self.config
-        ptr = Signal(cfg.weight_addr_bits)      # address of the word now on w_data
         gstart = Signal(cfg.weight_addr_bits)   # first word of the current group
+        # The weight memory reads `rd_addr`: the word after the one issued now, or the group's
+        # second word while its first is issued from `first_word` (`from_copy`).
+        rd_addr = Signal(cfg.weight_addr_bits)
+        first_word = Signal(step_layout(cfg), reset_less=True)
+        from_copy = Signal()
+        word = Signal(step_layout(cfg))         # the word issued now
         pbase = Signal(cfg.param_addr_bits)     # parameter index of the layer's channel 0
         remaining = Signal(range(max(cfg.max_channels, cfg.max_classes) + 1))
         pidx = Signal(cfg.param_addr_bits)
@@ -124,7 +132,7 @@ class Sequencer(wiring.Component):
         d = self.layer
         step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
         return SimpleNamespace(
-            ptr=ptr, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
+            rd_addr=rd_addr, first_word=first_word, from_copy=from_copy, word=word, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
             y0=y0, x0=x0, dy=dy, dx=dx, at_first=at_first, n_written=n_written, state=state,
             x_more=x_more, y_more=y_more, next_layer=next_layer, all_written=all_written,
             step=step,
@@ -133,7 +141,7 @@ class Sequencer(wiring.Component):
             sweep_w=Cat(d.in_w[0] & ~d.pool, d.in_w[1:]))
 
     def _request(self, m: Module, r: SimpleNamespace) -> None:
-        """The request: the word on w_data and the pixel it applies to."""
+        """The request: the word issued and the pixel it applies to."""
         P = self.config.lanes
         d = self.layer
         req = self.o_stream.payload
@@ -141,11 +149,12 @@ class Sequencer(wiring.Component):
         ox = Mux(d.pool, r.x0 >> 1, r.x0)
         m.d.comb += [
             r.step.eq(Mux(d.pool, 2, 1)),
-            req.step.eq(self.w_data),
+            r.word.eq(Mux(r.from_copy, r.first_word, self.w_data)),
+            req.step.eq(r.word),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
             req.y.eq(r.y0 | r.dy), req.x.eq(r.x0 | r.dx),
             req.flags.first.eq(r.at_first),
-            req.flags.last.eq(self.w_data.last),
+            req.flags.last.eq(r.word.last),
             req.flags.pool_first.eq(~r.dy & ~r.dx),
             req.flags.pool_last.eq(~d.pool | (r.dy & r.dx)),
             req.tag.dest_bank.eq(Cat(ox[:2], oy[:2])),
@@ -155,10 +164,9 @@ class Sequencer(wiring.Component):
         ]
 
     def _prime(self, m: Module, r: SimpleNamespace) -> None:
-        # ptr and gstart already point at the layer's first step word, which follows the
-        # previous layer's last.
-        m.d.comb += [self.w_addr.eq(r.ptr), self.w_en.eq(1)]
-        m.d.sync += [r.remaining.eq(self.layer.out_channels),
+        m.d.comb += [self.w_addr.eq(r.rd_addr), self.w_en.eq(1)]
+        m.d.sync += [r.rd_addr.eq(r.rd_addr + 1), r.from_copy.eq(0),
+                     r.remaining.eq(self.layer.out_channels),
                      r.pidx.eq(r.pbase), r.gbase.eq(0), r.y0.eq(0), r.x0.eq(0), r.dy.eq(0),
                      r.dx.eq(0), r.at_first.eq(1), r.n_written.eq(0), r.all_written.eq(0),
                      r.x_more.eq(r.step < r.sweep_w), r.y_more.eq(r.step < r.sweep_h),
@@ -167,20 +175,21 @@ class Sequencer(wiring.Component):
     def _issue(self, m: Module, r: SimpleNamespace) -> None:
         cfg = self.config
         d = self.layer
-        # The word on w_data picks the next address, so `last` (a memory output) must reach the
-        # weight memory's address in the same cycle: everything else that decides it is
-        # computed from registers, leaving one 2:1 select after `last`.
+        # The read address is a register: the issued word's `last` (a memory output) decides
+        # the address of the cycle after next, so it never reaches the memory in one cycle.
         more_pixels = Signal()
-        m.d.comb += more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more)
-        # The address does not wait for `ready` (only the read enable does), so the pipeline's
-        # stall ends at the memory's enable, not at its address.
-        next_addr = Signal(cfg.weight_addr_bits)
-        m.d.comb += [next_addr.eq(Mux(self.w_data.last & more_pixels, r.gstart, r.ptr + 1)),
-                     self.w_addr.eq(next_addr)]
+        m.d.comb += [more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more),
+                     self.w_addr.eq(r.rd_addr)]
         with m.If(self.o_stream.ready):
             m.d.comb += self.w_en.eq(1)
-            m.d.sync += [r.ptr.eq(next_addr), r.at_first.eq(self.w_data.last)]
-            with m.If(self.w_data.last):
+            m.d.sync += [r.rd_addr.eq(r.rd_addr + 1), r.from_copy.eq(0),
+                         r.at_first.eq(r.word.last)]
+            with m.If(r.at_first & ~r.from_copy):     # a group's first word, from the memory
+                m.d.sync += r.first_word.eq(self.w_data)
+            with m.If(r.word.last & more_pixels):
+                # the next pixel starts from the copy while the memory reads the second word
+                m.d.sync += [r.rd_addr.eq(r.gstart + 1), r.from_copy.eq(1)]
+            with m.If(r.word.last):
                 self._next_pixel(m, r)
 
     def _next_pixel(self, m: Module, r: SimpleNamespace) -> None:
@@ -199,8 +208,8 @@ class Sequencer(wiring.Component):
             m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(r.y0 + step),
                          r.x_more.eq(step < sweep_w), r.y_more.eq(r.y0 + 2 * step < sweep_h)]
         with m.Else():
-            # The group is done: the next group's words follow this one's.
-            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(0), r.gstart.eq(r.ptr + 1),
+            # The group is done: the memory reads its successor's first word now.
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(0), r.gstart.eq(r.rd_addr),
                          r.x_more.eq(step < sweep_w), r.y_more.eq(step < sweep_h),
                          r.remaining.eq(r.remaining - P), r.pidx.eq(r.pidx + P),
                          r.gbase.eq(r.gbase + d.plane_out * P)]
