@@ -578,7 +578,13 @@ class SendBuffer(wiring.Component):
         overflow = Signal()
         nak = Signal(Nak)           # the link's own NAK being sent, when `naking`
         naking = Signal()
-        beat = self.i_stream.payload
+        # A frame's beat is taken into `beat` before the state machine looks at it: the
+        # response comes from the application through the retry filter in the same cycle, so
+        # its handshake would otherwise reach the state's clock enable.
+        beat, held = Signal(FrameBeat), Signal()
+        i = self.i_stream
+        with m.If(i.valid & i.ready):
+            m.d.sync += [beat.eq(i.payload), held.eq(1)]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.i_nak.valid):
@@ -589,12 +595,15 @@ class SendBuffer(wiring.Component):
                     m.d.comb += self.i_replay.ready.eq(1)
                     m.d.sync += naking.eq(0)
                     m.next = "SEND"
-                with m.Elif(self.i_stream.valid):
+                with m.Elif(held):
                     m.d.sync += [count.eq(0), overflow.eq(0), naking.eq(0)]
                     m.next = "FILL"
             with m.State("FILL"):
-                m.d.comb += [self.i_stream.ready.eq(1), wr.addr.eq(count), wr.data.eq(beat.data)]
-                with m.If(self.i_stream.valid):
+                # the held beat is stored in this cycle, so the next one may be taken
+                m.d.comb += [wr.addr.eq(count), wr.data.eq(beat.data)]
+                with m.If(held & ~(i.valid & i.ready)):
+                    m.d.sync += held.eq(0)
+                with m.If(held):
                     m.d.sync += [cmd.eq(beat.cmd), seq.eq(beat.seq)]
                     with m.If(~beat.empty):
                         with m.If(count == self.max_payload):
@@ -605,7 +614,8 @@ class SendBuffer(wiring.Component):
                     with m.If(beat.last):
                         m.next = "SEND"
             self._offer(m, rd, cmd, seq, count, overflow, nak, naking)
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += [i.ready.eq(~held | fsm.ongoing("FILL")),
+                     self.busy.eq(~fsm.ongoing("IDLE") | held)]
         return m
 
     def _offer(self, m, rd, cmd, seq, count, overflow, nak, naking):
