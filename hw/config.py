@@ -257,9 +257,11 @@ class EngineConfig:
 
     @classmethod
     def ecp5_85f(cls) -> "EngineConfig":
-        """32 lanes for the ECP5-85F."""
-        return cls(lanes=32, max_height=32, max_width=32, max_channels=64, max_layers=12,
-                   max_classes=32, act_depth=2048, weight_depth=4096, param_depth=512)
+        """64 lanes for the ECP5-85F: a layer has at most `max_channels` (64) output channels, so
+        more lanes would idle.  The weight memory's 2048 step words of 64 lanes take the 87 of
+        its 208 block RAMs that 4096 words of 32 lanes took (and hold as many lane steps)."""
+        return cls(lanes=64, max_height=32, max_width=32, max_channels=64, max_layers=12,
+                   max_classes=32, act_depth=2048, weight_depth=2048, param_depth=512)
 
 
 def first_unsupported(net: QuantizedNetwork) -> str | None:

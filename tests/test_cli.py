@@ -53,7 +53,7 @@ def test_pipeline_and_same_seed_same_artifact(dense, capsys):
     assert out[0].startswith("kep-a.pfab: 1x12x12 input, 4 classes, 3 conv layers, made from synthetic")
     assert out[1] == "pruned by kep for a 70.0% conv-FLOPs cut"
     assert out[2].startswith("engine icebreaker (8 lanes): fits, weight memory ")
-    assert out[3].startswith("engine ecp5-85f (32 lanes): fits, weight memory ")
+    assert out[3].startswith("engine ecp5-85f (64 lanes): fits, weight memory ")
     assert run("eval", d / "kep-a.pt") == 0
     out = capsys.readouterr().out
     assert "int8 accuracy" in out and "sparsity" in out and len(net.convs) == 3
@@ -106,7 +106,7 @@ def test_eval_names_the_first_limit_an_engine_preset_breaks(tmp_path, capsys):
     out = capsys.readouterr().out
     fits = [line for line in out.splitlines() if line.startswith("engine ")]
     assert fits[0].startswith("engine icebreaker (8 lanes): does not fit: ") and "conv0" in fits[0]
-    assert fits[1].startswith("engine ecp5-85f (32 lanes): fits, ")
+    assert fits[1].startswith("engine ecp5-85f (64 lanes): fits, ")
 
 
 def test_gen_writes_design_and_config(tmp_path, capsys):

@@ -188,9 +188,9 @@ def test_cli_build_prints_the_report_and_fails_on_missed_timing(tmp_path, capsys
     assert main(["build", "--board", "ulx3s-85f", "--out", str(tmp_path), "--seed", "3"]) == 2
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    assert lines[0].startswith("ulx3s-85f: 32 lanes fit the estimate (")
-    assert lines[1].startswith("ulx3s-85f, 32 lanes: LUT 16000/83640, FF 10122/83640, DSP 34/156")
-    assert err.strip().startswith("prunefab: error: ulx3s-85f, 32 lanes: timing missed, Fmax 48.3 MHz")
+    assert lines[0].startswith("ulx3s-85f: 64 lanes fit the estimate (")
+    assert lines[1].startswith("ulx3s-85f, 64 lanes: LUT 16000/83640, FF 10122/83640, DSP 34/156")
+    assert err.strip().startswith("prunefab: error: ulx3s-85f, 64 lanes: timing missed, Fmax 48.3 MHz")
     assert json.loads((tmp_path / "build_report.json").read_text())["seed"] == 3
 
 

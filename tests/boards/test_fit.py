@@ -18,13 +18,18 @@ def test_blocks_takes_the_cheapest_shape():
 
 
 def test_ecp5_block_ram_matches_what_yosys_maps():
-    # synth_ecp5 of the 32-lane board top (08d8b49) maps 16 activation banks, 88 weight blocks,
-    # the parameters (the 53 bits used of 56, 512 words and the 12 layer counters: 3 x 18 bits
-    # by 1024) and the link's two buffers to DP16KD; the identity ROM to LUTs, the 12-word
-    # descriptors and 32-word logit FIFO go to LUT RAM.
-    est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
+    # synth_ecp5 of the 32-lane board top (08d8b49) maps 16 activation banks, 88 weight blocks
+    # (396 bits by 4096: 11 x 8 of 36 x 512), the parameters (the 53 bits used of 56, 512 words
+    # and the 12 layer counters: 3 x 18 bits by 1024) and the link's two buffers to DP16KD; the
+    # identity ROM to LUTs, the 12-word descriptors and 32-word logit FIFO go to LUT RAM.
+    est = F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=32, weight_depth=4096),
+                     "ulx3s-85f")
     assert est.bram == 16 + 88 + 3 + 2
     assert est.dsp == 32 + F.REQUANTIZER_DSPS
+    # the 64-lane preset: 780-bit step words by 2048, 87 blocks of 9 x 2048
+    est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
+    assert est.bram == 16 + 87 + 3 + 2
+    assert est.dsp == 64 + F.REQUANTIZER_DSPS
 
 
 def test_refusal_names_the_resource_and_a_lane_count_that_fits():
@@ -41,8 +46,8 @@ def test_refusal_names_the_resource_and_a_lane_count_that_fits():
 
 def test_auto_fit_takes_the_preset_when_it_fits():
     choice = F.choose("ulx3s-85f")
-    assert choice.config == EngineConfig.ecp5_85f() and choice.config.lanes >= 32
-    assert choice.note.startswith("ulx3s-85f: 32 lanes fit the estimate (LUT ~")
+    assert choice.config == EngineConfig.ecp5_85f() and choice.config.lanes >= 64
+    assert choice.note.startswith("ulx3s-85f: 64 lanes fit the estimate (LUT ~")
 
 
 def test_auto_fit_picks_fewer_lanes_and_says_why():

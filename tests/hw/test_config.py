@@ -11,7 +11,7 @@ from prunefab.sw.synthetic import random_network
 def test_presets_are_valid_and_round_trip_through_json():
     for cfg in (EngineConfig(), EngineConfig.icebreaker(), EngineConfig.ecp5_85f()):
         assert EngineConfig.from_json(cfg.to_json()) == cfg
-    assert EngineConfig.icebreaker().lanes == 8 and EngineConfig.ecp5_85f().lanes == 32
+    assert EngineConfig.icebreaker().lanes == 8 and EngineConfig.ecp5_85f().lanes == 64
 
 
 def test_variants_are_replaced_copies():
