@@ -46,7 +46,7 @@ def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_an
         name, config, problem, capsys):
     assert run("check", "--model", name, "--config", config) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{name}: 3x32x32 input, 10 classes, on the {config} engine (32 lanes)"
+    assert out[0] == f"{name}: 3x32x32 input, 10 classes, on the {config} engine (64 lanes)"
     assert out[-1].startswith(f"{name} does not map to the {config} engine") and problem in out[-1]
 
 
