@@ -50,7 +50,8 @@ CHOSEN = {
         "swp": {"meet_target": True, "strength": 3.4e-3},
         "filter": {},
         "magnitude": {},
-        "swp-reference": {"strength": 0.002474},
+        # the scaled search choice (2.474e-3) left 72.3 % on the whole training set; 2.6e-3 lands at 75 %
+        "swp-reference": {"strength": 0.0026},
     },
     "synthetic-cifar": {
         "kep": {"strength": 0.1, "schedule": "linear"},
