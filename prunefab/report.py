@@ -421,10 +421,13 @@ def _stages(demo) -> Section:
         cpu = demo.cpu_seconds.get(name)
         times.append([name, f"{t:.0f} s", "-" if cpu is None else f"{cpu:.0f} s",
                       "reused" if demo.reused.get(name) else ""])
-    return Section("Stages", f"torch pinned to {demo.settings.threads} threads. Processor time: user "
-                   f"and system time of the demo and the tools it ran, which a busy machine "
-                   f"inflates less than the wall time. A reused stage shows the times it took when "
-                   f"it ran.", times, None)
+    s = demo.settings
+    return Section("Stages", f"The stages ran in {s.workers} worker process(es), torch pinned to "
+                   f"{s.threads} thread(s) in each, each stage as soon as those it needs were done; "
+                   f"the whole demo took {demo.wall_seconds:.0f} s up to the report. Processor "
+                   f"time: user and system time of the stage and the tools it ran, which a busy "
+                   f"machine inflates less than the wall time. A reused stage shows the times it "
+                   f"took when it ran.", times, None)
 
 
 def _title(demo) -> str:

@@ -34,7 +34,8 @@ def test_fast_demo_runs_every_stage_writes_the_report_and_reuses(tmp_path, capsy
     for i, name in enumerate(stages, 1):        # progress: a line on stderr as each stage starts
         assert re.search(rf"^\[{i}/{len(stages)}\] {name}: ", err, re.M), name
     for i, name in enumerate(stages, 1):        # one result line a stage, with its time
-        assert re.search(rf"^\[{i}/{len(stages)}\] {name}: .*\(\d+ s\)$", out, re.M), name
+        assert re.search(rf"^\[{i}/{len(stages)}\] {name}: .*\((\d+ s|[\d.]+ min|[\d.]+ h)\)$",
+                         out, re.M), name
     assert "FAST PATH" in out and "skipped on the fast path" in out
     rtl = result.results["rtl"]["runs"]
     assert set(rtl) == {"dense", "kep", "iessp"}
@@ -104,3 +105,17 @@ def test_a_failed_stage_stops_with_one_line_naming_it(tmp_path, capsys):
     assert message.startswith("demo stopped at stage 3/4 (rtl) after ")
     assert message.endswith(": the engine answered class 3 for image 0, the reference class 5")
     assert not (tmp_path / demo.MANIFEST).exists()          # nothing recorded for a failed stage
+
+
+def test_a_stage_failing_in_a_worker_stops_the_demo_with_one_line(tmp_path):
+    settings = DemoSettings(fast=True, out_dir=tmp_path, data_name="synthetic", workers=1)
+    plan = [demo.Stage("board", "running the board", (), lambda: {"p": 1}, (), demo._board_work,
+                       (settings, "missing"), str)]
+    result = demo.DemoResult(settings)
+    with pytest.raises(DemoError) as e:
+        demo._run_stages(Stages(tmp_path, 2), plan, settings, result)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("demo stopped at stage 1/2 (board) after ")
+    assert "missing.pfab" in message
+    assert result.results == {} and not (tmp_path / demo.MANIFEST).exists()
