@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 _quiet = False
 _bars: weakref.WeakSet[tqdm] = weakref.WeakSet()
+_on_terminal = False            # a bar that can draw was made with stderr on a terminal
 
 # tqdm's monitor thread redraws a slow bar from another thread, even after the command has said
 # its last line; bars here are drawn by the loop that owns them only.
@@ -68,14 +69,21 @@ def bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None
              disable=_quiet or not enabled, dynamic_ncols=True, delay=BAR_DELAY,
              mininterval=0.1 if sys.stderr.isatty() else 10.0)
     _bars.add(b)
+    global _on_terminal
+    _on_terminal = _on_terminal or (not b.disable and sys.stderr.isatty())
     return b
 
 
 def close_bars() -> None:
     """Close every bar still open (a loop left by an exception), so that nothing is drawn after
-    the line a command ends with."""
+    the line a command ends with.  Once a bar has been on a terminal, its line is then erased
+    whatever tqdm did: an exception (Ctrl-C) between a bar's first draw and tqdm's note that it
+    drew makes tqdm's close believe nothing was drawn and leave the bar on the line."""
     for b in list(_bars):
         b.close()
+    if _on_terminal:
+        sys.stderr.write("\x1b[2K\r")          # erase the whole line, back to its start
+        sys.stderr.flush()
 
 
 def duration(seconds: float) -> str:

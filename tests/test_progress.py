@@ -223,3 +223,36 @@ def test_each_long_verb_shows_progress_and_quiet_silences_it(verb, made, tmp_pat
             for line in expected:
                 assert line in err, f"{line!r} not in stderr:\n{err}"
         assert list(cwd.iterdir()) == [], "wrote into the working directory"
+
+
+class _Terminal:
+    """stderr as a terminal: what is written, and isatty() true."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_an_interrupt_right_after_a_bars_first_draw_leaves_no_bar_on_the_last_line(monkeypatch):
+    # the bar has drawn, but tqdm has not yet noted it (the interrupt came in between): its own
+    # close then skips the erase, and the command's last line would follow the bar on its line
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(progress, "_on_terminal", False)
+    b = progress.bar(range(100), desc="train 1/3")
+    b.refresh()
+    assert "train 1/3" in term.text
+    progress.close_bars()
+    print("prunefab: interrupted", file=sys.stderr)
+    last = term.text.rsplit("\r", 1)[-1]
+    assert "\x1b[2K" in term.text[term.text.rindex("train 1/3"):]
+    assert last == "prunefab: interrupted\n"
