@@ -197,8 +197,9 @@ class EngineConfig:
         unsupported = first_unsupported(net)
         if unsupported:
             raise EngineLimitError(f"{unsupported} is not supported by this engine yet; it runs "
-                                   f"3x3 stride-1 conv layers, each reading the one before, and one "
-                                   f"classifier on the flattened last feature map")
+                                   f"3x3 and 1x1 conv layers of stride 1 or 2 (not pooled), each "
+                                   f"reading the one before, and one classifier on the flattened "
+                                   f"last feature map")
         shapes = net.feature_shapes()
         if len(net.convs) + 1 > self.max_layers:
             raise EngineLimitError(
@@ -269,10 +270,8 @@ def first_unsupported(net: QuantizedNetwork) -> str | None:
     yet, or None when every layer is of the kinds it runs."""
     for i, c in enumerate(net.convs):
         name = f"conv{i}"
-        if c.kernel != 3:
-            return f"{name}: a {c.kernel}x{c.kernel} convolution"
-        if c.stride != 1:
-            return f"{name}: stride {c.stride}"
+        if c.stride != 1 and c.pool:
+            return f"{name}: stride {c.stride} with a max-pool"
         if c.source is not None and c.source != i:
             return f"{name}: reading feature map {c.source} (not the layer before)"
         if c.residual is not None:

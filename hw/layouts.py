@@ -49,6 +49,7 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
 
     linear:        the classifier (the final layer: one pass, raw logits out)
     pool:          2x2 max-pool after requantization
+    stride:        stride 2: every other pixel of every other row, written at (y/2, x/2)
     in_h, in_w:    the input feature map (for zero padding); the pixels computed are the even
                    part of it when pooling, as floor pooling drops the rest
     pitch_in:      log2 of the input's bank row pitch
@@ -68,6 +69,7 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     return data.StructLayout({
         "linear": unsigned(1),
         "pool": unsigned(1),
+        "stride": unsigned(1),
         "in_h": coord, "in_w": coord,
         "pitch_in": unsigned(cfg.pitch_shift_bits),
         "out_base": act,

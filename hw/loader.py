@@ -19,7 +19,7 @@ from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, descriptor_layout, loa
                                  param_layout, step_layout)
 from prunefab.hw.memories import loaded_memories, memory_spec
 from prunefab.sw.artifact import conv_elements, linear_elements
-from prunefab.sw.qnet import QuantizedNetwork
+from prunefab.sw.qnet import KERNEL_ELEMENTS, QuantizedNetwork
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class LayerDescriptor:
 
     linear: int
     pool: int
+    stride: int
     in_h: int
     in_w: int
     pitch_in: int
@@ -82,7 +83,8 @@ class LayerPlan:
                      carries both from the previous layer, so the descriptor names neither)
     group_steps:     step words per pixel of each lane group
     pixels:          pixels computed per group (1 for the classifier)
-    zero_skip_bound: ceil(nonzeros * H * W / P) (conv), ceil(nonzeros / P) (classifier)
+    zero_skip_bound: ceil(nonzeros * H' * W' / P) (conv, H' x W' its output before any pool),
+                     ceil(nonzeros / P) (classifier)
     """
 
     name: str
@@ -96,11 +98,25 @@ class LayerPlan:
 
     @property
     def sweep(self) -> tuple[int, int]:
-        """(rows, columns) of pixels computed: the even part of the input when pooling."""
+        """(rows, columns) of the input the pixels are taken from: the even part of it when
+        pooling (the whole of it, every other row and column, with stride 2)."""
         d = self.descriptor
         if d.pool:
             return d.in_h - d.in_h % 2, d.in_w - d.in_w % 2
         return d.in_h, d.in_w
+
+    @property
+    def block(self) -> int:
+        """Side of the sweep's step: 2 for a 2x2 pool block or stride 2, else 1."""
+        d = self.descriptor
+        return 2 if d.pool or d.stride else 1
+
+    def swept_pixels(self) -> int:
+        """Pixels computed: every pixel of the sweep, or with stride 2 every other one."""
+        rows, cols = self.sweep
+        if self.descriptor.stride:
+            return -(-rows // 2) * -(-cols // 2)
+        return rows * cols
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,8 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     """Append one conv layer's step words and parameters; its plan.
 
     Lane l of group g computes output channel order[g*P + l]; one step word gives every lane
-    its next nonzero of the same input channel.
+    its next nonzero of the same input channel.  A 1x1 kernel's element is the 3x3 window's
+    centre (position 4): its padding 0 and any stride read exactly that pixel.
     """
     P = cfg.lanes
     if src.words + dst.words > cfg.act_depth:
@@ -226,6 +243,8 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
             f"{name}: input and output feature maps need {need} words per activation bank, "
             f"this engine has {cfg.act_depth}; generate an engine with act_depth >= {need}")
     counts, positions, values = conv_elements(layer)
+    if layer.kernel == 1:
+        positions = np.full_like(positions, KERNEL_ELEMENTS // 2)
     starts = np.concatenate([[0], np.cumsum(counts.ravel().astype(np.int64))]).reshape(-1)
     co, ci = counts.shape
     w_base, param_base = len(steps), len(params)
@@ -244,14 +263,15 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
         group_steps.append(_close_group(steps, n_before, src.base, P))
     params += [{"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
                 "shift": int(layer.shift[o])} for o in order]
-    desc = LayerDescriptor(linear=0, pool=int(layer.pool), in_h=src.height, in_w=src.width,
+    desc = LayerDescriptor(linear=0, pool=int(layer.pool), stride=int(layer.stride == 2),
+                           in_h=src.height, in_w=src.width,
                            pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
                            plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
                            out_channels=co, n_outputs=co * dst.height * dst.width)
+    outputs = -(-src.height // layer.stride) * -(-src.width // layer.stride)
     plan = LayerPlan(name, desc, w_base, param_base, tuple(group_steps), 0, len(values),
-                     -(-len(values) * src.height * src.width // P))
-    rows, cols = plan.sweep
-    return dataclasses.replace(plan, pixels=rows * cols)
+                     -(-len(values) * outputs // P))
+    return dataclasses.replace(plan, pixels=plan.swept_pixels())
 
 
 def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
@@ -277,7 +297,7 @@ def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
             steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
         group_steps.append(_close_group(steps, n_before, 0, P))
     params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0} for o in range(k)]
-    desc = LayerDescriptor(linear=1, pool=0, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
+    desc = LayerDescriptor(linear=1, pool=0, stride=0, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
                            pitch_out=0, out_channels=k, n_outputs=k)
     return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),
                      -(-len(values) // P))

@@ -24,7 +24,8 @@ class Sequencer(wiring.Component):
     """Issues one step request per cycle, in the engine's loop order.
 
     For each layer (descriptor memory order): for each lane group g, for each pixel (raster
-    order; 2x2 blocks in order when pooling), the group's step words from its start up to the
+    order; 2x2 blocks in order when pooling; every other pixel of every other row with stride
+    2), the group's step words from its start up to the
     word marked `last`.  The weight memory always reads the word after the one being issued,
     and a pixel's first word is issued again from a copy of the group's first word, so the step
     stream has no bubble between pixels or groups and the memory's read address is a register
@@ -130,7 +131,9 @@ class Sequencer(wiring.Component):
         # path into the state machine).
         all_written = Signal()
         d = self.layer
-        step = Signal(2)   # side of the pixel block: 2x2 when pooling, single pixels otherwise
+        # side of the pixel block: 2x2 when pooling or striding by 2 (one pixel of the block
+        # then), single pixels otherwise
+        step = Signal(2)
         return SimpleNamespace(
             rd_addr=rd_addr, first_word=first_word, from_copy=from_copy, word=word, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
             y0=y0, x0=x0, dy=dy, dx=dx, at_first=at_first, n_written=n_written, state=state,
@@ -145,10 +148,11 @@ class Sequencer(wiring.Component):
         P = self.config.lanes
         d = self.layer
         req = self.o_stream.payload
-        oy = Mux(d.pool, r.y0 >> 1, r.y0)
-        ox = Mux(d.pool, r.x0 >> 1, r.x0)
+        halve = d.pool | d.stride
+        oy = Mux(halve, r.y0 >> 1, r.y0)
+        ox = Mux(halve, r.x0 >> 1, r.x0)
         m.d.comb += [
-            r.step.eq(Mux(d.pool, 2, 1)),
+            r.step.eq(Mux(halve, 2, 1)),
             r.word.eq(Mux(r.from_copy, r.first_word, self.w_data)),
             req.step.eq(r.word),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.

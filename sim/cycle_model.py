@@ -228,8 +228,7 @@ def dense_network(net: QuantizedNetwork) -> QuantizedNetwork:
 
     Cycle counts depend only on which weights are nonzero, so every weight becomes 1.
     """
-    convs = tuple(ConvLayer(np.ones_like(c.weights), c.bias, c.multiplier, c.shift, c.pool)
-                  for c in net.convs)
+    convs = tuple(dataclasses.replace(c, weights=np.ones_like(c.weights)) for c in net.convs)
     linear = LinearLayer(np.ones_like(net.linear.weights), net.linear.bias)
     return dataclasses.replace(net, convs=convs, linear=linear)
 
@@ -245,7 +244,7 @@ def _dense_program(config: EngineConfig, net: QuantizedNetwork) -> Program:
 
 
 def _dense_steps(config: EngineConfig, layer: ConvLayer) -> int:
-    return -(-layer.out_channels // config.lanes) * layer.in_channels * 9
+    return -(-layer.out_channels // config.lanes) * layer.in_channels * layer.kernel ** 2
 
 
 def network_report(config: EngineConfig, net: QuantizedNetwork,

@@ -87,16 +87,21 @@ def _random_requantization(rng: np.random.Generator, n_out: int, fan: int, activ
 def random_network(rng: np.random.Generator, input_shape=(1, 8, 8), channels=(4, 8),
                    pools=(True, False), classes: int = 10,
                    patterns: tuple[Pattern, ...] | Pattern = Pattern.UNSTRUCTURED,
-                   density: float = 0.3, saturate: bool = False) -> QuantizedNetwork:
-    """A valid random network of conv layers (`channels`, `pools`) and a classifier."""
+                   density: float = 0.3, saturate: bool = False,
+                   strides: tuple[int, ...] | None = None,
+                   kernels: tuple[int, ...] | None = None) -> QuantizedNetwork:
+    """A valid random network of conv layers (`channels`, `pools`, `strides` and `kernels`,
+    default 1 and 3) and a classifier."""
     if isinstance(patterns, Pattern):
         patterns = (patterns,) * len(channels)
+    strides = strides or (1,) * len(channels)
+    kernels = kernels or (3,) * len(channels)
     c, h, w = input_shape
     convs = []
-    for n_out, pool, pattern in zip(channels, pools, patterns):
+    for n_out, pool, pattern, stride, kernel in zip(channels, pools, patterns, strides, kernels):
         convs.append(random_conv(rng, c, n_out, pool=pool, pattern=pattern, density=density,
-                                 saturate=saturate))
-        c = n_out
+                                 saturate=saturate, kernel=kernel, stride=stride))
+        c, h, w = n_out, -(-h // stride), -(-w // stride)
         if pool:
             h, w = h // 2, w // 2
     fw = rng.integers(-127, 128, size=(classes, c * h * w))

@@ -32,12 +32,12 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
         d = plan.descriptor
         sweep_h, sweep_w = plan.sweep
         ptr = plan.w_base
-        bs = 2 if d.pool else 1
+        bs = 2 if d.pool else 1             # pixels of a pool block per side
         for g in range(-(-d.out_channels // P)):
             gstart = ptr
             n_lanes = min(P, d.out_channels - g * P)
-            for y0 in range(0, sweep_h, bs):
-                for x0 in range(0, sweep_w, bs):
+            for y0 in range(0, sweep_h, plan.block):
+                for x0 in range(0, sweep_w, plan.block):
                     pooled = None
                     for dy in range(bs):
                         for dx in range(bs):
@@ -62,7 +62,7 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 if s["last"]:
                                     break
                             pooled = acc if pooled is None else [max(u, v) for u, v in zip(pooled, acc)]
-                    oy, ox = y0 // bs, x0 // bs
+                    oy, ox = y0 // plan.block, x0 // plan.block
                     for l in range(n_lanes):
                         pr = params[plan.param_base + g * P + l]
                         v = pooled[l] + pr["bias"]

@@ -3,6 +3,7 @@ import pytest
 
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.cycles import fixed_overhead, issue_cycles, layer_cycles
+from prunefab.sim import cycle_model
 from prunefab.sim.engine_sim import simulate
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
@@ -41,6 +42,20 @@ def test_engine_three_layers_full_groups_and_back_to_back_images(small_config):
     net = random_network(rng, (3, 8, 8), channels=(8, 4, 8), pools=(False, True, True), classes=8,
                          patterns=(Pattern.KERNEL_ELEMENTS, Pattern.STRIPES, Pattern.DENSE))
     run_and_compare(small_config, net, random_images(rng, 2, net.input_shape), stall=0.4)
+
+
+def test_engine_runs_stride_2_and_1x1_layers_and_their_cycles_follow_the_model(small_config):
+    rng = np.random.default_rng(9)
+    net = random_network(rng, (3, 9, 7), channels=(8, 8, 4), pools=(False, False, True),
+                         strides=(2, 2, 1), kernels=(3, 1, 3), classes=5,
+                         patterns=Pattern.KERNEL_ELEMENTS, density=3 / 9)
+    program, (result,) = run_and_compare(small_config, net, random_images(rng, 1, net.input_shape),
+                                         stall=0.3)
+    lanes = small_config.lanes
+    assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+    for plan in program.layers[:2]:     # full lane groups: the issue cycles are the limit
+        assert issue_cycles(plan) == plan.zero_skip_bound
+        assert layer_cycles(plan, lanes) == plan.zero_skip_bound + fixed_overhead(plan, lanes)
 
 
 def test_layer_cycles_follow_the_model(small_config):

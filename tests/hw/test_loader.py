@@ -25,6 +25,19 @@ def test_packed_program_computes_the_reference(pattern):
         assert run_program(program, image) == list(logits)
 
 
+def test_stride_2_and_1x1_programs_compute_the_reference():
+    rng = np.random.default_rng(31)
+    net = random_network(rng, (3, 9, 7), channels=(5, 6, 7), pools=(False, False, True),
+                         strides=(2, 2, 1), kernels=(3, 1, 1), classes=4, density=0.5)
+    program = pack_network(EngineConfig(lanes=4, max_height=12, max_width=12, max_channels=16,
+                                        act_depth=256, weight_depth=1024, param_depth=64), net)
+    # a 1x1 kernel's element is the window's centre; stride 2 computes ceil(H/2) x ceil(W/2)
+    assert [p.pixels for p in program.layers[:3]] == [5 * 4, 3 * 2, 2 * 2]
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)
+
+
 def test_kep_group_steps_are_the_zero_skip_count():
     rng = np.random.default_rng(3)
     net = random_network(rng, (3, 6, 6), channels=(8,), pools=(False,),

@@ -48,13 +48,13 @@ def loop_order(program):
     for plan in program.layers:
         d = plan.descriptor
         sweep_h, sweep_w = plan.sweep
-        bs = 2 if d.pool else 1
+        bs = 2 if d.pool else 1             # pixels of a pool block per side
         ptr = plan.w_base
         for g in range(-(-d.out_channels // P)):
             gstart = ptr
-            for y0 in range(0, sweep_h, bs):
-                for x0 in range(0, sweep_w, bs):
-                    oy, ox = y0 // bs, x0 // bs
+            for y0 in range(0, sweep_h, plan.block):
+                for x0 in range(0, sweep_w, plan.block):
+                    oy, ox = y0 // plan.block, x0 // plan.block
                     tag = {"dest_bank": (oy % 4) * 4 + ox % 4,
                            "dest_addr": (d.out_base + g * (P * d.plane_out)
                                          + ((oy // 4) << d.pitch_out) + ox // 4) % cfg.act_depth,
@@ -78,11 +78,14 @@ def loop_order(program):
     return out
 
 
-@pytest.mark.parametrize("stall", [0.0, 0.5])
-def test_sequencer_issues_the_loop_order(small_config, stall):
+STRIDED = dict(channels=(6, 3, 4), pools=(False, True, False), strides=(2, 1, 2), kernels=(3, 1, 1))
+
+
+@pytest.mark.parametrize("stall, shape", [(0.0, {}), (0.5, {}), (0.5, STRIDED)])
+def test_sequencer_issues_the_loop_order(small_config, stall, shape):
     rng = np.random.default_rng(21)
-    net = random_network(rng, (2, 5, 7), channels=(6, 3), pools=(True, False), classes=5,
-                         patterns=Pattern.UNSTRUCTURED, density=0.4)
+    net = random_network(rng, (2, 5, 7), **({"channels": (6, 3), "pools": (True, False)} | shape),
+                         classes=5, patterns=Pattern.UNSTRUCTURED, density=0.4)
     program = pack_network(small_config, net)
     want = loop_order(program)
     dut = SequencerBench(program)

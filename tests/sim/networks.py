@@ -45,10 +45,17 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
         channels = tuple(int(rng.integers(1, min(channels_cap, cfg.max_channels) + 1))
                          for _ in range(int(rng.integers(1, convs + 1))))
         classes = int(rng.integers(1, cfg.max_classes + 1))
-    pools, (h, w) = [], shape[1:]
-    for _ in channels:
+    pools, strides, kernels, (h, w) = [], [], [], shape[1:]
+    for i in range(len(channels)):
         pool = (bool(rng.integers(2)) or kind == "max-size") and h >= 2 and w >= 2
+        # random networks also stride by 2 (layers that do not pool) and take 1x1 kernels
+        # (after the first layer, whose pattern the benches recognise from 3x3 planes)
+        stride = 2 if kind == "random" and not pool and rng.random() < 0.3 else 1
+        kernel = 1 if kind == "random" and i and rng.random() < 0.25 else 3
         pools.append(pool)
+        strides.append(stride)
+        kernels.append(kernel)
+        h, w = -(-h // stride), -(-w // stride)
         if pool:
             h, w = h // 2, w // 2
     # Every pattern appears in turn; the rest of the layers draw theirs at random.
@@ -56,7 +63,8 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
         PATTERNS[int(rng.integers(len(PATTERNS)))] for _ in channels[1:])
     return random_network(rng, shape, channels=channels, pools=tuple(pools), classes=classes,
                           patterns=patterns, density=float(rng.uniform(0.1, 0.9)),
-                          saturate=kind == "saturating" or bool(rng.random() < 0.2))
+                          saturate=kind == "saturating" or bool(rng.random() < 0.2),
+                          strides=tuple(strides), kernels=tuple(kernels))
 
 
 def random_cases(cfg: EngineConfig, n: int, seed: int, images: int = 1, size: int = 1 << 16,

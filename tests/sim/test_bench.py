@@ -61,7 +61,7 @@ def _patterns(net):
     """Which sparsity pattern each conv layer was drawn with, recognised from its weights."""
     out = []
     for layer in net.convs:
-        nz = layer.weights.reshape(layer.out_channels, layer.in_channels, 9) != 0
+        nz = layer.weights.reshape(layer.out_channels, layer.in_channels, layer.kernel ** 2) != 0
         counts = nz.sum(axis=2)
         if not nz.any():
             out.append(Pattern.ZERO)
