@@ -171,7 +171,7 @@ class StripeWisePruning(PruningMethod):
     name = "swp"
     wants_sparsity_phase = True
 
-    def __init__(self, strength: float = 2.1e-3, threshold: float = 0.01, meet_target: bool = False):
+    def __init__(self, strength: float = 2.6e-3, threshold: float = 0.01, meet_target: bool = False):
         if strength < 0 or threshold < 0:
             raise ValueError(f"SWP strength and threshold must be >= 0, not {strength} and {threshold}")
         self.strength = strength
