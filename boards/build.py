@@ -348,11 +348,11 @@ def _run_tools(spec: BoardSpec, config: EngineConfig, out: Path, env: dict, *, s
 # The build script runs the tools one after another; each step is known to have started when
 # the file or nextpnr log line below appears.  The 4-lane iCEBreaker took 2.6 minutes in one place
 # and route (up to 7 when yosys' first run compiles itself, twice that when a missed clock is
-# built again), the ULX3S 4 to 13 minutes (8 to 32 lanes, 522 s for two runs at 32), on two
-# shared cores (docs/boards.md).
+# built again), the ULX3S 4 to 13 minutes at 8 to 32 lanes (522 s for two runs at 32) and 8 to 15
+# minutes a run at the preset's 64 lanes (2305 s for three runs), on two shared cores (docs/boards.md).
 ROUTING_STARTS = ("Info: Routing..", "Info: Running router2")
 BUILD_TIME = {"ice40": "the whole build takes 3 to 10 minutes",
-              "ecp5": "the whole build takes 4 to 13 minutes"}
+              "ecp5": "each place and route takes 4 to 15 minutes; a missed clock adds a run"}
 
 
 def _execute(plan, out: Path, env: dict, family: str) -> bool:
