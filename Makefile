@@ -49,10 +49,11 @@ bench-boards: $(STAMP)
 	nice -n 10 $(PY) bench/bench_boards.py --out build
 
 # Every pruning method at conv-FLOPs cuts of 50, 65, 75, 85 and 90 %, three seeds each, in two
-# worker processes; resumes from the records in out/sweep; writes docs/results.md and its plot.
+# worker processes; resumes from the records in bench/records/sweep (kept in the repository);
+# writes docs/results.md and its plot.
 # Hours on two cores (docs/results.md says which points are measured).
 sweep: $(STAMP)
-	nice -n 15 $(PY) bench/sweep.py --out out/sweep --docs docs/results.md
+	nice -n 15 $(PY) bench/sweep.py --out bench/records/sweep --docs docs/results.md
 
 clean:
 	rm -rf out build .pytest_cache

@@ -161,7 +161,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("out/sweep"), help="the run records")
+    ap.add_argument("--out", type=Path, default=Path("bench/records/sweep"),
+                    help="the run records (JSON, kept in the repository) and the dense checkpoints")
     ap.add_argument("--docs", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--budget", type=budget_option, nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                     help="change the common budget (tests; records of another budget are refused)")
