@@ -418,7 +418,13 @@ class EngineAdapter(wiring.Component):
         m.submodules.words = words = self.words
         i, o = self.i_stream, self.o_stream
         loaded = Signal()                          # a complete network is in the engine
-        m.d.comb += [infer.allowed.eq(loaded), load.allowed.eq(1), infer.clear.eq(load.restarted)]
+        # A LOAD that starts over drops the INFER transfer a cycle later: no INFER chunk is
+        # taken in that cycle (the LOAD path is busy until its reply), and the LOAD's word
+        # handshake no longer reaches the INFER counters' enables (the iCEBreaker's critical
+        # path: adapter state -> LOAD word valid -> refuse -> INFER total's reset).
+        clear_infer = Signal()
+        m.d.sync += clear_infer.eq(load.restarted)
+        m.d.comb += [infer.allowed.eq(loaded), load.allowed.eq(1), infer.clear.eq(clear_infer)]
         with m.If(load.restarted):
             m.d.sync += loaded.eq(0)
         # Only one path is busy at a time, and both pass the deframer's word on as it is.  The

@@ -196,14 +196,25 @@ def test_cli_build_prints_the_report_and_fails_on_missed_timing(tmp_path, capsys
 
 # -- re-targeting a missed clock, with the tools replaced by logs of a given Fmax --------------
 
+class _Runs(list):
+    """The clocks the runs were built for; `goals`, the clock each was timed against."""
+
+    def __init__(self):
+        super().__init__()
+        self.goals = []
+
+
 def _fake_tools(monkeypatch, fmax_at):
     """Replace the tools: each run writes the logs of a design routed at `fmax_at(clock)` and a
-    bitstream; returns the clocks the runs were asked for."""
-    runs = []
+    bitstream; returns the runs (`_Runs`)."""
+    runs = _Runs()
 
-    def run_tools(spec, config, out, env, *, seed, pack_only):
+    def run_tools(spec, config, out, env, *, seed, pack_only, goal_mhz=None):
         clock = spec.clock_mhz
         runs.append(clock)
+        runs.goals.append(goal_mhz)
+        overrides = B._overrides(spec, config, seed, goal_mhz)
+        assert ("add_constraints" in overrides) == (goal_mhz not in (None, clock))
         fmax = fmax_at(clock)
         tim = ICE40_TIM.format(lc=4100, fmax=f"{fmax:.2f}", verdict="PASS" if fmax >= clock else "FAIL",
                                level="Info")
@@ -216,30 +227,47 @@ def _fake_tools(monkeypatch, fmax_at):
 
 def test_retarget_goes_to_the_fastest_clock_below_the_fmax_with_margin():
     ice = BOARDS["icebreaker"]
-    # 20.9 MHz less 1 %: 20.69 MHz; the PLL makes 20.625 MHz (7 cycles a 3 Mbaud bit, 1.8 % long)
-    assert B.retarget(ice, 20.9).clock_mhz == 20.625
-    assert B.retarget(ice, 20.7).clock_mhz == 18.0       # 20.49: 20.25 and 18.375 are off the baud
+    # 26.56 MHz less 3 %: 25.76 MHz; the PLL makes 24.375 MHz (8 cycles a 3 Mbaud bit, 1.6 % short)
+    assert B.retarget(ice, 26.56).clock_mhz == 24.375
+    assert B.retarget(ice, 20.9).clock_mhz == 18.0       # 20.27: 20.25 and 18.375 are off the baud
     assert B.retarget(ice, 31.0) is None                 # met already: nothing slower to try
     assert B.retarget(ice, None) is None and B.retarget(ice, 12.0) is None
     ecp = BOARDS["ulx3s-85f"]
     assert abs(B.retarget(ecp, 44.9).clock_mhz - 125 / 3) < 1e-9
+    assert B.retarget(ecp, 47.1).clock_mhz == 45.0
+
+
+def test_a_retarget_is_timed_against_the_first_clock():
+    """The oscillator's constraint scaled so that nextpnr derives the first clock for the PLL's
+    output: 12 MHz * 30 / 24.375 on the iCEBreaker, 25 MHz * 100 / 45 on the ULX3S."""
+    ice = BOARDS["icebreaker"].at(24.375)
+    assert B.oscillator_constraint(ice, 30.0) == {"add_constraints": "set_frequency clk12_0__io 14.769231"}
+    assert B._overrides(ice, _config("icebreaker", 2), 1, 30.0)["add_constraints"].startswith("set_frequency")
+    assert "add_constraints" not in B._overrides(ice, _config("icebreaker", 2), 1, 24.375)
+    ecp = BOARDS["ulx3s-85f"].at(45.0)
+    assert B.oscillator_constraint(ecp, 100.0) == {"add_preferences": 'FREQUENCY PORT "clk25_0__io" 55555555.556 HZ;'}
+    for spec in (ice, ecp):         # the port amaranth gives the oscillator's pin
+        platform = spec.make_platform()
+        platform.request(spec.clock, 0, dir="-")
+        assert [p.name for p, _ in platform.iter_port_clock_constraints()] == [f"{spec.clock}_0__io"]
 
 
 def test_a_missed_clock_is_built_again_at_one_the_design_meets(tmp_path, monkeypatch):
-    runs = _fake_tools(monkeypatch, lambda clock: 20.9)
+    runs = _fake_tools(monkeypatch, lambda clock: 26.56)
     heard = []
     report = B.build("icebreaker", 2, tmp_path, progress=heard.append)
-    assert runs == [30.0, 20.625]
-    assert (report.target_mhz, report.clock_mhz, report.fmax_mhz) == (30.0, 20.625, 20.9)
-    assert report.timing_met and report.ok and report.tried == ((30.0, 20.9), (20.625, 20.9))
-    assert heard == ["icebreaker, 2 lanes: Fmax 20.9 MHz misses the 30 MHz clock; building "
-                     "again at 20.62 MHz"]
-    assert report.summary().endswith("clock 20.62 MHz, asked 30 MHz, Fmax 20.9 MHz (met); 0 s in 2 builds")
+    assert runs == [30.0, 24.375] and runs.goals == [30.0, 30.0]
+    assert (report.target_mhz, report.clock_mhz, report.fmax_mhz) == (30.0, 24.375, 26.56)
+    assert report.timing_met and report.ok and report.tried == ((30.0, 26.56), (24.375, 26.56))
+    assert heard == ["icebreaker, 2 lanes: Fmax 26.6 MHz misses the 30 MHz clock; building "
+                     "again at 24.38 MHz"]
+    assert report.summary().endswith("clock 24.38 MHz, asked 30 MHz, Fmax 26.6 MHz (met); 0 s in 2 builds")
     assert sorted(p.name for p in tmp_path.glob("prunefab.bin*")) == ["prunefab.bin"]
     assert "FAIL at 30.00 MHz" in (tmp_path / "prunefab.tim.failed").read_text()   # the miss's log
     data = json.loads((tmp_path / B.REPORT).read_text())
-    assert (data["target_mhz"], data["clock_mhz"], data["fmax_mhz"], data["timing_met"]) == (30.0, 20.625, 20.9, True)
-    assert data["cycles_per_bit"] == 7 and data["lanes"] == 2 and len(data["tried"]) == 2
+    assert (data["target_mhz"], data["clock_mhz"], data["fmax_mhz"], data["timing_met"]) == (30.0, 24.375, 26.56, True)
+    assert data["cycles_per_bit"] == 8 and data["lanes"] == 2 and len(data["tried"]) == 2
+    assert data["goal_mhz"] == 30.0
 
 
 def test_a_clock_that_is_met_is_built_once(tmp_path, monkeypatch):
@@ -285,9 +313,9 @@ def test_configured_clock_is_the_timing_clean_build_s(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert B.configured_clock("icebreaker") == (30.0, "the icebreaker's clock; no timing-clean "
                                                       "build in build/icebreaker")
-    _fake_tools(monkeypatch, lambda clock: 20.9)
+    _fake_tools(monkeypatch, lambda clock: 26.56)
     B.build("icebreaker", 2, progress=lambda line: None)
-    assert B.configured_clock("icebreaker") == (20.625, "build/icebreaker/build_report.json")
+    assert B.configured_clock("icebreaker") == (24.375, "build/icebreaker/build_report.json")
     assert B.configured_clock("ulx3s-85f")[0] == 100.0
 
 
