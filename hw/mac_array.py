@@ -64,18 +64,23 @@ class MacArray(wiring.Component):
         stall = Signal()
         m.d.comb += [stall.eq(s1_valid & s1_flags.last & o.valid & ~o.ready), i.ready.eq(~stall)]
 
+        # 16-bit signed operands: yosys then puts the product register inside the iCE40's
+        # SB_MAC16 (with 8-bit operands it builds it from flip-flops).  They are driven whatever
+        # the stall: assigned under it, each operand bit would be a LUT of the stall (0 while
+        # stalled), and the stall would reach every multiplier's inputs instead of only the
+        # product registers' enables (the ECP5's critical path at 64 lanes).
+        w16 = [Signal(signed(16), name=f"w16_{lane}") for lane in range(P)]
+        a16 = [Signal(signed(16), name=f"a16_{lane}") for lane in range(P)]
+        for lane in range(P):
+            m.d.comb += [w16[lane].eq(i.payload.weight[lane]), a16[lane].eq(i.payload.act[lane])]
+
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(~stall):
             # Stage 1: the products, registered so they map onto the multiplier's output register.
             m.d.sync += [s1_valid.eq(i.valid), s1_flags.eq(i.payload.flags), s1_tag.eq(i.payload.tag)]
             for lane in range(P):
-                # 16-bit signed operands: yosys then puts the product register inside the
-                # iCE40's SB_MAC16 (with 8-bit operands it builds it from flip-flops).
-                w16 = Signal(signed(16), name=f"w16_{lane}")
-                a16 = Signal(signed(16), name=f"a16_{lane}")
-                m.d.comb += [w16.eq(i.payload.weight[lane]), a16.eq(i.payload.act[lane])]
-                m.d.sync += prod[lane].eq(w16 * a16)
+                m.d.sync += prod[lane].eq(w16[lane] * a16[lane])
             # Stage 2: a pixel's sum goes into the window's maximum.
             with m.If(s1_valid & s1_flags.last):
                 for lane in range(P):
