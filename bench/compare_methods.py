@@ -31,6 +31,7 @@ from prunefab.sw import data, models
 from prunefab.sw.artifact import write_atomic
 from prunefab.sw.flops import count
 from prunefab.sw.pipeline import Budget, prune
+from prunefab.sw.prune.base import PruningError
 from prunefab.sw.train import accuracy, load_checkpoint, save_checkpoint, seed_everything, train
 
 CUT = 0.75
@@ -189,8 +190,18 @@ def one_run(job: tuple[Run, Budget, str, int]) -> dict:
     if run.method == "dense":
         pruned = model
     else:
-        pruned = prune(model, method_of(run.method), tr, run.cut, budget, seed=run.seed,
-                       progress=False, **run.options)
+        try:
+            pruned = prune(model, method_of(run.method), tr, run.cut, budget, seed=run.seed,
+                           progress=False, **run.options)
+        except PruningError as e:
+            # a cut the method cannot reach on this network (KEP keeps one element of each
+            # kernel plane at least): recorded as such, so the sweep goes on and does not retry it
+            result = {"data": run.data, "split": run.split, "method": run.method,
+                      "options": run.options, "seed": run.seed, "infeasible": str(e),
+                      "budget": budget_record(budget), "target_cut": run.cut}
+            write_atomic(out / f"{run.name}.json", json.dumps(result, indent=1).encode())
+            print(f"{run.name}: cannot: {e}", file=sys.stderr, flush=True)
+            return result
     c = count(pruned)
     result = {"data": run.data, "split": run.split, "method": run.method, "options": run.options,
               "seed": run.seed, "accuracy": accuracy(pruned, scoring), "conv_flops_cut": c.conv_flops_cut,
@@ -220,9 +231,14 @@ def run_all(runs: list[Run], workers: int, out: Path, budget: Budget = BUDGET) -
         return list(pool.map(one_run, [(r, budget, str(out), threads) for r in runs]))
 
 
+def measured(results: list[dict]) -> list[dict]:
+    """The records of runs that ran (not those of a cut their method cannot reach)."""
+    return [r for r in results if "infeasible" not in r]
+
+
 def _group(results: list[dict]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
-    for r in results:
+    for r in measured(results):
         groups.setdefault((r["data"], r["split"], r["method"], json.dumps(r["options"], sort_keys=True),
                            r.get("target_cut") or 0.0), []).append(r)
     return groups

@@ -26,7 +26,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from compare_methods import BUDGET, CHOSEN, CUT, Run, recorded, run_all, spread, table
+from compare_methods import BUDGET, CHOSEN, CUT, Run, measured, recorded, run_all, spread, table
 from prunefab.sw.pipeline import Budget
 
 CUTS = (0.5, 0.65, 0.75, 0.85, 0.9)
@@ -60,6 +60,7 @@ def plot(results: list[dict], name: str, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    results = measured(results)
     dense = [100 * r["accuracy"] for r in results if r["method"] == "dense"]
     if dense:
         mean, sd = spread(dense)
@@ -92,9 +93,11 @@ def plot(results: list[dict], name: str, path: Path) -> None:
 
 def coverage(runs: list[Run], results: list[dict]) -> list[str]:
     """Per data set and target: how many seeds each method has of those planned."""
-    have = {}
+    have, cannot = {}, {}
     for r in results:
         have.setdefault((r["data"], r["method"], r["target_cut"]), set()).add(r["seed"])
+        if "infeasible" in r:
+            cannot[r["data"], r["method"], r["target_cut"]] = r["infeasible"]
     lines = []
     points = dict.fromkeys((r.data, r.cut) for r in runs)
     for name, cut in sorted(points):
@@ -102,13 +105,16 @@ def coverage(runs: list[Run], results: list[dict]) -> list[str]:
         want = dict.fromkeys(r.method for r in planned)
         seeds = sorted({r.seed for r in planned})
         done = {m: sorted(have.get((name, m, cut), set()) & set(seeds)) for m in want}
+        impossible = [f"{m} ({cannot[name, m, cut]})" for m in want if (name, m, cut) in cannot]
+        want = {m: None for m in want if (name, m, cut) not in cannot}
         full = [m for m in want if len(done[m]) == len(seeds)]
         part = [f"{m} ({len(done[m])} of {len(seeds)} seeds)" for m in want if 0 < len(done[m]) < len(seeds)]
         none = [m for m in want if not done[m]]
         state = "; ".join(filter(None, [
             f"measured: {', '.join(full)}" if full else "",
             f"partly: {', '.join(part)}" if part else "",
-            f"not yet: {', '.join(none)}" if none else ""]))
+            f"not yet: {', '.join(none)}" if none else "",
+            f"not possible: {', '.join(impossible)}" if impossible else ""]))
         lines.append(f"* {name}, {100 * cut:g} % target: {state}")
     return lines
 
@@ -121,12 +127,12 @@ def report(runs: list[Run], budget: Budget, out: Path, docs: Path) -> None:
     names = sorted({r.data for r in runs})
     parts = [BEGIN, "", "Mean ± sample standard deviation over the seeds; test-set float accuracy; "
              "`target` is the conv-FLOPs cut asked for, the last column the cut measured.", ""]
-    parts.append(table(mine, markdown=True) if mine else "No run is recorded yet.")
+    parts.append(table(mine, markdown=True) if measured(mine) else "No run is recorded yet.")
     parts += ["", "Points (planned: seeds " + ", ".join(map(str, sorted({r.seed for r in runs}))) + "):"]
     parts += coverage(runs, mine)
     for name in names:
         png = docs.with_name(f"results-{name}.png")
-        if any(r["data"] == name and r["method"] != "dense" for r in mine):
+        if any(r["data"] == name and r["method"] != "dense" for r in measured(mine)):
             plot([r for r in mine if r["data"] == name], name, png)
             parts += ["", f"![{name}: accuracy against conv-FLOPs cut]({png.name})"]
     parts += ["", END]

@@ -84,3 +84,21 @@ def test_missing_points_are_named_and_another_budget_is_refused(swept):
     other = sweep(tmp, "--seeds", "0", "--budget", "finetune_epochs=2", check=False)
     assert other.returncode != 0
     assert "recorded under another training budget" in other.stderr.strip().splitlines()[-1]
+
+
+def test_a_cut_the_method_cannot_reach_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """KEP keeps one element per kernel plane at least, so 95 % is out of its reach: the run
+    is recorded as not possible (and not retried), the others run, the docs say so."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("<!-- sweep -->\n<!-- /sweep -->\n")
+    done = sweep(tmp_path, "--seeds", "0", "--cuts", "0.95", "0.5")
+    record = json.loads((tmp_path / "runs" / "synthetic-test-cut95-kep-schedule=linear-strength=0.1-seed0.json").read_text())
+    assert record["infeasible"].startswith("KEP cannot cut 95% of conv FLOPs") and "accuracy" not in record
+    assert "cut95-kep-schedule=linear-strength=0.1-seed0: cannot: KEP cannot cut 95%" in done.stderr
+    assert (tmp_path / "runs" / "synthetic-test-cut95-filter-seed0.json").exists()
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "* synthetic, 95 % target: measured: filter; not possible: kep (KEP cannot cut 95%" in text
+    assert "| synthetic | test | kep | schedule: linear, strength: 0.1 | 50 | 1 |" in text
+    assert "| 95 | 1 |" in text and "| kep | schedule: linear, strength: 0.1 | 95 |" not in text
+    again = sweep(tmp_path, "--seeds", "0", "--cuts", "0.95", "0.5")
+    assert "0 to go" in again.stderr
