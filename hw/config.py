@@ -72,8 +72,8 @@ class EngineConfig:
     max_channels:   most input or output channels of a conv layer
     max_layers:     most layers, classifier included
     max_classes:    most classifier outputs (depth of the logit memory)
-    act_depth:      words per activation bank (16 banks of 8 bits); holds a layer's input and
-                    output feature maps at once (ping-pong, one at each end)
+    act_depth:      words per activation bank (16 banks of 8 bits); holds every feature map
+                    live at once (a layer's input and output, and maps kept for later readers)
     weight_depth:   step words in the weight memory (one word = one cycle of all lanes)
     param_depth:    entries of (bias, multiplier, shift): one per conv output channel plus one
                     per class
@@ -198,15 +198,15 @@ class EngineConfig:
         if unsupported:
             raise EngineLimitError(f"{unsupported} is not supported by this engine yet; it runs "
                                    f"3x3 and 1x1 conv layers of stride 1 or 2 (not pooled), each "
-                                   f"reading the one before, and one classifier on the flattened "
-                                   f"last feature map")
+                                   f"reading any earlier feature map, and one classifier on the "
+                                   f"flattened last feature map")
         shapes = net.feature_shapes()
         if len(net.convs) + 1 > self.max_layers:
             raise EngineLimitError(
                 f"network: {len(net.convs) + 1} layers exceeds this engine's limit of "
                 f"{self.max_layers}; generate an engine with max_layers >= {len(net.convs) + 1}")
         for i, layer in enumerate(net.convs):
-            c, h, w = shapes[i]
+            c, h, w = shapes[net.conv_source(i)]
             name = f"conv{i}"
             for what, value, limit, field in (
                     ("input channels", c, self.max_channels, "max_channels"),
@@ -272,8 +272,6 @@ def first_unsupported(net: QuantizedNetwork) -> str | None:
         name = f"conv{i}"
         if c.stride != 1 and c.pool:
             return f"{name}: stride {c.stride} with a max-pool"
-        if c.source is not None and c.source != i:
-            return f"{name}: reading feature map {c.source} (not the layer before)"
         if c.residual is not None:
             return f"{name}: a residual addition"
         if not c.relu:

@@ -124,12 +124,17 @@ class Program:
     """Memory images of one network for one engine, and the stream that loads them."""
 
     config: EngineConfig
-    input_map: FeatureMap
+    maps: tuple[FeatureMap, ...]
     layers: tuple[LayerPlan, ...]
     weights: list[int] = field(repr=False)
     params: list[int] = field(repr=False)
     descriptors: list[int] = field(repr=False)
     classes: int = 0
+
+    @property
+    def input_map(self) -> FeatureMap:
+        """Map 0: where `image_words` writes the image."""
+        return self.maps[0]
 
     def load_words(self) -> list[int]:
         """The load stream (packed `load_layout` words) writing weights, params and descriptors."""
@@ -179,11 +184,12 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     maps = _feature_maps(cfg, net, orders)
     steps: list[dict] = []
     params: list[dict] = []
-    plans = [_pack_conv(cfg, f"conv{i}", layer, maps[i], maps[i + 1], orders[i], steps, params)
+    plans = [_pack_conv(cfg, f"conv{i}", layer, maps[net.conv_source(i)], maps[i + 1], orders[i],
+                        steps, params)
              for i, layer in enumerate(net.convs)]
     plans.append(_pack_linear(cfg, net.linear, maps[-1], steps, params))
     _check_memories(cfg, steps, params)
-    return Program(cfg, maps[0], tuple(plans), [pack(step_layout(cfg), w) for w in steps],
+    return Program(cfg, tuple(maps), tuple(plans), [pack(step_layout(cfg), w) for w in steps],
                    [pack(param_layout(cfg), p) for p in params],
                    [p.descriptor.pack(cfg) for p in plans], net.linear.out_features)
 
@@ -203,19 +209,79 @@ def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
     return orders
 
 
+def map_lifetimes(net: QuantizedNetwork) -> list[tuple[int, int]]:
+    """(first, last) layer index during which each feature map must stay in the banks: from the
+    layer that writes it (-1 for the input image, loaded before the run) to its last reader, a
+    conv layer reading it as its source or as its residual operand, or the classifier (layer
+    number len(convs)) reading the last map."""
+    n = len(net.convs)
+    lives = [[i - 1, i - 1] for i in range(n + 1)]
+    readers = [(j, net.conv_source(j)) for j in range(n)]
+    readers += [(j, c.residual.source) for j, c in enumerate(net.convs) if c.residual is not None]
+    readers.append((n, n))
+    for j, k in readers:
+        lives[k][1] = max(lives[k][1], j)
+    return [tuple(life) for life in lives]
+
+
+def _place(depth: int, words: list[int], lives: list[tuple[int, int]]) -> list[int] | int:
+    """Base address of every map, or the index of the first map that finds no room.
+
+    Map k goes into the lowest (k even) or highest (k odd) gap left by the maps already placed
+    whose lifetimes overlap its own, so a chain of layers each reading the one before is
+    ping-pong (even maps at the bottom, odd ones at the top) and a map read again later (a
+    block's input, a residual operand) keeps its place until its last reader is done.
+    """
+    bases: list[int] = []
+    for k, (size, (first, last)) in enumerate(zip(words, lives)):
+        busy = sorted((bases[j], bases[j] + words[j]) for j in range(k)
+                      if lives[j][0] <= last and first <= lives[j][1])
+        gaps, at = [], 0
+        for lo, hi in busy:
+            if lo - at >= size:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        if depth - at >= size:
+            gaps.append((at, depth))
+        if not gaps:
+            return k
+        bases.append(gaps[0][0] if k % 2 == 0 else gaps[-1][1] - size)
+    return bases
+
+
 def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[FeatureMap]:
-    """Where every feature map lives: map i at the bottom of the banks when i is even, at the
-    top when odd, so a layer's input and output never overlap."""
+    """Where every feature map lives (`_place`); refuses a network whose maps live at the same
+    time do not fit `act_depth`, naming the layer that writes the map that found no room."""
+    shapes = net.feature_shapes()[:len(net.convs) + 1]
+    words = [c * plane_words(h, w) for c, h, w in shapes]
+    lives = map_lifetimes(net)
+    bases = _place(cfg.act_depth, words, lives)
+    if isinstance(bases, int):
+        k = bases
+        first, last = lives[k]
+        beside = [j for j, (a, b) in enumerate(lives[:k]) if a <= last and first <= b]
+        # the least depth this placement fits in: at least the words live at once
+        need = max(sum(words[j] for j, (a, b) in enumerate(lives) if a <= t <= b)
+                   for t in range(-1, len(net.convs) + 1))
+        while need < 4 * sum(words) and isinstance(_place(need, words, lives), int):
+            need += 1
+        what = "input: map 0" if k == 0 else f"conv{k - 1}: its output map {k}"
+        if beside:
+            what += f" and map{'s' * (len(beside) > 1)} {', '.join(map(str, beside))} live beside it"
+        raise EngineLimitError(
+            f"{what} need{'s' * (not beside)} {words[k] + sum(words[j] for j in beside)} words "
+            f"per activation bank, "
+            f"this engine has act_depth={cfg.act_depth}; generate an engine with "
+            f"act_depth >= {need}")
     maps = []
-    for i, (c, h, w) in enumerate(net.feature_shapes()):
+    for i, (c, h, w) in enumerate(shapes):
         slots = None
         if i > 0:
             slots = [0] * c
             for j, o in enumerate(orders[i - 1]):
                 slots[o] = j
             slots = tuple(slots)
-        words = c * plane_words(h, w)
-        maps.append(FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w, slots))
+        maps.append(FeatureMap(bases[i], c, h, w, slots))
     return maps
 
 
@@ -237,11 +303,6 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     centre (position 4): its padding 0 and any stride read exactly that pixel.
     """
     P = cfg.lanes
-    if src.words + dst.words > cfg.act_depth:
-        need = src.words + dst.words
-        raise EngineLimitError(
-            f"{name}: input and output feature maps need {need} words per activation bank, "
-            f"this engine has {cfg.act_depth}; generate an engine with act_depth >= {need}")
     counts, positions, values = conv_elements(layer)
     if layer.kernel == 1:
         positions = np.full_like(positions, KERNEL_ELEMENTS // 2)

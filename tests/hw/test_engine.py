@@ -7,7 +7,7 @@ from prunefab.sim import cycle_model
 from prunefab.sim.engine_sim import simulate
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import Pattern, random_conv, random_images, random_network, with_classifier
 
 
 def run_and_compare(cfg, net, images, stall=0.0):
@@ -73,3 +73,15 @@ def test_layer_cycles_follow_the_model(small_config):
             assert measured <= plan.zero_skip_bound + fixed_overhead(plan, lanes)
     assert result.mac_cycles == sum(issue_cycles(p) for p in program.layers)
     assert result.total_cycles == sum(result.layer_cycles)
+
+
+def test_engine_runs_layers_reading_earlier_maps_and_their_cycles_follow_the_model(small_config):
+    """conv1 reads the input again, conv2 reads conv0's map (kept live across conv1)."""
+    rng = np.random.default_rng(12)
+    convs = [random_conv(rng, 2, 5, pattern=Pattern.KERNEL_ELEMENTS, density=3 / 9),
+             random_conv(rng, 2, 4, stride=2, source=0),
+             random_conv(rng, 5, 6, kernel=1, source=1, pool=True)]
+    net = with_classifier(rng, (2, 9, 7), convs, classes=4, density=0.5)
+    program, (result,) = run_and_compare(small_config, net, random_images(rng, 1, net.input_shape),
+                                         stall=0.3)
+    assert list(result.layer_cycles) == cycle_model.program_cycles(program)

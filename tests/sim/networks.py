@@ -10,7 +10,7 @@ import numpy as np
 from prunefab.hw.config import EngineConfig, EngineLimitError
 from prunefab.hw.loader import pack_network
 from prunefab.sim.cases import Case
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import Pattern, random_conv, random_images, random_network, with_classifier
 
 PATTERNS = tuple(Pattern)
 
@@ -45,26 +45,45 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
         channels = tuple(int(rng.integers(1, min(channels_cap, cfg.max_channels) + 1))
                          for _ in range(int(rng.integers(1, convs + 1))))
         classes = int(rng.integers(1, cfg.max_classes + 1))
-    pools, strides, kernels, (h, w) = [], [], [], shape[1:]
-    for i in range(len(channels)):
-        pool = (bool(rng.integers(2)) or kind == "max-size") and h >= 2 and w >= 2
-        # random networks also stride by 2 (layers that do not pool) and take 1x1 kernels
-        # (after the first layer, whose pattern the benches recognise from 3x3 planes)
-        stride = 2 if kind == "random" and not pool and rng.random() < 0.3 else 1
-        kernel = 1 if kind == "random" and i and rng.random() < 0.25 else 3
-        pools.append(pool)
-        strides.append(stride)
-        kernels.append(kernel)
-        h, w = -(-h // stride), -(-w // stride)
-        if pool:
-            h, w = h // 2, w // 2
     # Every pattern appears in turn; the rest of the layers draw theirs at random.
     patterns = (PATTERNS[index % len(PATTERNS)],) + tuple(
         PATTERNS[int(rng.integers(len(PATTERNS)))] for _ in channels[1:])
+    density = float(rng.uniform(0.1, 0.9))
+    saturate = kind == "saturating" or bool(rng.random() < 0.2)
+    if kind == "random":
+        return _graph(rng, shape, channels, patterns, density, saturate, classes)
+    pools, (h, w) = [], shape[1:]
+    for i in range(len(channels)):
+        pool = (bool(rng.integers(2)) or kind == "max-size") and h >= 2 and w >= 2
+        pools.append(pool)
+        if pool:
+            h, w = h // 2, w // 2
     return random_network(rng, shape, channels=channels, pools=tuple(pools), classes=classes,
-                          patterns=patterns, density=float(rng.uniform(0.1, 0.9)),
-                          saturate=kind == "saturating" or bool(rng.random() < 0.2),
-                          strides=tuple(strides), kernels=tuple(kernels))
+                          patterns=patterns, density=density, saturate=saturate)
+
+
+def _graph(rng, shape, channels, patterns, density, saturate, classes):
+    """A random network whose layers may stride by 2, take 1x1 kernels (after the first layer,
+    whose pattern the benches recognise from 3x3 planes) and read an earlier feature map than
+    the one before."""
+    maps = [tuple(shape)]                  # (C, H, W) of every map written so far
+    convs = []
+    for i, (n_out, pattern) in enumerate(zip(channels, patterns)):
+        source = i
+        if i and rng.random() < 0.3:
+            source = int(rng.integers(i))
+        c, h, w = maps[source]
+        pool = bool(rng.integers(2)) and h >= 2 and w >= 2
+        stride = 2 if not pool and rng.random() < 0.3 else 1
+        kernel = 1 if i and rng.random() < 0.25 else 3
+        convs.append(random_conv(rng, c, n_out, pool=pool, pattern=pattern, density=density,
+                                 saturate=saturate, kernel=kernel, stride=stride,
+                                 source=None if source == i else source))
+        h, w = -(-h // stride), -(-w // stride)
+        if pool:
+            h, w = h // 2, w // 2
+        maps.append((n_out, h, w))
+    return with_classifier(rng, shape, convs, classes, density)
 
 
 def random_cases(cfg: EngineConfig, n: int, seed: int, images: int = 1, size: int = 1 << 16,
