@@ -274,8 +274,6 @@ def first_unsupported(net: QuantizedNetwork) -> str | None:
             return f"{name}: stride {c.stride} with a max-pool"
         if c.residual is not None:
             return f"{name}: a residual addition"
-        if not c.relu:
-            return f"{name}: a conv layer without ReLU"
     if net.hidden:
         return "linear0: a hidden linear layer"
     if net.linear.global_pool:

@@ -101,7 +101,8 @@ class Engine(wiring.Component):
         layer = seq.layer
         m.d.comb += [fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h),
                      fetch.in_w.eq(layer.in_w), fetch.pitch_in.eq(layer.pitch_in),
-                     ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out)]
+                     ser.raw.eq(layer.linear), ser.relu.eq(layer.relu),
+                     ser.plane_out.eq(layer.plane_out)]
 
         # The writer never waits: activations go to the banks, logits to the LogitMemory.
         out = rq.o_stream

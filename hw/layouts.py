@@ -50,6 +50,8 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     linear:        the classifier (the final layer: one pass, raw logits out)
     pool:          2x2 max-pool after requantization
     stride:        stride 2: every other pixel of every other row, written at (y/2, x/2)
+    relu:          clamp to 0..255; 0: a layer without ReLU, clamped to -128..127 (its map, signed
+                   8-bit, is only ever a residual operand)
     in_h, in_w:    the input feature map (for zero padding); the pixels computed are the even
                    part of it when pooling, as floor pooling drops the rest
     pitch_in:      log2 of the input's bank row pitch
@@ -70,6 +72,7 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "linear": unsigned(1),
         "pool": unsigned(1),
         "stride": unsigned(1),
+        "relu": unsigned(1),
         "in_h": coord, "in_w": coord,
         "pitch_in": unsigned(cfg.pitch_shift_bits),
         "out_base": act,
@@ -165,7 +168,8 @@ def accumulator_layout(cfg: EngineConfig) -> data.StructLayout:
 def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:
     """ChannelSerializer -> Requantizer: one accumulator with its channel's parameters.
 
-    raw: pass acc + bias through unrequantized (the classifier's logits).
+    raw:  pass acc + bias through unrequantized (the classifier's logits).
+    relu: clamp to 0..255; 0: to -128..127 (a layer without ReLU).
     """
     return data.StructLayout({
         "acc": signed(ACC_BITS),
@@ -173,13 +177,15 @@ def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:
         "mult": unsigned(16),
         "shift": unsigned(8),
         "raw": 1,
+        "relu": 1,
         "dest_bank": unsigned(4),
         "dest_addr": unsigned(cfg.act_addr_bits),
     })
 
 
 def requant_out_layout(cfg: EngineConfig) -> data.StructLayout:
-    """Requantizer -> writer: a uint8 activation (or a raw logit) and where it goes."""
+    """Requantizer -> writer: an 8-bit activation (0..255, or -128..127 without ReLU; the writer
+    stores its low 8 bits) or a raw logit, and where it goes."""
     return data.StructLayout({
         "value": signed(ACC_BITS),
         "raw": 1,

@@ -61,6 +61,7 @@ class LayerDescriptor:
     linear: int
     pool: int
     stride: int
+    relu: int
     in_h: int
     in_w: int
     pitch_in: int
@@ -325,7 +326,7 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     params += [{"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
                 "shift": int(layer.shift[o])} for o in order]
     desc = LayerDescriptor(linear=0, pool=int(layer.pool), stride=int(layer.stride == 2),
-                           in_h=src.height, in_w=src.width,
+                           relu=int(layer.relu), in_h=src.height, in_w=src.width,
                            pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
                            plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
                            out_channels=co, n_outputs=co * dst.height * dst.width)
@@ -358,7 +359,7 @@ def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
             steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
         group_steps.append(_close_group(steps, n_before, 0, P))
     params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0} for o in range(k)]
-    desc = LayerDescriptor(linear=1, pool=0, stride=0, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
+    desc = LayerDescriptor(linear=1, pool=0, stride=0, relu=1, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
                            pitch_out=0, out_channels=k, n_outputs=k)
     return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),
                      -(-len(values) // P))

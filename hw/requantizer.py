@@ -1,4 +1,5 @@
-"""Requantizer: bias, (acc * M + 2^(s-1)) >> s, clamp to 0..255 (ReLU), per docs/arithmetic.md."""
+"""Requantizer: bias, (acc * M + 2^(s-1)) >> s, clamp to 0..255 (ReLU) or, for a layer without
+ReLU, to -128..127, per docs/arithmetic.md."""
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -17,18 +18,22 @@ class Requantizer(wiring.Component):
     1. sum = acc + bias
     2. the two partial products sum[:17] * M and sum[17:] * M (one 18x18 multiplier each)
     3. product = (high << 17) + low                            4. + 2^(s-1)
-    5. the low 8 bits of >> s, and whether any higher bit is set  6. clamp to 0..255
+    5. the low 8 bits of >> s, and whether any higher bit is set  6. clamp to 0..255 or -128..127
     Each stage is one register so no path holds more than one multiplier, adder or shifter
     (a 33x15 product in one cycle would be two multipliers and a wide adder).  The clamp needs
     only the shifted value's low 8 bits, its sign and whether it exceeds 255, so the shifter
     drops at each level the bits that can no longer reach the low 8 and ORs them into one
-    "too big" bit (about a third of a full 49-bit shifter's multiplexers).  In raw mode (the
+    "too big" bit (about a third of a full 49-bit shifter's multiplexers).  Without ReLU a
+    negative sum enters the shifter complemented: the arithmetic shift of a negative v is the
+    complement of the logical shift of ~v, so the same shifter gives |v >> s| - (v < 0) and the
+    signed clamp is a select on its low bits (no wider adder, no second shifter).  In raw mode (the
     classifier) the sum takes the same stages with M = 1 and s = 0 and leaves unshifted,
     unrequantized and unclamped.
 
     Ports:
-      i_stream: In(stream of requant_in_layout): acc, bias, M, s, raw, destination
-      o_stream: Out(stream of requant_out_layout): value (0..255, or the raw sum), destination
+      i_stream: In(stream of requant_in_layout): acc, bias, M, s, raw, relu, destination
+      o_stream: Out(stream of requant_out_layout): value (0..255; -128..127 without ReLU; or the
+                raw sum), destination
     """
 
     LATENCY = 6     # the six stages above, one register each
@@ -53,7 +58,8 @@ class Requantizer(wiring.Component):
         # Sideband travelling with each stage: raw flag, destination and shift.  The classifier's
         # raw sum takes the same path with M = 1 and s = 0 (2^(s-1) is then 0), so no copy of the
         # sum travels beside the product.
-        side_layout = data.StructLayout({"raw": 1, "dest_bank": 4, "dest_addr": cfg.act_addr_bits})
+        side_layout = data.StructLayout({"raw": 1, "relu": 1, "dest_bank": 4,
+                                         "dest_addr": cfg.act_addr_bits})
 
         def stage(n):
             # Only the valid bits need a reset; data registers have none.
@@ -85,7 +91,7 @@ class Requantizer(wiring.Component):
             m.d.sync += [v1.eq(i.valid), total.eq(p.acc + p.bias),
                          mult1.eq(Mux(p.raw, 1, p.mult[:MULT_BITS])),
                          sh1.eq(Mux(p.raw, 0, p.shift[:SHIFT_BITS])),
-                         side1.raw.eq(p.raw), side1.dest_bank.eq(p.dest_bank),
+                         side1.raw.eq(p.raw), side1.relu.eq(p.relu), side1.dest_bank.eq(p.dest_bank),
                          side1.dest_addr.eq(p.dest_addr)]
             m.d.sync += [v2.eq(v1), low2.eq(total[:LOW_BITS] * mult1),
                          high2.eq(total[LOW_BITS:].as_signed() * mult1), sh2.eq(sh1), side2.eq(side1)]
@@ -93,14 +99,21 @@ class Requantizer(wiring.Component):
             # 2^(s-1) is a one-hot constant shifted; for s = 0 the shift runs off the top (0).
             m.d.sync += [v4.eq(v3), rounded.eq(prod3 + (Const(1, product_bits) << (sh3 - 1)[:SHIFT_BITS])[:product_bits]),
                          sh4.eq(sh3), side4.eq(side3)]
-            low, big = _clamp_shift(rounded[:product_bits], sh4)
-            m.d.sync += [v5.eq(v4), low5.eq(low), big5.eq(big), neg5.eq(rounded < 0),
+            # Without ReLU a negative sum is complemented (one XOR, which the iCE40 folds into
+            # the shifter's first LUT level): floor(v / 2^s) = ~floor(~v / 2^s).
+            neg = rounded[-1]
+            flip = (neg & ~side4.relu).replicate(product_bits)
+            low, big = _clamp_shift(rounded[:product_bits] ^ flip, sh4)
+            m.d.sync += [v5.eq(v4), low5.eq(low), big5.eq(big), neg5.eq(neg),
                          raw5.eq(rounded[:ACC_BITS]), side5.eq(side4)]
             clamped = Mux(neg5, 0, Mux(big5, 255, low5))
+            # |v >> s| - (v < 0) is low5 unless it is 128 or more: then v saturates
+            saturated = big5 | low5[7]
+            signed_byte = Mux(saturated, Mux(neg5, -128, 127), Mux(neg5, ~low5, low5)[:8].as_signed())
             m.d.sync += [o.valid.eq(v5), out.raw.eq(side5.raw),
                          out.dest_bank.eq(side5.dest_bank),
                          out.dest_addr.eq(side5.dest_addr),
-                         out.value.eq(Mux(side5.raw, raw5, clamped))]
+                         out.value.eq(Mux(side5.raw, raw5, Mux(side5.relu, clamped, signed_byte)))]
         return m
 
 

@@ -21,6 +21,7 @@ class ChannelSerializer(wiring.Component):
       i_stream:  In(stream of accumulator_layout)
       o_stream:  Out(stream of requant_in_layout)
       raw:       In(1), classifier mode: pass the biased sums through (layer constant)
+      relu:      In(1), clamp to 0..255; 0: to -128..127 (layer constant)
       plane_out: In, words per bank of one output channel (layer constant)
       param_addr, param_en: Out, the parameter memory's synchronous read port
       param_rd_data: In(param_layout), its data one cycle after param_en
@@ -37,6 +38,7 @@ class ChannelSerializer(wiring.Component):
             "i_stream": In(stream.Signature(accumulator_layout(config))),
             "o_stream": Out(stream.Signature(requant_in_layout(config))),
             "raw": In(1),
+            "relu": In(1),
             "plane_out": In(config.act_addr_bits),
             "param_addr": Out(config.param_addr_bits),
             "param_en": Out(1),
@@ -68,7 +70,7 @@ class ChannelSerializer(wiring.Component):
             i.ready.eq(~busy | finishing),
             self.param_en.eq(en),
             self.param_addr.eq(param_addr),
-            o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw),
+            o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw), o.payload.relu.eq(out.relu),
             o.payload.dest_bank.eq(out.dest_bank), o.payload.dest_addr.eq(out.dest_addr),
             o.payload.bias.eq(self.param_rd_data.bias),
             o.payload.mult.eq(self.param_rd_data.mult),
@@ -79,6 +81,7 @@ class ChannelSerializer(wiring.Component):
                 o.valid.eq(busy),
                 out.acc.eq(vec[0]),
                 out.raw.eq(self.raw),
+                out.relu.eq(self.relu),
                 out.dest_bank.eq(bank),
                 out.dest_addr.eq(addr),
             ]

@@ -17,14 +17,14 @@ class SerializerBench(wiring.Component):
         self.ser = ChannelSerializer(cfg)
         self.params = params
         members = self.ser.signature.members
-        super().__init__({k: members[k] for k in ("i_stream", "o_stream", "raw", "plane_out")})
+        super().__init__({k: members[k] for k in ("i_stream", "o_stream", "raw", "relu", "plane_out")})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.ser = s = self.ser
         wiring.connect(m, wiring.flipped(self.i_stream), s.i_stream)
         wiring.connect(m, s.o_stream, wiring.flipped(self.o_stream))
-        m.d.comb += [s.raw.eq(self.raw), s.plane_out.eq(self.plane_out)]
+        m.d.comb += [s.raw.eq(self.raw), s.relu.eq(self.relu), s.plane_out.eq(self.plane_out)]
         m.submodules.params = mem = memory.Memory(shape=param_layout(s.config),
                                                   depth=len(self.params), init=self.params)
         port = mem.read_port()
@@ -32,20 +32,20 @@ class SerializerBench(wiring.Component):
         return m
 
 
-def serializer_model(vectors, params, plane_out, raw):
+def serializer_model(vectors, params, plane_out, raw, relu):
     out = []
     for v in vectors:
         t = v["tag"]
         for lane in range(t["n_lanes"]):
             p = params[t["param_index"] + lane]
             out.append({"acc": v["acc"][lane], "bias": p["bias"], "mult": p["mult"],
-                        "shift": p["shift"], "raw": raw, "dest_bank": t["dest_bank"],
+                        "shift": p["shift"], "raw": raw, "relu": relu, "dest_bank": t["dest_bank"],
                         "dest_addr": t["dest_addr"] + lane * plane_out})
     return out
 
 
-@pytest.mark.parametrize("stall,raw", [(0.0, 0), (0.5, 1)])
-def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw):
+@pytest.mark.parametrize("stall,raw,relu", [(0.0, 0, 1), (0.5, 1, 1), (0.3, 0, 0)])
+def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw, relu):
     cfg = small_config
     rng = random.Random(11)
     params = [{"bias": rng.randint(-(1 << 31), (1 << 31) - 1), "mult": rng.randint(1, 32767),
@@ -57,11 +57,12 @@ def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw
         vectors.append({"acc": [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(cfg.lanes)],
                         "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(50),
                                 "param_index": rng.randrange(cfg.param_depth - n + 1), "n_lanes": n}})
-    want = serializer_model(vectors, params, plane_out, raw)
+    want = serializer_model(vectors, params, plane_out, raw, relu)
     dut = SerializerBench(cfg, params)
 
     def setup(ctx):
         ctx.set(dut.raw, raw)
+        ctx.set(dut.relu, relu)
         ctx.set(dut.plane_out, plane_out)
 
     got = run_stream_bench(dut, [pack(accumulator_layout(cfg), v) for v in vectors], len(want),
