@@ -10,8 +10,10 @@ from __future__ import annotations
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, POSITION_BITS, WEIGHT_BITS,
-                                EngineConfig)
+from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, MULT_BITS, POSITION_BITS,
+                                WEIGHT_BITS, EngineConfig)
+
+LIFT_BITS = 5       # s - u, 0..24: a residual term's left shift (docs/arithmetic.md)
 
 LOAD_TARGET_WEIGHTS = 0
 LOAD_TARGET_PARAMS = 1
@@ -36,12 +38,13 @@ def step_layout(cfg: EngineConfig) -> data.StructLayout:
 
 
 def param_layout(cfg: EngineConfig) -> data.StructLayout:
-    """One parameter-memory word: a channel's bias and requantization (M, s)."""
-    return data.StructLayout({
-        "bias": signed(ACC_BITS),
-        "mult": unsigned(16),
-        "shift": unsigned(8),
-    })
+    """One parameter-memory word: a channel's bias and requantization (M, s); in an engine with
+    residual additions also the operand's factor N (0 for a layer that adds none) and the left
+    shift s - u of its term."""
+    fields = {"bias": signed(ACC_BITS), "mult": unsigned(16), "shift": unsigned(8)}
+    if cfg.residual:
+        fields |= {"res_mult": unsigned(MULT_BITS), "res_lift": unsigned(LIFT_BITS)}
+    return data.StructLayout(fields)
 
 
 def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -61,6 +64,11 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     pitch_out:     log2 of the output's bank row pitch
     out_channels:  output channels (conv) or classes (classifier)
     n_outputs:     values the layer writes (the sequencer waits for them before the next layer)
+    residual:      (an engine with residual additions) the layer adds a residual operand
+    res_signed:    the operand map was written without ReLU (its bytes are signed)
+    res_offset:    the operand's address minus the output's, modulo 2^act_addr_bits: both maps
+                   have the output's geometry and channel order, so value (c, y, x) of the
+                   operand lies in the output pixel's bank at its address plus this
 
     The layers' step words and parameters lie back to back from address 0 in descriptor order,
     so the sequencer carries its weight and parameter pointers from one layer to the next and
@@ -80,6 +88,8 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "pitch_out": unsigned(cfg.pitch_shift_bits),
         "out_channels": unsigned(cfg.channel_bits),
         "n_outputs": unsigned(cfg.max_outputs.bit_length()),
+        **({"residual": unsigned(1), "res_signed": unsigned(1), "res_offset": act}
+           if cfg.residual else {}),
     })
 
 
@@ -170,12 +180,17 @@ def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:
 
     raw:  pass acc + bias through unrequantized (the classifier's logits).
     relu: clamp to 0..255; 0: to -128..127 (a layer without ReLU).
+    res, res_mult, res_lift: the residual operand's value (0 for a layer that adds none), its
+          factor N and its term's left shift s - u
     """
     return data.StructLayout({
         "acc": signed(ACC_BITS),
         "bias": signed(ACC_BITS),
         "mult": unsigned(16),
         "shift": unsigned(8),
+        "res": signed(9),
+        "res_mult": unsigned(MULT_BITS),
+        "res_lift": unsigned(LIFT_BITS),
         "raw": 1,
         "relu": 1,
         "dest_bank": unsigned(4),

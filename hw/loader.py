@@ -70,9 +70,20 @@ class LayerDescriptor:
     pitch_out: int
     out_channels: int
     n_outputs: int
+    residual: int = 0
+    res_signed: int = 0
+    res_offset: int = 0
 
     def pack(self, cfg: EngineConfig) -> int:
-        return pack(descriptor_layout(cfg), dataclasses.asdict(self))
+        fields = dataclasses.asdict(self)
+        if not cfg.residual:
+            # an engine without residual additions has no such fields (check_network refuses
+            # a residual layer before packing)
+            if self.residual or self.res_signed or self.res_offset:
+                raise ValueError("a residual descriptor needs an engine with residual=True")
+            for name in ("residual", "res_signed", "res_offset"):
+                del fields[name]
+        return pack(descriptor_layout(cfg), fields)
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,11 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     maps = _feature_maps(cfg, net, orders)
     steps: list[dict] = []
     params: list[dict] = []
+    signed_maps = net.signed_maps()
     plans = [_pack_conv(cfg, f"conv{i}", layer, maps[net.conv_source(i)], maps[i + 1], orders[i],
-                        steps, params)
+                        steps, params,
+                        None if layer.residual is None else maps[layer.residual.source],
+                        layer.residual is not None and layer.residual.source in signed_maps)
              for i, layer in enumerate(net.convs)]
     plans.append(_pack_linear(cfg, net.linear, maps[-1], steps, params))
     _check_memories(cfg, steps, params)
@@ -201,10 +215,17 @@ def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
     Lane balance: a group costs, per input channel, its fullest lane.  Output channels are
     dealt to lanes in order of their nonzero count, so a group holds filters of similar size
     (stripe-pruned filters with the same stripe count, removed filters together).  The output
-    planes are stored in that order; the next layer finds channel c at its slot.
+    planes are stored in that order; the next layer finds channel c at its slot.  A layer with a
+    residual operand takes the operand map's order instead, so output channel c and the
+    operand's channel c share a slot: the operand's value lies at the output's address plus a
+    constant (the descriptor's `res_offset`).
     """
     orders = []
     for layer in net.convs:
+        if layer.residual is not None:
+            k = layer.residual.source
+            orders.append(list(orders[k - 1]) if k else list(range(layer.out_channels)))
+            continue
         per_filter = (layer.weights.reshape(layer.out_channels, -1) != 0).sum(axis=1)
         orders.append([int(o) for o in np.argsort(-per_filter, kind="stable")])
     return orders
@@ -296,7 +317,8 @@ def _close_group(steps: list[dict], n_before: int, addr: int, lanes: int) -> int
 
 
 def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: FeatureMap,
-               order: list[int], steps: list[dict], params: list[dict]) -> LayerPlan:
+               order: list[int], steps: list[dict], params: list[dict],
+               res_map: FeatureMap | None = None, res_signed: bool = False) -> LayerPlan:
     """Append one conv layer's step words and parameters; its plan.
 
     Lane l of group g computes output channel order[g*P + l]; one step word gives every lane
@@ -323,13 +345,26 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
                         wv[l], pv[l] = int(values[k]), int(positions[k])
                 steps.append({"weight": wv, "position": pv, "addr": src.plane_base(c), "last": 0})
         group_steps.append(_close_group(steps, n_before, src.base, P))
-    params += [{"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
-                "shift": int(layer.shift[o])} for o in order]
+    res = layer.residual
+    for o in order:
+        p = {"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
+             "shift": int(layer.shift[o])}
+        if cfg.residual:
+            p |= ({"res_mult": 0, "res_lift": 0} if res is None else
+                  {"res_mult": int(res.multiplier[o]), "res_lift": int(layer.shift[o] - res.shift[o])})
+        params.append(p)
+    res_fields = {}
+    if res_map is not None:
+        # the same geometry and channel order (`_lane_orders`): one offset finds every value
+        assert [res_map.plane_base(c) - res_map.base for c in range(co)] == \
+            [dst.plane_base(c) - dst.base for c in range(co)]
+        res_fields = {"residual": 1, "res_signed": int(res_signed),
+                      "res_offset": (res_map.base - dst.base) % (1 << cfg.act_addr_bits)}
     desc = LayerDescriptor(linear=0, pool=int(layer.pool), stride=int(layer.stride == 2),
                            relu=int(layer.relu), in_h=src.height, in_w=src.width,
                            pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
                            plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
-                           out_channels=co, n_outputs=co * dst.height * dst.width)
+                           out_channels=co, n_outputs=co * dst.height * dst.width, **res_fields)
     outputs = -(-src.height // layer.stride) * -(-src.width // layer.stride)
     plan = LayerPlan(name, desc, w_base, param_base, tuple(group_steps), 0, len(values),
                      -(-len(values) * outputs // P))
@@ -358,7 +393,8 @@ def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
             wv = [int(lin.weights[o, j]) for o in lanes] + [0] * (P - len(lanes))
             steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
         group_steps.append(_close_group(steps, n_before, 0, P))
-    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0} for o in range(k)]
+    no_residual = {"res_mult": 0, "res_lift": 0} if cfg.residual else {}
+    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0, **no_residual} for o in range(k)]
     desc = LayerDescriptor(linear=1, pool=0, stride=0, relu=1, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
                            pitch_out=0, out_channels=k, n_outputs=k)
     return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),

@@ -1,12 +1,12 @@
-"""Requantizer: bias, (acc * M + 2^(s-1)) >> s, clamp to 0..255 (ReLU) or, for a layer without
-ReLU, to -128..127, per docs/arithmetic.md."""
+"""Requantizer: bias, (acc * M [+ (r * N) << (s - u)] + 2^(s-1)) >> s, clamp to 0..255 (ReLU)
+or, for a layer without ReLU, to -128..127, per docs/arithmetic.md."""
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from prunefab.hw.config import ACC_BITS, MULT_BITS, SHIFT_BITS, EngineConfig
-from prunefab.hw.layouts import requant_in_layout, requant_out_layout
+from prunefab.hw.layouts import LIFT_BITS, requant_in_layout, requant_out_layout
 from prunefab.hw.timing import Backpressure
 
 LOW_BITS = 17   # the sum's low part: unsigned, so it fits an 18x18 signed multiplier
@@ -30,8 +30,14 @@ class Requantizer(wiring.Component):
     classifier) the sum takes the same stages with M = 1 and s = 0 and leaves unshifted,
     unrequantized and unclamped.
 
+    In an engine with residual additions (`EngineConfig.residual`) the operand's term rides
+    beside the product in the same stages: stage 1 forms r * N (9 x 15 bits), stage 2 shifts
+    it left by s - u, stage 3 adds 2^(s-1) to it and stage 4 adds it to the product, so there
+    is still one rounding and no added stage (a layer without a residual has r = 0).
+
     Ports:
-      i_stream: In(stream of requant_in_layout): acc, bias, M, s, raw, relu, destination
+      i_stream: In(stream of requant_in_layout): acc, bias, M, s, the residual operand's value r,
+                N and s - u (ignored without `EngineConfig.residual`), raw, relu, destination
       o_stream: Out(stream of requant_out_layout): value (0..255; -128..127 without ReLU; or the
                 raw sum), destination
     """
@@ -75,7 +81,10 @@ class Requantizer(wiring.Component):
         v2, side2, sh2 = stage(2)
         prod3 = Signal(signed(product_bits), reset_less=True)
         v3, side3, sh3 = stage(3)
-        rounded = Signal(signed(product_bits + 1), reset_less=True)
+        # the residual term (r * N) << (s - u) and 2^(s-1): within product_bits + 2 signed bits
+        term_bits = product_bits + 2
+        rounded = Signal(signed(term_bits + 1 if cfg.residual else product_bits + 1),
+                         reset_less=True)
         v4, side4, sh4 = stage(4)
         low5 = Signal(8, reset_less=True)               # bits 0..7 of rounded >> s
         big5 = Signal(reset_less=True)                  # some higher bit of it is set
@@ -85,6 +94,10 @@ class Requantizer(wiring.Component):
         m.d.comb += o.payload.eq(out)
         v5, side5, _ = stage(5)
 
+        res_prod1 = Signal(signed(9 + MULT_BITS + 1), reset_less=True)
+        lift1 = Signal(LIFT_BITS, reset_less=True)
+        res_term2 = Signal(signed(term_bits), reset_less=True)
+        extra3 = Signal(signed(term_bits), reset_less=True)
         with m.If(en):
             p = i.payload
             # M < 2^15 and 1 <= s <= 47 (docs/arithmetic.md): the fields' upper bits are unused.
@@ -96,14 +109,19 @@ class Requantizer(wiring.Component):
             m.d.sync += [v2.eq(v1), low2.eq(total[:LOW_BITS] * mult1),
                          high2.eq(total[LOW_BITS:].as_signed() * mult1), sh2.eq(sh1), side2.eq(side1)]
             m.d.sync += [v3.eq(v2), prod3.eq((high2 << LOW_BITS) + low2), sh3.eq(sh2), side3.eq(side2)]
-            # 2^(s-1) is a one-hot constant shifted; for s = 0 the shift runs off the top (0).
-            m.d.sync += [v4.eq(v3), rounded.eq(prod3 + (Const(1, product_bits) << (sh3 - 1)[:SHIFT_BITS])[:product_bits]),
-                         sh4.eq(sh3), side4.eq(side3)]
+            if cfg.residual:
+                m.d.sync += [res_prod1.eq(p.res * p.res_mult), lift1.eq(p.res_lift),
+                             res_term2.eq(res_prod1 << lift1),
+                             extra3.eq(res_term2 + _half(sh2, product_bits)),
+                             rounded.eq(prod3 + extra3)]
+            else:
+                m.d.sync += rounded.eq(prod3 + _half(sh3, product_bits))
+            m.d.sync += [v4.eq(v3), sh4.eq(sh3), side4.eq(side3)]
             # Without ReLU a negative sum is complemented (one XOR, which the iCE40 folds into
             # the shifter's first LUT level): floor(v / 2^s) = ~floor(~v / 2^s).
             neg = rounded[-1]
-            flip = (neg & ~side4.relu).replicate(product_bits)
-            low, big = _clamp_shift(rounded[:product_bits] ^ flip, sh4)
+            flip = (neg & ~side4.relu).replicate(len(rounded) - 1)
+            low, big = _clamp_shift(rounded[:-1] ^ flip, sh4)
             m.d.sync += [v5.eq(v4), low5.eq(low), big5.eq(big), neg5.eq(neg),
                          raw5.eq(rounded[:ACC_BITS]), side5.eq(side4)]
             clamped = Mux(neg5, 0, Mux(big5, 255, low5))
@@ -115,6 +133,11 @@ class Requantizer(wiring.Component):
                          out.dest_addr.eq(side5.dest_addr),
                          out.value.eq(Mux(side5.raw, raw5, Mux(side5.relu, clamped, signed_byte)))]
         return m
+
+
+def _half(shift, bits):
+    """2^(shift-1), `bits` wide: a one-hot constant shifted; for shift 0 it runs off the top (0)."""
+    return (Const(1, bits) << (shift - 1)[:SHIFT_BITS])[:bits]
 
 
 def _clamp_shift(value, shift):

@@ -120,3 +120,26 @@ def test_live_maps_beyond_act_depth_are_refused_naming_the_layer():
                                                r"act_depth >= 48$"):
         pack_network(cfg, net)
     pack_network(dataclasses.replace(cfg, act_depth=48), net)
+
+
+def test_a_residual_layer_takes_its_operand_s_channel_order_and_finds_it_at_one_offset():
+    """conv1 adds the input (identity shortcut); conv3 adds conv2's projection, whose lane order
+    (by nonzero count) conv3 takes, so its operand lies at its output address plus a constant."""
+    rng = np.random.default_rng(43)
+    convs = [random_conv(rng, 3, 3), random_conv(rng, 3, 3, residual=0),
+             random_conv(rng, 3, 5, kernel=1, stride=2, relu=False, pattern=Pattern.UNSTRUCTURED,
+                         density=0.5),
+             random_conv(rng, 3, 5, stride=2, source=2, residual=3)]
+    net = with_classifier(rng, (3, 7, 6), convs, classes=3, density=0.5)
+    cfg = EngineConfig(lanes=4, max_height=8, max_width=8, max_channels=8, act_depth=128,
+                       weight_depth=1024, param_depth=64, residual=True)
+    program = pack_network(cfg, net)
+    maps = program.maps
+    assert maps[4].slots == maps[3].slots != tuple(range(5))    # the projection's order, not sorted again
+    d1, d3 = program.layers[1].descriptor, program.layers[3].descriptor
+    assert (d1.residual, d1.res_signed, d1.res_offset) == (1, 0, (maps[0].base - maps[2].base) % 128)
+    assert (d3.residual, d3.res_signed, d3.res_offset) == (1, 1, (maps[3].base - maps[4].base) % 128)
+    assert program.layers[0].descriptor.residual == 0 and program.layers[2].descriptor.relu == 0
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)
