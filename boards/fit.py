@@ -168,7 +168,8 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
         else:
             kind, count = memory_mapping(fam, mem.mapped_width, mem.depth, rom=mem.rom)
             if kind == "bram":
-                bram += count               # LUT RAM and logic are inside the logic lines
+                # one copy per read port (yosys duplicates a memory it cannot map otherwise)
+                bram += count * mem.read_ports     # LUT RAM and logic are inside the logic lines
     logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}
     return Estimate(spec.name, fam, config.lanes, logic["lut"], logic["ff"], logic.get("lc"),
                     config.lanes + REQUANTIZER_DSPS, bram, spram, dict(spec.capacity))

@@ -72,11 +72,15 @@ class EngineConfig:
     max_channels:   most input or output channels of a conv layer
     max_layers:     most layers, classifier included
     max_classes:    most classifier outputs (depth of the logit memory)
-    act_depth:      words per activation bank (16 banks of 8 bits); holds a layer's input and
-                    output feature maps at once (ping-pong, one at each end)
+    act_depth:      words per activation bank (16 banks of 8 bits); holds every feature map
+                    live at once (a layer's input and output, and maps kept for later readers)
     weight_depth:   step words in the weight memory (one word = one cycle of all lanes)
     param_depth:    entries of (bias, multiplier, shift): one per conv output channel plus one
                     per class
+    residual:       runs residual additions: each activation bank gets a second read port (the
+                    operand's value, read beside the channel's parameters), the parameter word
+                    N and s - u, the requantizer the operand's product; off, none of that is
+                    generated (the presets: their block RAM and logic stay as they were)
     """
 
     lanes: int = 8
@@ -88,10 +92,15 @@ class EngineConfig:
     act_depth: int = 512
     weight_depth: int = 4096
     param_depth: int = 128
+    residual: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.residual, bool):
+            raise TypeError(f"EngineConfig.residual must be True or False, not {self.residual!r}")
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "residual":
+                continue
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"EngineConfig.{f.name} must be an integer, not {v!r}")
             if v < 1:
@@ -158,7 +167,8 @@ class EngineConfig:
 
     @property
     def param_bits(self) -> int:
-        return ACC_BITS + 16 + 8
+        from prunefab.hw.layouts import param_layout
+        return param_layout(self).size
 
     @property
     def max_outputs(self) -> int:
@@ -198,16 +208,21 @@ class EngineConfig:
         if unsupported:
             raise EngineLimitError(f"{unsupported} is not supported by this engine yet; it runs "
                                    f"3x3 and 1x1 conv layers of stride 1 or 2 (not pooled), each "
-                                   f"reading the one before, and one classifier on the flattened "
-                                   f"last feature map")
+                                   f"reading any earlier feature map (and, generated with "
+                                   f"residual=True, adding another), and one classifier on the "
+                                   f"flattened last feature map")
         shapes = net.feature_shapes()
         if len(net.convs) + 1 > self.max_layers:
             raise EngineLimitError(
                 f"network: {len(net.convs) + 1} layers exceeds this engine's limit of "
                 f"{self.max_layers}; generate an engine with max_layers >= {len(net.convs) + 1}")
         for i, layer in enumerate(net.convs):
-            c, h, w = shapes[i]
+            c, h, w = shapes[net.conv_source(i)]
             name = f"conv{i}"
+            if layer.residual is not None and not self.residual:
+                raise EngineLimitError(
+                    f"{name}: a residual addition needs an engine generated with residual=True "
+                    f"(a second read port on each activation bank); this one has none")
             for what, value, limit, field in (
                     ("input channels", c, self.max_channels, "max_channels"),
                     ("output channels", layer.out_channels, self.max_channels, "max_channels"),
@@ -272,12 +287,6 @@ def first_unsupported(net: QuantizedNetwork) -> str | None:
         name = f"conv{i}"
         if c.stride != 1 and c.pool:
             return f"{name}: stride {c.stride} with a max-pool"
-        if c.source is not None and c.source != i:
-            return f"{name}: reading feature map {c.source} (not the layer before)"
-        if c.residual is not None:
-            return f"{name}: a residual addition"
-        if not c.relu:
-            return f"{name}: a conv layer without ReLU"
     if net.hidden:
         return "linear0: a hidden linear layer"
     if net.linear.global_pool:

@@ -96,12 +96,16 @@ class Engine(wiring.Component):
         m.d.comb += [desc_rd.addr.eq(seq.desc_addr), desc_rd.en.eq(seq.desc_en),
                      seq.desc_rd_data.eq(desc_rd.data), desc_wr.addr.eq(load.descriptors_addr),
                      desc_wr.data.eq(load.descriptors_data), desc_wr.en.eq(load.descriptors_en)]
-        self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, rq, load)
+        self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, ser, rq, load)
 
         layer = seq.layer
         m.d.comb += [fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h),
                      fetch.in_w.eq(layer.in_w), fetch.pitch_in.eq(layer.pitch_in),
-                     ser.raw.eq(layer.linear), ser.plane_out.eq(layer.plane_out)]
+                     ser.raw.eq(layer.linear), ser.relu.eq(layer.relu),
+                     ser.plane_out.eq(layer.plane_out)]
+        if cfg.residual:
+            m.d.comb += [ser.residual.eq(layer.residual), ser.res_signed.eq(layer.res_signed),
+                         ser.res_offset.eq(layer.res_offset)]
 
         # The writer never waits: activations go to the banks, logits to the LogitMemory.
         out = rq.o_stream
@@ -137,14 +141,20 @@ class Engine(wiring.Component):
                          wr.en.eq(load.params_en)]
         return wr, rd
 
-    def _activations(self, m, banks, seq, fetch, rq, load):
-        """The 16 banks: read by the WindowFetch; written by the writer while running and by
-        image loads while idle."""
+    def _activations(self, m, banks, seq, fetch, ser, rq, load):
+        """The 16 banks: read by the WindowFetch (and, with residual additions, by the
+        serializer's operand reads on a second port); written by the writer while running and
+        by image loads while idle.  No layer writes a map it reads, so the ports never meet on
+        a word."""
         out = rq.o_stream.payload
         for b, bank in enumerate(banks):
             wr, rd = bank.write_port(), unchecked_read_port(m, bank, f"act{b}")
             m.d.comb += [rd.addr.eq(fetch.rd_addr[b]), rd.en.eq(fetch.rd_en),
                          fetch.rd_data[b].eq(rd.data)]
+            if self.config.residual:
+                res = unchecked_read_port(m, bank, f"act{b}_res")
+                m.d.comb += [res.addr.eq(ser.res_addr), res.en.eq(ser.res_en),
+                             ser.res_rd_data[b].eq(res.data)]
             with m.If(seq.busy):
                 m.d.comb += [wr.addr.eq(out.dest_addr), wr.data.eq(out.value),
                              wr.en.eq(rq.o_stream.valid & ~out.raw & (out.dest_bank == b))]

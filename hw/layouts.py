@@ -10,8 +10,10 @@ from __future__ import annotations
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data
 
-from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, POSITION_BITS, WEIGHT_BITS,
-                                EngineConfig)
+from prunefab.hw.config import (ACC_BITS, BANKS, LOAD_DATA_BITS, MULT_BITS, POSITION_BITS,
+                                WEIGHT_BITS, EngineConfig)
+
+LIFT_BITS = 5       # s - u, 0..24: a residual term's left shift (docs/arithmetic.md)
 
 LOAD_TARGET_WEIGHTS = 0
 LOAD_TARGET_PARAMS = 1
@@ -36,12 +38,13 @@ def step_layout(cfg: EngineConfig) -> data.StructLayout:
 
 
 def param_layout(cfg: EngineConfig) -> data.StructLayout:
-    """One parameter-memory word: a channel's bias and requantization (M, s)."""
-    return data.StructLayout({
-        "bias": signed(ACC_BITS),
-        "mult": unsigned(16),
-        "shift": unsigned(8),
-    })
+    """One parameter-memory word: a channel's bias and requantization (M, s); in an engine with
+    residual additions also the operand's factor N (0 for a layer that adds none) and the left
+    shift s - u of its term."""
+    fields = {"bias": signed(ACC_BITS), "mult": unsigned(16), "shift": unsigned(8)}
+    if cfg.residual:
+        fields |= {"res_mult": unsigned(MULT_BITS), "res_lift": unsigned(LIFT_BITS)}
+    return data.StructLayout(fields)
 
 
 def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -50,6 +53,8 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     linear:        the classifier (the final layer: one pass, raw logits out)
     pool:          2x2 max-pool after requantization
     stride:        stride 2: every other pixel of every other row, written at (y/2, x/2)
+    relu:          clamp to 0..255; 0: a layer without ReLU, clamped to -128..127 (its map, signed
+                   8-bit, is only ever a residual operand)
     in_h, in_w:    the input feature map (for zero padding); the pixels computed are the even
                    part of it when pooling, as floor pooling drops the rest
     pitch_in:      log2 of the input's bank row pitch
@@ -59,6 +64,11 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     pitch_out:     log2 of the output's bank row pitch
     out_channels:  output channels (conv) or classes (classifier)
     n_outputs:     values the layer writes (the sequencer waits for them before the next layer)
+    residual:      (an engine with residual additions) the layer adds a residual operand
+    res_signed:    the operand map was written without ReLU (its bytes are signed)
+    res_offset:    the operand's address minus the output's, modulo 2^act_addr_bits: both maps
+                   have the output's geometry and channel order, so value (c, y, x) of the
+                   operand lies in the output pixel's bank at its address plus this
 
     The layers' step words and parameters lie back to back from address 0 in descriptor order,
     so the sequencer carries its weight and parameter pointers from one layer to the next and
@@ -70,6 +80,7 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "linear": unsigned(1),
         "pool": unsigned(1),
         "stride": unsigned(1),
+        "relu": unsigned(1),
         "in_h": coord, "in_w": coord,
         "pitch_in": unsigned(cfg.pitch_shift_bits),
         "out_base": act,
@@ -77,6 +88,8 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "pitch_out": unsigned(cfg.pitch_shift_bits),
         "out_channels": unsigned(cfg.channel_bits),
         "n_outputs": unsigned(cfg.max_outputs.bit_length()),
+        **({"residual": unsigned(1), "res_signed": unsigned(1), "res_offset": act}
+           if cfg.residual else {}),
     })
 
 
@@ -165,21 +178,29 @@ def accumulator_layout(cfg: EngineConfig) -> data.StructLayout:
 def requant_in_layout(cfg: EngineConfig) -> data.StructLayout:
     """ChannelSerializer -> Requantizer: one accumulator with its channel's parameters.
 
-    raw: pass acc + bias through unrequantized (the classifier's logits).
+    raw:  pass acc + bias through unrequantized (the classifier's logits).
+    relu: clamp to 0..255; 0: to -128..127 (a layer without ReLU).
+    res, res_mult, res_lift: the residual operand's value (0 for a layer that adds none), its
+          factor N and its term's left shift s - u
     """
     return data.StructLayout({
         "acc": signed(ACC_BITS),
         "bias": signed(ACC_BITS),
         "mult": unsigned(16),
         "shift": unsigned(8),
+        "res": signed(9),
+        "res_mult": unsigned(MULT_BITS),
+        "res_lift": unsigned(LIFT_BITS),
         "raw": 1,
+        "relu": 1,
         "dest_bank": unsigned(4),
         "dest_addr": unsigned(cfg.act_addr_bits),
     })
 
 
 def requant_out_layout(cfg: EngineConfig) -> data.StructLayout:
-    """Requantizer -> writer: a uint8 activation (or a raw logit) and where it goes."""
+    """Requantizer -> writer: an 8-bit activation (0..255, or -128..127 without ReLU; the writer
+    stores its low 8 bits) or a raw logit, and where it goes."""
     return data.StructLayout({
         "value": signed(ACC_BITS),
         "raw": 1,

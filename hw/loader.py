@@ -61,6 +61,7 @@ class LayerDescriptor:
     linear: int
     pool: int
     stride: int
+    relu: int
     in_h: int
     in_w: int
     pitch_in: int
@@ -69,9 +70,20 @@ class LayerDescriptor:
     pitch_out: int
     out_channels: int
     n_outputs: int
+    residual: int = 0
+    res_signed: int = 0
+    res_offset: int = 0
 
     def pack(self, cfg: EngineConfig) -> int:
-        return pack(descriptor_layout(cfg), dataclasses.asdict(self))
+        fields = dataclasses.asdict(self)
+        if not cfg.residual:
+            # an engine without residual additions has no such fields (check_network refuses
+            # a residual layer before packing)
+            if self.residual or self.res_signed or self.res_offset:
+                raise ValueError("a residual descriptor needs an engine with residual=True")
+            for name in ("residual", "res_signed", "res_offset"):
+                del fields[name]
+        return pack(descriptor_layout(cfg), fields)
 
 
 @dataclass(frozen=True)
@@ -124,12 +136,17 @@ class Program:
     """Memory images of one network for one engine, and the stream that loads them."""
 
     config: EngineConfig
-    input_map: FeatureMap
+    maps: tuple[FeatureMap, ...]
     layers: tuple[LayerPlan, ...]
     weights: list[int] = field(repr=False)
     params: list[int] = field(repr=False)
     descriptors: list[int] = field(repr=False)
     classes: int = 0
+
+    @property
+    def input_map(self) -> FeatureMap:
+        """Map 0: where `image_words` writes the image."""
+        return self.maps[0]
 
     def load_words(self) -> list[int]:
         """The load stream (packed `load_layout` words) writing weights, params and descriptors."""
@@ -179,11 +196,15 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     maps = _feature_maps(cfg, net, orders)
     steps: list[dict] = []
     params: list[dict] = []
-    plans = [_pack_conv(cfg, f"conv{i}", layer, maps[i], maps[i + 1], orders[i], steps, params)
+    signed_maps = net.signed_maps()
+    plans = [_pack_conv(cfg, f"conv{i}", layer, maps[net.conv_source(i)], maps[i + 1], orders[i],
+                        steps, params,
+                        None if layer.residual is None else maps[layer.residual.source],
+                        layer.residual is not None and layer.residual.source in signed_maps)
              for i, layer in enumerate(net.convs)]
     plans.append(_pack_linear(cfg, net.linear, maps[-1], steps, params))
     _check_memories(cfg, steps, params)
-    return Program(cfg, maps[0], tuple(plans), [pack(step_layout(cfg), w) for w in steps],
+    return Program(cfg, tuple(maps), tuple(plans), [pack(step_layout(cfg), w) for w in steps],
                    [pack(param_layout(cfg), p) for p in params],
                    [p.descriptor.pack(cfg) for p in plans], net.linear.out_features)
 
@@ -194,28 +215,95 @@ def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
     Lane balance: a group costs, per input channel, its fullest lane.  Output channels are
     dealt to lanes in order of their nonzero count, so a group holds filters of similar size
     (stripe-pruned filters with the same stripe count, removed filters together).  The output
-    planes are stored in that order; the next layer finds channel c at its slot.
+    planes are stored in that order; the next layer finds channel c at its slot.  A layer with a
+    residual operand takes the operand map's order instead, so output channel c and the
+    operand's channel c share a slot: the operand's value lies at the output's address plus a
+    constant (the descriptor's `res_offset`).
     """
     orders = []
     for layer in net.convs:
+        if layer.residual is not None:
+            k = layer.residual.source
+            orders.append(list(orders[k - 1]) if k else list(range(layer.out_channels)))
+            continue
         per_filter = (layer.weights.reshape(layer.out_channels, -1) != 0).sum(axis=1)
         orders.append([int(o) for o in np.argsort(-per_filter, kind="stable")])
     return orders
 
 
+def map_lifetimes(net: QuantizedNetwork) -> list[tuple[int, int]]:
+    """(first, last) layer index during which each feature map must stay in the banks: from the
+    layer that writes it (-1 for the input image, loaded before the run) to its last reader, a
+    conv layer reading it as its source or as its residual operand, or the classifier (layer
+    number len(convs)) reading the last map."""
+    n = len(net.convs)
+    lives = [[i - 1, i - 1] for i in range(n + 1)]
+    readers = [(j, net.conv_source(j)) for j in range(n)]
+    readers += [(j, c.residual.source) for j, c in enumerate(net.convs) if c.residual is not None]
+    readers.append((n, n))
+    for j, k in readers:
+        lives[k][1] = max(lives[k][1], j)
+    return [tuple(life) for life in lives]
+
+
+def _place(depth: int, words: list[int], lives: list[tuple[int, int]]) -> list[int] | int:
+    """Base address of every map, or the index of the first map that finds no room.
+
+    Map k goes into the lowest (k even) or highest (k odd) gap left by the maps already placed
+    whose lifetimes overlap its own, so a chain of layers each reading the one before is
+    ping-pong (even maps at the bottom, odd ones at the top) and a map read again later (a
+    block's input, a residual operand) keeps its place until its last reader is done.
+    """
+    bases: list[int] = []
+    for k, (size, (first, last)) in enumerate(zip(words, lives)):
+        busy = sorted((bases[j], bases[j] + words[j]) for j in range(k)
+                      if lives[j][0] <= last and first <= lives[j][1])
+        gaps, at = [], 0
+        for lo, hi in busy:
+            if lo - at >= size:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        if depth - at >= size:
+            gaps.append((at, depth))
+        if not gaps:
+            return k
+        bases.append(gaps[0][0] if k % 2 == 0 else gaps[-1][1] - size)
+    return bases
+
+
 def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[FeatureMap]:
-    """Where every feature map lives: map i at the bottom of the banks when i is even, at the
-    top when odd, so a layer's input and output never overlap."""
+    """Where every feature map lives (`_place`); refuses a network whose maps live at the same
+    time do not fit `act_depth`, naming the layer that writes the map that found no room."""
+    shapes = net.feature_shapes()[:len(net.convs) + 1]
+    words = [c * plane_words(h, w) for c, h, w in shapes]
+    lives = map_lifetimes(net)
+    bases = _place(cfg.act_depth, words, lives)
+    if isinstance(bases, int):
+        k = bases
+        first, last = lives[k]
+        beside = [j for j, (a, b) in enumerate(lives[:k]) if a <= last and first <= b]
+        # the least depth this placement fits in: at least the words live at once
+        need = max(sum(words[j] for j, (a, b) in enumerate(lives) if a <= t <= b)
+                   for t in range(-1, len(net.convs) + 1))
+        while need < 4 * sum(words) and isinstance(_place(need, words, lives), int):
+            need += 1
+        what = "input: map 0" if k == 0 else f"conv{k - 1}: its output map {k}"
+        if beside:
+            what += f" and map{'s' * (len(beside) > 1)} {', '.join(map(str, beside))} live beside it"
+        raise EngineLimitError(
+            f"{what} need{'s' * (not beside)} {words[k] + sum(words[j] for j in beside)} words "
+            f"per activation bank, "
+            f"this engine has act_depth={cfg.act_depth}; generate an engine with "
+            f"act_depth >= {need}")
     maps = []
-    for i, (c, h, w) in enumerate(net.feature_shapes()):
+    for i, (c, h, w) in enumerate(shapes):
         slots = None
         if i > 0:
             slots = [0] * c
             for j, o in enumerate(orders[i - 1]):
                 slots[o] = j
             slots = tuple(slots)
-        words = c * plane_words(h, w)
-        maps.append(FeatureMap(0 if i % 2 == 0 else cfg.act_depth - words, c, h, w, slots))
+        maps.append(FeatureMap(bases[i], c, h, w, slots))
     return maps
 
 
@@ -229,7 +317,8 @@ def _close_group(steps: list[dict], n_before: int, addr: int, lanes: int) -> int
 
 
 def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: FeatureMap,
-               order: list[int], steps: list[dict], params: list[dict]) -> LayerPlan:
+               order: list[int], steps: list[dict], params: list[dict],
+               res_map: FeatureMap | None = None, res_signed: bool = False) -> LayerPlan:
     """Append one conv layer's step words and parameters; its plan.
 
     Lane l of group g computes output channel order[g*P + l]; one step word gives every lane
@@ -237,11 +326,6 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     centre (position 4): its padding 0 and any stride read exactly that pixel.
     """
     P = cfg.lanes
-    if src.words + dst.words > cfg.act_depth:
-        need = src.words + dst.words
-        raise EngineLimitError(
-            f"{name}: input and output feature maps need {need} words per activation bank, "
-            f"this engine has {cfg.act_depth}; generate an engine with act_depth >= {need}")
     counts, positions, values = conv_elements(layer)
     if layer.kernel == 1:
         positions = np.full_like(positions, KERNEL_ELEMENTS // 2)
@@ -261,13 +345,26 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
                         wv[l], pv[l] = int(values[k]), int(positions[k])
                 steps.append({"weight": wv, "position": pv, "addr": src.plane_base(c), "last": 0})
         group_steps.append(_close_group(steps, n_before, src.base, P))
-    params += [{"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
-                "shift": int(layer.shift[o])} for o in order]
+    res = layer.residual
+    for o in order:
+        p = {"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
+             "shift": int(layer.shift[o])}
+        if cfg.residual:
+            p |= ({"res_mult": 0, "res_lift": 0} if res is None else
+                  {"res_mult": int(res.multiplier[o]), "res_lift": int(layer.shift[o] - res.shift[o])})
+        params.append(p)
+    res_fields = {}
+    if res_map is not None:
+        # the same geometry and channel order (`_lane_orders`): one offset finds every value
+        assert [res_map.plane_base(c) - res_map.base for c in range(co)] == \
+            [dst.plane_base(c) - dst.base for c in range(co)]
+        res_fields = {"residual": 1, "res_signed": int(res_signed),
+                      "res_offset": (res_map.base - dst.base) % (1 << cfg.act_addr_bits)}
     desc = LayerDescriptor(linear=0, pool=int(layer.pool), stride=int(layer.stride == 2),
-                           in_h=src.height, in_w=src.width,
+                           relu=int(layer.relu), in_h=src.height, in_w=src.width,
                            pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
                            plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
-                           out_channels=co, n_outputs=co * dst.height * dst.width)
+                           out_channels=co, n_outputs=co * dst.height * dst.width, **res_fields)
     outputs = -(-src.height // layer.stride) * -(-src.width // layer.stride)
     plan = LayerPlan(name, desc, w_base, param_base, tuple(group_steps), 0, len(values),
                      -(-len(values) * outputs // P))
@@ -296,8 +393,9 @@ def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
             wv = [int(lin.weights[o, j]) for o in lanes] + [0] * (P - len(lanes))
             steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
         group_steps.append(_close_group(steps, n_before, 0, P))
-    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0} for o in range(k)]
-    desc = LayerDescriptor(linear=1, pool=0, stride=0, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
+    no_residual = {"res_mult": 0, "res_lift": 0} if cfg.residual else {}
+    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0, **no_residual} for o in range(k)]
+    desc = LayerDescriptor(linear=1, pool=0, stride=0, relu=1, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
                            pitch_out=0, out_channels=k, n_outputs=k)
     return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),
                      -(-len(values) // P))

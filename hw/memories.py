@@ -15,7 +15,7 @@ from amaranth.hdl import Module, Shape, ShapeLike, Signal, signed
 from amaranth.lib import data, memory
 
 from prunefab.hw.config import ACC_BITS, BANKS, MULT_BITS, SHIFT_BITS, EngineConfig
-from prunefab.hw.layouts import (LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
+from prunefab.hw.layouts import (LIFT_BITS, LOAD_TARGET_ACTIVATIONS, LOAD_TARGET_DESCRIPTORS,
                                  LOAD_TARGET_PARAMS, LOAD_TARGET_WEIGHTS, descriptor_layout,
                                  param_layout, step_layout)
 
@@ -44,6 +44,8 @@ class MemorySpec:
                   the word's width when None
     no_rw_check:  a read never meets a write to the same word (yosys's `no_rw_check`)
     rom:          its contents are fixed when the design is built
+    read_ports:   synchronous read ports besides the write port; block RAM with one read
+                  port (the iCE40's) takes a copy of the memory for each
     """
 
     name: str
@@ -55,6 +57,7 @@ class MemorySpec:
     used_bits: int | None = None
     no_rw_check: bool = True
     rom: bool = False
+    read_ports: int = 1
 
     @property
     def width(self) -> int:
@@ -80,6 +83,7 @@ def params_depth(config: EngineConfig) -> int:
 
 def engine_memories(config: EngineConfig) -> tuple[MemorySpec, ...]:
     """Every memory of `config`'s engine, in the order the Engine builds them."""
+    param_used = ACC_BITS + MULT_BITS + SHIFT_BITS + (MULT_BITS + LIFT_BITS) * config.residual
     return (
         # Its read and write ports share one address (loads happen only while idle), so it
         # maps onto single-port RAM; every read is wanted before any write, so it is checked.
@@ -89,12 +93,15 @@ def engine_memories(config: EngineConfig) -> tuple[MemorySpec, ...]:
         # The layer counters cost block-RAM words there, not flip-flops and a multiplexer.
         MemorySpec("params", param_layout(config), params_depth(config),
                    "per output channel bias, M and s; then each layer's cycle count",
-                   load_target=LOAD_TARGET_PARAMS, used_bits=ACC_BITS + MULT_BITS + SHIFT_BITS),
+                   load_target=LOAD_TARGET_PARAMS, used_bits=param_used),
         MemorySpec("descriptors", descriptor_layout(config), config.max_layers,
                    "one descriptor per layer, in run order", load_target=LOAD_TARGET_DESCRIPTORS),
+        # With residual additions a second read port gives the operand's value beside the
+        # window reads (docs/hardware.md, "Residual addition").
         *(MemorySpec(f"act{b}", 8, config.act_depth,
                      f"activation bank {b}: pixels (y mod 4, x mod 4) = {divmod(b, 4)}",
-                     load_target=LOAD_TARGET_ACTIVATIONS) for b in range(BANKS)),
+                     load_target=LOAD_TARGET_ACTIVATIONS, read_ports=1 + config.residual)
+          for b in range(BANKS)),
         MemorySpec("logits", signed(ACC_BITS), config.max_classes,
                    "the classifier's raw logits of the last run, read in class order"),
     )

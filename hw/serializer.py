@@ -1,10 +1,10 @@
 """ChannelSerializer: one lane result per cycle, with its channel's parameters."""
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from prunefab.hw.config import ACC_BITS, EngineConfig
+from prunefab.hw.config import ACC_BITS, BANKS, EngineConfig
 from prunefab.hw.layouts import accumulator_layout, param_layout, requant_in_layout
 from prunefab.hw.timing import Backpressure
 
@@ -16,14 +16,22 @@ class ChannelSerializer(wiring.Component):
     vector is accepted in the cycle its predecessor's last lane leaves, so there is no bubble.
     The lane's bias and (M, s) come from the parameter memory (synchronous read, one stage).
     The destination address of lane l is dest_addr + l * plane_out (channel-major planes).
+    With residual additions (`EngineConfig.residual`) the operand's value is read in the same
+    cycle as the parameters, from the banks' second read ports at the destination address plus
+    `res_offset` (every bank reads that address; the destination bank's byte is taken), so it
+    adds no stage.
 
     Ports:
       i_stream:  In(stream of accumulator_layout)
       o_stream:  Out(stream of requant_in_layout)
       raw:       In(1), classifier mode: pass the biased sums through (layer constant)
+      relu:      In(1), clamp to 0..255; 0: to -128..127 (layer constant)
       plane_out: In, words per bank of one output channel (layer constant)
       param_addr, param_en: Out, the parameter memory's synchronous read port
       param_rd_data: In(param_layout), its data one cycle after param_en
+      residual, res_signed, res_offset: In, (residual engines) the layer adds an operand, whose
+                 bytes are signed, at the output address plus res_offset (layer constants)
+      res_addr, res_en: Out, res_rd_data: In, the banks' second synchronous read ports
     """
 
     LATENCY = 2     # the vector registered, then its first value; its n values leave in n cycles
@@ -33,14 +41,21 @@ class ChannelSerializer(wiring.Component):
         if not isinstance(config, EngineConfig):
             raise TypeError(f"ChannelSerializer needs an EngineConfig, not {config!r}")
         self.config = config
+        residual = {
+            "residual": In(1), "res_signed": In(1), "res_offset": In(config.act_addr_bits),
+            "res_addr": Out(config.act_addr_bits), "res_en": Out(1),
+            "res_rd_data": In(data.ArrayLayout(8, BANKS)),
+        } if config.residual else {}
         super().__init__({
             "i_stream": In(stream.Signature(accumulator_layout(config))),
             "o_stream": Out(stream.Signature(requant_in_layout(config))),
             "raw": In(1),
+            "relu": In(1),
             "plane_out": In(config.act_addr_bits),
             "param_addr": Out(config.param_addr_bits),
             "param_en": Out(1),
             "param_rd_data": In(param_layout(config)),
+            **residual,
         })
 
     def elaborate(self, platform):
@@ -68,7 +83,7 @@ class ChannelSerializer(wiring.Component):
             i.ready.eq(~busy | finishing),
             self.param_en.eq(en),
             self.param_addr.eq(param_addr),
-            o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw),
+            o.payload.acc.eq(out.acc), o.payload.raw.eq(out.raw), o.payload.relu.eq(out.relu),
             o.payload.dest_bank.eq(out.dest_bank), o.payload.dest_addr.eq(out.dest_addr),
             o.payload.bias.eq(self.param_rd_data.bias),
             o.payload.mult.eq(self.param_rd_data.mult),
@@ -79,6 +94,7 @@ class ChannelSerializer(wiring.Component):
                 o.valid.eq(busy),
                 out.acc.eq(vec[0]),
                 out.raw.eq(self.raw),
+                out.relu.eq(self.relu),
                 out.dest_bank.eq(bank),
                 out.dest_addr.eq(addr),
             ]
@@ -93,4 +109,27 @@ class ChannelSerializer(wiring.Component):
             m.d.sync += [busy.eq(1), vec.eq(i.payload.acc), left.eq(tag.n_lanes - 1),
                          last_lane.eq(tag.n_lanes == 1), addr.eq(tag.dest_addr),
                          bank.eq(tag.dest_bank), param_addr.eq(tag.param_index)]
+        if cfg.residual:
+            self._residual(m, en, busy, addr, out)
         return m
+
+    def _residual(self, m, en, busy, addr, out):
+        """The operand's read address follows `addr` (a register, so no adder reaches the
+        banks); its byte is the output register's bank's, sign- or zero-extended."""
+        res_addr = Signal(self.config.act_addr_bits, reset_less=True)
+        on = Signal(reset_less=True)
+        signed_map = Signal(reset_less=True)
+        o = self.o_stream
+        m.d.comb += [self.res_addr.eq(res_addr), self.res_en.eq(en)]
+        with m.If(en):
+            m.d.sync += [on.eq(self.residual), signed_map.eq(self.res_signed)]
+            with m.If(busy):
+                m.d.sync += res_addr.eq(res_addr + self.plane_out)
+        with m.If(self.i_stream.valid & self.i_stream.ready):
+            m.d.sync += res_addr.eq(self.i_stream.payload.tag.dest_addr + self.res_offset)
+        byte = self.res_rd_data[out.dest_bank]
+        m.d.comb += [
+            o.payload.res.eq(Mux(on, Mux(signed_map, byte.as_signed(), byte.as_unsigned()), 0)),
+            o.payload.res_mult.eq(self.param_rd_data.res_mult),
+            o.payload.res_lift.eq(self.param_rd_data.res_lift),
+        ]

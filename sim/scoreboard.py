@@ -61,13 +61,9 @@ class Scoreboard:
         return None
 
     def output_maps(self) -> list[FeatureMap]:
-        """Where each conv layer writes its output in the activation banks."""
-        maps = []
-        for plan, (c, h, w) in zip(self.program.layers, self.net.feature_shapes()[1:]):
-            if plan.descriptor.linear:
-                break
-            maps.append(FeatureMap(plan.descriptor.out_base, c, h, w))
-        return maps
+        """Where each conv layer writes its output in the activation banks (with its channels'
+        slots: the loader stores them in lane order)."""
+        return list(self.program.maps[1:])
 
     def first_difference(self, index: int, maps: list[np.ndarray], logits) -> str:
         """One line naming the first layer, output channel and pixel where the engine's feature
@@ -77,6 +73,7 @@ class Scoreboard:
         tr = reference.trace(self.net, self.images[index:index + 1])
         for i, (got, want) in enumerate(zip(maps, tr.activations)):
             want = want[0]
+            got = np.asarray(got).astype(np.uint8).view(want.dtype)   # the banks' bytes
             diff = np.argwhere(got != want)
             if len(diff):
                 c, y, x = (int(v) for v in diff[0])

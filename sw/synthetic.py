@@ -104,6 +104,17 @@ def random_network(rng: np.random.Generator, input_shape=(1, 8, 8), channels=(4,
         c, h, w = n_out, -(-h // stride), -(-w // stride)
         if pool:
             h, w = h // 2, w // 2
+    return with_classifier(rng, input_shape, convs, classes, density)
+
+
+def with_classifier(rng: np.random.Generator, input_shape, convs, classes: int = 10,
+                    density: float = 0.3) -> QuantizedNetwork:
+    """A valid network of the conv layers `convs` (any graph of sources and residual
+    operands) and a random classifier on the flattened last map."""
+    net = QuantizedNetwork(tuple(input_shape), tuple(convs),
+                           LinearLayer(np.zeros((classes, 0), dtype=np.int8),
+                                       np.zeros(classes, dtype=np.int32)))
+    c, h, w = net.feature_shapes()[-1]
     fw = rng.integers(-127, 128, size=(classes, c * h * w))
     fw[rng.random(fw.shape) > max(density, 0.5)] = 0
     fb = rng.integers(-5000, 5001, size=classes).astype(np.int32)

@@ -39,8 +39,8 @@ def test_a_family_model_maps_layer_by_layer(capsys):
 @pytest.mark.parametrize("name, config, problem", [
     ("vgg16", "ecp5-85f", "network: 14 layers exceeds this engine's limit of 12; generate an engine "
                           "with max_layers >= 14"),
-    ("resnet20", "ecp5-85f", "conv2 (layers.0.conv2): a residual addition is not supported by this "
-                             "engine yet"),
+    ("resnet20", "ecp5-85f", "linear (classifier): global average pooling is not supported by "
+                             "this engine yet"),
 ])
 def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_and_limit(
         name, config, problem, capsys):
@@ -142,7 +142,7 @@ def test_an_engine_refuses_a_resnet_before_calibration_and_it_exports_as_version
                "-o", tmp_path / "r8.pfab") == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "note: data: synthetic-cifar, the checkpoint's" and len(err) == 2
-    assert err[1].startswith("prunefab: error: conv2 (layers.0.conv2): a residual addition is not "
+    assert err[1].startswith("prunefab: error: linear (classifier): global average pooling is not "
                              "supported by this engine yet")
     assert not (tmp_path / "r8.pfab").exists()
     # without an engine it exports (the integer reference runs it; tests/sw/test_quantize.py)

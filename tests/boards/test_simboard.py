@@ -7,7 +7,7 @@ import pytest
 import serial
 
 from prunefab.boards.host import Link, LinkError
-from prunefab.boards.link import BasicCommands, UARTLink
+from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, BasicCommands, UARTLink
 from prunefab.boards.protocol import design_hash
 from prunefab.boards.simboard import LineFaults, SimulatedBoard
 from prunefab.hw.config import EngineConfig
@@ -16,7 +16,7 @@ from .test_link import CountingApplication
 
 CYCLES_PER_BIT = 4
 BYTE_TIMEOUT = 40 * CYCLES_PER_BIT        # four byte times
-MAX_PAYLOAD = 192
+MAX_PAYLOAD = DEFAULT_MAX_PAYLOAD     # the boards' own: IDENTIFY carries a whole engine configuration
 
 
 def board(app, faults=LineFaults()):

@@ -69,10 +69,19 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                         if d.linear:
                             logits.append(v)
                             continue
-                        q = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
-                                           np.array([pr["shift"]]))[0, 0])
                         bank = (oy % BANK_ROWS) * BANK_ROWS + ox % BANK_ROWS
                         addr = (d.out_base + g * (P * d.plane_out) + l * d.plane_out
                                 + ((oy // BANK_ROWS) << d.pitch_out) + ox // BANK_ROWS)
-                        mem[bank, addr] = q
+                        residual = {}
+                        if getattr(d, "residual", 0):
+                            # the operand's byte, at the output's address plus the offset
+                            r = int(mem[bank, (addr + d.res_offset) % (1 << cfg.act_addr_bits)])
+                            if d.res_signed and r >= 128:
+                                r -= 256
+                            residual = {"residual": np.array([[r]]),
+                                        "residual_multiplier": np.array([pr["res_mult"]]),
+                                        "residual_shift": np.array([pr["shift"] - pr["res_lift"]])}
+                        q = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
+                                           np.array([pr["shift"]]), bool(d.relu), **residual)[0, 0])
+                        mem[bank, addr] = q & 0xFF          # the byte the writer stores
     return logits

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from prunefab.hw.config import ConfigError, EngineConfig, EngineLimitError
-from prunefab.sw.synthetic import random_network
+from prunefab.sw.synthetic import random_conv, random_network, with_classifier
 
 
 def test_presets_are_valid_and_round_trip_through_json():
@@ -74,3 +74,22 @@ def test_check_network_names_the_layer_and_limit():
     net = random_network(rng, (1, 8, 8), channels=(4,) * 8, pools=(False,) * 8)
     with pytest.raises(EngineLimitError, match=r"max_layers >= 9$"):
         EngineConfig().check_network(net)
+
+
+def test_residual_additions_are_a_choice_of_the_engine():
+    cfg = dataclasses.replace(EngineConfig(), residual=True)
+    assert EngineConfig.from_json(cfg.to_json()) == cfg and not EngineConfig().residual
+    # the parameter word gains N (15 bits) and s - u (5 bits) only where it is generated
+    assert cfg.param_bits == EngineConfig().param_bits + 20
+    with pytest.raises(TypeError, match=r"^EngineConfig.residual must be True or False, not 1$"):
+        EngineConfig(residual=1)
+    with pytest.raises(ConfigError, match="residual must be True or False"):
+        EngineConfig.from_json(json.dumps({**json.loads(cfg.to_json()), "residual": "yes"}))
+    rng = np.random.default_rng(1)
+    convs = [random_conv(rng, 2, 4), random_conv(rng, 4, 4, residual=1)]
+    net = with_classifier(rng, (2, 6, 6), convs, classes=3)
+    with pytest.raises(EngineLimitError, match=r"^conv1: a residual addition needs an engine "
+                                                r"generated with residual=True \(a second read "
+                                                r"port on each activation bank\); this one has none$"):
+        EngineConfig().check_network(net)
+    cfg.check_network(net)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from prunefab.sim import cycle_model
 from prunefab.sim.engine_sim import simulate
 from prunefab.hw.loader import pack_network
 from prunefab.sw import reference
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import Pattern, random_conv, random_images, random_network, with_classifier
 
 
 def run_and_compare(cfg, net, images, stall=0.0):
@@ -73,3 +75,43 @@ def test_layer_cycles_follow_the_model(small_config):
             assert measured <= plan.zero_skip_bound + fixed_overhead(plan, lanes)
     assert result.mac_cycles == sum(issue_cycles(p) for p in program.layers)
     assert result.total_cycles == sum(result.layer_cycles)
+
+
+def test_engine_runs_layers_reading_earlier_maps_and_their_cycles_follow_the_model(small_config):
+    """conv1 reads the input again, conv2 reads conv0's map (kept live across conv1)."""
+    rng = np.random.default_rng(12)
+    convs = [random_conv(rng, 2, 5, pattern=Pattern.KERNEL_ELEMENTS, density=3 / 9),
+             random_conv(rng, 2, 4, stride=2, source=0),
+             random_conv(rng, 5, 6, kernel=1, source=1, pool=True)]
+    net = with_classifier(rng, (2, 9, 7), convs, classes=4, density=0.5)
+    program, (result,) = run_and_compare(small_config, net, random_images(rng, 1, net.input_shape),
+                                         stall=0.3)
+    assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+
+
+def test_engine_runs_residual_blocks_and_their_cycles_follow_the_model(small_config):
+    """A stem, a block with an identity shortcut and a down-sampling block whose shortcut is a
+    1x1 stride-2 projection without ReLU (signed bytes): bit-exact, every layer's cycles equal
+    to the cycle model, and the full-group KEP layers at exactly the zero-skip limit + the
+    fixed overhead (the operand's read adds no cycle)."""
+    cfg = dataclasses.replace(small_config, residual=True, max_layers=7, weight_depth=512,
+                              param_depth=64)
+    rng = np.random.default_rng(13)
+    kep = {"pattern": Pattern.KERNEL_ELEMENTS, "density": 3 / 9}
+    convs = [random_conv(rng, 3, 4, **kep),
+             random_conv(rng, 4, 4, **kep), random_conv(rng, 4, 4, residual=1, **kep),
+             random_conv(rng, 4, 8, stride=2, source=3, **kep),
+             random_conv(rng, 4, 8, kernel=1, stride=2, relu=False, source=3,
+                         pattern=Pattern.DENSE),
+             random_conv(rng, 8, 8, source=4, residual=5, **kep)]
+    net = with_classifier(rng, (3, 9, 7), convs, classes=5, density=0.5)
+    images = random_images(rng, 1, net.input_shape)
+    trace = reference.trace(net, images)
+    assert (trace.activations[4] < 0).any()          # the projection's signed bytes
+    program, (result,) = run_and_compare(cfg, net, images, stall=0.3)
+    assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+    lanes = cfg.lanes
+    for i in (0, 1, 2, 3, 5):
+        plan = program.layers[i]
+        assert issue_cycles(plan) == plan.zero_skip_bound
+        assert result.layer_cycles[i] == plan.zero_skip_bound + fixed_overhead(plan, lanes), plan.name

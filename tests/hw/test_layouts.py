@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -33,6 +34,12 @@ def test_pack_refuses_a_list_of_the_wrong_length(small_config):
 
 
 def test_a_layer_descriptor_is_exactly_the_hardware_descriptor(small_config):
-    d = LayerDescriptor(linear=0, pool=1, stride=0, in_h=9, in_w=7, pitch_in=1, out_base=64, plane_out=3,
+    d = LayerDescriptor(linear=0, pool=1, stride=0, relu=1, in_h=9, in_w=7, pitch_in=1, out_base=64, plane_out=3,
                         pitch_out=1, out_channels=5, n_outputs=60)
-    assert unpack(descriptor_layout(small_config), d.pack(small_config)) == vars(d)
+    plain = {k: v for k, v in vars(d).items() if k not in ("residual", "res_signed", "res_offset")}
+    assert unpack(descriptor_layout(small_config), d.pack(small_config)) == plain
+    residual = dataclasses.replace(small_config, residual=True)
+    d = dataclasses.replace(d, residual=1, res_signed=1, res_offset=residual.act_depth - 5)
+    assert unpack(descriptor_layout(residual), d.pack(residual)) == vars(d)
+    with pytest.raises(ValueError, match="needs an engine with residual=True"):
+        d.pack(small_config)

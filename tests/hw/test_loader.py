@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from prunefab.hw.config import EngineConfig, EngineLimitError
-from prunefab.hw.loader import pack_network
+from prunefab.hw.loader import map_lifetimes, pack_network
 from prunefab.sw import reference
-from prunefab.sw.synthetic import Pattern, random_images, random_network
+from prunefab.sw.synthetic import (Pattern, random_conv, random_images, random_network,
+                                   with_classifier)
 
 from .program_model import run_program
 
@@ -71,3 +72,74 @@ def test_removed_filters_share_lane_groups():
     assert program.layers[0].group_steps == (2 * 9, 1)
     image = random_images(rng, 1, net.input_shape)[0]
     assert run_program(program, image) == list(reference.run(net, image[None])[0])
+
+
+def _branching_network(rng):
+    """conv1 reads the input again and conv2 reads conv0's map, so map 1 stays live across
+    conv1 and map 2 (conv1's) is never read."""
+    convs = [random_conv(rng, 2, 5), random_conv(rng, 2, 3, stride=2, source=0),
+             random_conv(rng, 5, 6, kernel=1, source=1, pool=True)]
+    return with_classifier(rng, (2, 9, 7), convs, classes=4, density=0.5)
+
+
+def test_a_layer_reads_any_earlier_map_and_each_map_lives_until_its_last_reader():
+    rng = np.random.default_rng(41)
+    net = _branching_network(rng)
+    cfg = EngineConfig(lanes=4, max_height=12, max_width=12, max_channels=16, act_depth=256,
+                       weight_depth=1024, param_depth=64)
+    program = pack_network(cfg, net)
+    assert map_lifetimes(net) == [(-1, 1), (0, 2), (1, 1), (2, 3)]
+    lives = map_lifetimes(net)
+    for a, (ma, la) in enumerate(zip(program.maps, lives)):
+        for b, (mb, lb) in enumerate(zip(program.maps, lives)):
+            if a < b and la[0] <= lb[1] and lb[0] <= la[1]:      # live at the same time
+                assert ma.base + ma.words <= mb.base or mb.base + mb.words <= ma.base, (a, b)
+    # the descriptor's input geometry is the source map's; the step words address its planes
+    assert program.layers[1].descriptor.in_h == 9 and program.layers[2].descriptor.in_h == 9
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)
+
+
+def test_a_chain_of_layers_is_ping_pong():
+    rng = np.random.default_rng(42)
+    net = random_network(rng, (2, 8, 8), channels=(4, 4, 4), pools=(False, False, False))
+    program = pack_network(EngineConfig(lanes=4, max_height=8, max_width=8, act_depth=128), net)
+    words = program.maps[0].words
+    assert [m.base for m in program.maps] == [0, 128 - 4 * 4, 0, 128 - 4 * 4] and words == 2 * 4
+
+
+def test_live_maps_beyond_act_depth_are_refused_naming_the_layer():
+    rng = np.random.default_rng(41)
+    net = _branching_network(rng)         # maps of 2x9x7, 5x9x7, 3x5x4 and 6x4x3: 12, 30, 6, 12 words
+    cfg = EngineConfig(lanes=4, max_height=12, max_width=12, max_channels=16, act_depth=45,
+                       weight_depth=1024, param_depth=64)
+    with pytest.raises(EngineLimitError, match=r"^conv1: its output map 2 and maps 0, 1 live beside "
+                                               r"it need 48 words per activation bank, this engine "
+                                               r"has act_depth=45; generate an engine with "
+                                               r"act_depth >= 48$"):
+        pack_network(cfg, net)
+    pack_network(dataclasses.replace(cfg, act_depth=48), net)
+
+
+def test_a_residual_layer_takes_its_operand_s_channel_order_and_finds_it_at_one_offset():
+    """conv1 adds the input (identity shortcut); conv3 adds conv2's projection, whose lane order
+    (by nonzero count) conv3 takes, so its operand lies at its output address plus a constant."""
+    rng = np.random.default_rng(43)
+    convs = [random_conv(rng, 3, 3), random_conv(rng, 3, 3, residual=0),
+             random_conv(rng, 3, 5, kernel=1, stride=2, relu=False, pattern=Pattern.UNSTRUCTURED,
+                         density=0.5),
+             random_conv(rng, 3, 5, stride=2, source=2, residual=3)]
+    net = with_classifier(rng, (3, 7, 6), convs, classes=3, density=0.5)
+    cfg = EngineConfig(lanes=4, max_height=8, max_width=8, max_channels=8, act_depth=128,
+                       weight_depth=1024, param_depth=64, residual=True)
+    program = pack_network(cfg, net)
+    maps = program.maps
+    assert maps[4].slots == maps[3].slots != tuple(range(5))    # the projection's order, not sorted again
+    d1, d3 = program.layers[1].descriptor, program.layers[3].descriptor
+    assert (d1.residual, d1.res_signed, d1.res_offset) == (1, 0, (maps[0].base - maps[2].base) % 128)
+    assert (d3.residual, d3.res_signed, d3.res_offset) == (1, 1, (maps[3].base - maps[4].base) % 128)
+    assert program.layers[0].descriptor.residual == 0 and program.layers[2].descriptor.relu == 0
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)

@@ -37,6 +37,9 @@ def test_random_networks_equal_the_reference(tmp_path, name, n, size, channels):
     cases[3] = dataclasses.replace(cases[3], images=random_images(np.random.default_rng(n), 2,
                                                                   cases[3].net.input_shape))
     assert {p for c in cases for p in _patterns(c.net)} == set(PATTERNS)
+    if cfg.residual:        # identity and projection shortcuts, stride-2 projections
+        kinds = {_shortcut(c.net, layer) for c in cases for layer in c.net.convs if layer.residual}
+        assert kinds == {"identity", "projection", "stride-2 projection"}
     obs = verify_plan(BenchPlan(cfg, tuple(cases), STALLS, seed=n, reset_case=2), tmp_path)
     assert obs.failure is None
     assert [len(r) for r in obs.runs] == [len(c.images) for c in cases]
@@ -55,6 +58,14 @@ def test_reference_network_on_fashion_mnist(tmp_path):
     obs = verify_plan(BenchPlan(CONFIGS["p8-large"], (Case(net, images, "reference"),),
                                 STALLS, seed=7), tmp_path)
     assert obs.runs[0][0].layer_cycles == (3944, 9432, 25112, 2756)
+
+
+def _shortcut(net, layer):
+    """What a residual layer adds: its block's input or a projection without ReLU."""
+    k = layer.residual.source
+    if k == 0 or net.convs[k - 1].relu:
+        return "identity"
+    return "stride-2 projection" if net.convs[k - 1].stride == 2 else "projection"
 
 
 def _patterns(net):
