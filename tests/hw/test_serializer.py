@@ -59,6 +59,17 @@ def serializer_model(vectors, params, plane_out, raw, relu):
     return out
 
 
+def random_vectors(rng, cfg, count=20):
+    """`count` accumulator vectors of random sums, each for 1..lanes lanes at a random place."""
+    vectors = []
+    for _ in range(count):
+        n = rng.randint(1, cfg.lanes)
+        vectors.append({"acc": [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(cfg.lanes)],
+                        "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(50),
+                                "param_index": rng.randrange(cfg.param_depth - n + 1), "n_lanes": n}})
+    return vectors
+
+
 @pytest.mark.parametrize("stall,raw,relu", [(0.0, 0, 1), (0.5, 1, 1), (0.3, 0, 0)])
 def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw, relu):
     cfg = small_config
@@ -66,12 +77,7 @@ def test_serializer_emits_each_lane_with_its_parameters(small_config, stall, raw
     params = [{"bias": rng.randint(-(1 << 31), (1 << 31) - 1), "mult": rng.randint(1, 32767),
                "shift": rng.randint(1, 47)} for _ in range(cfg.param_depth)]
     plane_out = 9
-    vectors = []
-    for _ in range(20):
-        n = rng.randint(1, cfg.lanes)
-        vectors.append({"acc": [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(cfg.lanes)],
-                        "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(50),
-                                "param_index": rng.randrange(cfg.param_depth - n + 1), "n_lanes": n}})
+    vectors = random_vectors(rng, cfg)
     want = serializer_model(vectors, params, plane_out, raw, relu)
     dut = SerializerBench(cfg, params)
 
@@ -97,12 +103,7 @@ def test_serializer_reads_each_value_s_residual_operand_beside_its_parameters(sm
                "res_lift": rng.randint(0, 24)} for _ in range(cfg.param_depth)]
     banks = [[rng.randrange(256) for _ in range(cfg.act_depth)] for _ in range(16)]
     plane_out, offset = 9, cfg.act_depth - 20      # the operand below the output: wraps around
-    vectors = []
-    for _ in range(20):
-        n = rng.randint(1, cfg.lanes)
-        vectors.append({"acc": [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(cfg.lanes)],
-                        "tag": {"dest_bank": rng.randrange(16), "dest_addr": rng.randrange(50),
-                                "param_index": rng.randrange(cfg.param_depth - n + 1), "n_lanes": n}})
+    vectors = random_vectors(rng, cfg)
     want = serializer_model(vectors, params, plane_out, 0, 1)
     mask = (1 << cfg.act_addr_bits) - 1
     for w, (v, lane) in zip(want, [(v, lane) for v in vectors for lane in range(v["tag"]["n_lanes"])]):
