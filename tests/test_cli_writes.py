@@ -23,6 +23,8 @@ from prunefab.sw.synthetic import Pattern, random_network
 REPO = Path(__file__).resolve().parents[1]
 # written by the test run itself (pytest's and hypothesis's folders, bytecode), not by a command
 NOT_OURS = {".git", ".venv", ".pytest_cache", ".hypothesis", "__pycache__", "prunefab.egg-info"}
+# written by a sweep (`make sweep`) that may run beside the suite in the same checkout
+OTHERS_OUTPUTS = ("bench/records/",)
 SMALL = EngineConfig(lanes=4, max_channels=4, max_height=8, max_width=8, act_depth=64,
                      weight_depth=64, param_depth=16, max_layers=3)
 
@@ -34,7 +36,7 @@ def tree(root: Path) -> set[str]:
         dirs[:] = [d for d in dirs if d not in NOT_OURS]
         rel = Path(folder).relative_to(root)
         found |= {str(rel / name) for name in dirs + files}
-    return found
+    return {path for path in found if not path.startswith(OTHERS_OUTPUTS)}
 
 
 def test_the_main_verbs_write_only_their_outputs_and_the_cache(tmp_path):
