@@ -22,6 +22,7 @@ from prunefab.boards.link import DEFAULT_MAX_PAYLOAD, UARTLink
 from prunefab.boards.pll import (BAUD_TOLERANCE, PLL, PLL_OUTPUT, VCO_RANGE_MHZ, baud_error,
                                  cycles_per_bit, fastest_pll)
 from prunefab.boards.uart import MIN_CYCLES_PER_BIT
+from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
 
 # Both boards' FTDI bridges (the iCEBreaker's FT2232H, the ULX3S's FT231X) make 3 Mbaud exactly
@@ -79,7 +80,7 @@ class BoardSpec:
         pll = fastest_pll(self.family, self.pll.in_mhz, most_mhz, baud=BAUD,
                           least_cycles_per_bit=MIN_CYCLES_PER_BIT)
         if pll is None:
-            raise ValueError(f"board {self.name}: no PLL frequency at or below {most_mhz:g} MHz "
+            raise ClockError(f"board {self.name}: no PLL frequency at or below {most_mhz:g} MHz "
                              f"runs the UART at {BAUD} baud (a bit of at least "
                              f"{MIN_CYCLES_PER_BIT} whole cycles, within {BAUD_TOLERANCE:.0%})")
         return dataclasses.replace(self, pll=pll)
@@ -100,6 +101,10 @@ class BoardSpec:
         import importlib
         module, cls = self.platform.split(":")
         return getattr(importlib.import_module(module), cls)()
+
+
+class ClockError(PrunefabError, ValueError):
+    """No clock the board's PLL makes and its UART can use; one line."""
 
 
 BOARDS = {

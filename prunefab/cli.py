@@ -362,6 +362,9 @@ def cmd_demo(args) -> None:
 def cmd_build(args) -> None:
     from prunefab.boards.build import BuildError, build
     from prunefab.boards.fit import choose
+    from prunefab.boards.top import board_spec
+    if args.clock is not None:
+        board_spec(args.board).at(args.clock)   # a clock the board cannot run: refused before the fit
     choice = choose(args.board, lanes=args.lanes)
     print(choice.note, flush=True)
     try:

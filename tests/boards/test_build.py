@@ -319,6 +319,16 @@ def test_configured_clock_is_the_timing_clean_build_s(tmp_path, monkeypatch):
     assert B.configured_clock("ulx3s-85f")[0] == 100.0
 
 
+def test_cli_build_refuses_a_clock_the_board_cannot_run_in_one_line(tmp_path, capsys, monkeypatch):
+    runs = _fake_tools(monkeypatch, lambda clock: 50.0)
+    assert main(["build", "--board", "icebreaker", "--clock", "10", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and runs == []
+    assert captured.err.strip() == ("prunefab: error: board icebreaker: no PLL frequency at or below "
+                                    "10 MHz runs the UART at 3000000 baud (a bit of at least 4 whole "
+                                    "cycles, within 2%)")
+
+
 def test_cli_build_asks_for_a_clock(tmp_path, capsys, monkeypatch):
     _fake_tools(monkeypatch, lambda clock: 22.0)
     assert main(["build", "--board", "icebreaker", "--lanes", "2", "--clock", "21",
