@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -198,7 +199,7 @@ def one_run(job: tuple[Run, Budget, str, int]) -> dict:
             # kernel plane at least): recorded as such, so the sweep goes on and does not retry it
             result = {"data": run.data, "split": run.split, "method": run.method,
                       "options": run.options, "seed": run.seed, "infeasible": str(e),
-                      "budget": budget_record(budget), "target_cut": run.cut}
+                      "cpu": processor(), "budget": budget_record(budget), "target_cut": run.cut}
             write_atomic(out / f"{run.name}.json", json.dumps(result, indent=1).encode())
             print(f"{run.name}: cannot: {e}", file=sys.stderr, flush=True)
             return result
@@ -206,11 +207,23 @@ def one_run(job: tuple[Run, Budget, str, int]) -> dict:
     result = {"data": run.data, "split": run.split, "method": run.method, "options": run.options,
               "seed": run.seed, "accuracy": accuracy(pruned, scoring), "conv_flops_cut": c.conv_flops_cut,
               "parameter_cut": c.parameter_cut, "seconds": time.perf_counter() - t0, "threads": threads,
-              "budget": budget_record(budget), "target_cut": None if run.method == "dense" else run.cut}
+              "cpu": processor(), "budget": budget_record(budget), "target_cut": None if run.method == "dense" else run.cut}
     write_atomic(out / f"{run.name}.json", json.dumps(result, indent=1).encode())
     print(f"{run.name}: {result['accuracy']:.2%} at {c.conv_flops_cut:.1%} ({result['seconds']:.0f} s)",
           file=sys.stderr, flush=True)
     return result
+
+
+def processor() -> str:
+    """The CPU's model name: float results of the same seed differ between CPU models (see
+    docs/results.md), so each record says which one made it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cores() -> int:
