@@ -1,7 +1,7 @@
 """The framed host link in gateware (docs/protocol.md).
 
     rx -> UARTReceiver -> FrameReceiver -> RetryFilter -> application
-    tx <- UARTTransmitter <- FrameTransmitter <- RetryFilter <- application
+    tx <- UARTTransmitter <- FrameTransmitter <- RetryFilter <- HalfRegister <- application
 
 `FrameReceiver` (a `FrameDecoder`, then a `ReceiveBuffer`) delivers only frames whose CRC
 matched; `RetryFilter` turns a retried request into a replay of the stored response, so the
@@ -9,7 +9,9 @@ application never runs a request twice; `FrameTransmitter` (a `SendBuffer`, then
 `FrameEncoder`) keeps the last response for such replays.  The application sees a request
 stream and answers on a response stream, both of `Message` beats, and knows nothing of sync
 bytes, sequence numbers or CRCs; `BasicCommands` answers the commands every application shares.
-`UARTLink` joins them around an application.  `link_memories` describes the link's memories.
+The application's responses reach the filter through a `HalfRegister`, so that no
+handshake of the link's reaches the application's logic.  `UARTLink` joins them around an
+application.  `link_memories` describes the link's memories.
 """
 
 
@@ -925,6 +927,34 @@ class BasicCommands(wiring.Component):
                     m.next = "LOCAL"
 
 
+class HalfRegister(wiring.Component):
+    """A register between two streams: a beat is taken into it, then offered from it.
+
+    Both `i_stream.ready` and `o_stream.valid` come straight from the register, so neither side's
+    handshake reaches the other's logic; the price is a beat every other cycle at most, which a
+    response bound for a UART (a hundred cycles or more a byte) does not notice.
+
+    Parameters
+    ----------
+    shape : shape-like
+        The beats' payload.
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i_stream": In(stream.Signature(shape)),
+                          "o_stream": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i_stream, self.o_stream
+        m.d.comb += i.ready.eq(~o.valid)
+        with m.If(i.valid & i.ready):
+            m.d.sync += [o.payload.eq(i.payload), o.valid.eq(1)]
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        return m
+
+
 class FrameLink(wiring.Component):
     """An application behind the framed link, bytes in and out.
 
@@ -973,13 +1003,15 @@ class FrameLink(wiring.Component):
         m.submodules.receiver = self.receiver
         m.submodules.transmitter = self.transmitter
         m.submodules.retry = retry = RetryFilter()
+        m.submodules.response = response = HalfRegister(Message)
         m.submodules.application = self.application
 
         wiring.connect(m, wiring.flipped(self.i_stream), self.receiver.i_stream)
         wiring.connect(m, self.receiver.o_stream, retry.i_stream)
         wiring.connect(m, self.receiver.o_error, self.transmitter.i_nak)
         wiring.connect(m, retry.o_request, self.application.i_stream)
-        wiring.connect(m, self.application.o_stream, retry.i_response)
+        wiring.connect(m, self.application.o_stream, response.i_stream)
+        wiring.connect(m, response.o_stream, retry.i_response)
         wiring.connect(m, retry.o_stream, self.transmitter.i_stream)
         wiring.connect(m, retry.o_replay, self.transmitter.i_replay)
         wiring.connect(m, self.transmitter.o_stream, wiring.flipped(self.o_stream))

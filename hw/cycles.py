@@ -40,7 +40,9 @@ def fixed_overhead(plan: LayerPlan, lanes: int) -> int:
 
 def layer_cycles(plan: LayerPlan, lanes: int) -> int:
     """Predicted cycles of one layer; exact when issuing (not requantizing) is the bottleneck,
-    i.e. when every pixel's steps (four pixels' when pooling) outnumber the group's lanes."""
+    i.e. when every pixel's steps (four pixels' when pooling) are at least the group's lanes,
+    and no pixel has a single step (the MacArray holds a pixel's last step for a cycle while
+    the window before it is offered, taken or not: see `MacArray`)."""
     return max(issue_cycles(plan), serial_cycles(plan, lanes)) + fixed_overhead(plan, lanes)
 
 

@@ -18,7 +18,7 @@ class MacArray(wiring.Component):
     Pooling the bias-free sums equals pooling the uint8 outputs: adding the channel's bias and
     requantizing are both monotone non-decreasing (docs/arithmetic.md), and the requantizer then
     runs on a quarter of the values.  The array stalls only when a pixel's last step meets a
-    finished window not yet taken.
+    finished window still offered (taken in that cycle or not).
 
     The running sum is cleared by the flip-flops' synchronous reset in the cycle of a pixel's
     last step, so each lane's adder is one carry chain with no multiplexer in front (the next
@@ -61,8 +61,14 @@ class MacArray(wiring.Component):
         for lane in range(P):
             m.d.comb += total[lane].eq(acc[lane] + prod[lane])
 
+        # The stall comes from registers alone: a pixel's last step waits while a finished
+        # window is offered, even in the cycle it is taken.  Waiting on `o.ready` as well would
+        # put the consumer's handshake at the head of the stall that reaches every block up to
+        # the Sequencer (the iCEBreaker's critical path: the serializer's `busy` -> the stall ->
+        # the Sequencer's enables); the cost is a cycle where a pixel of one step ends right
+        # after a window (hw/cycles.py).
         stall = Signal()
-        m.d.comb += [stall.eq(s1_valid & s1_flags.last & o.valid & ~o.ready), i.ready.eq(~stall)]
+        m.d.comb += [stall.eq(s1_valid & s1_flags.last & o.valid), i.ready.eq(~stall)]
 
         # 16-bit signed operands: yosys then puts the product register inside the iCE40's
         # SB_MAC16 (with 8-bit operands it builds it from flip-flops).  They are driven whatever

@@ -21,8 +21,9 @@ class Backpressure(enum.Enum):
     LOCKSTEP = "lockstep"
     #: Every stage moves when the output register is empty or being taken.
     PIPELINE = "pipeline"
-    #: The stages move until a finished result meets a full output register (MacArray: the
-    #: output register holds the running maximum of a pool window and is offered at its end).
+    #: The stages move until a finished result meets a full output register, whether or not
+    #: it is taken in that cycle, so the stall is decided from registers (MacArray: the output
+    #: register holds the running maximum of a pool window and is offered at its end).
     HOLD = "hold"
     #: A vector leaves one value per cycle; the next vector is accepted in the cycle the last
     #: value leaves (ChannelSerializer).

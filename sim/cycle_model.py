@@ -67,7 +67,7 @@ class _Pipeline(_Lockstep):
 class _Hold:
     """`latency - 1` registers, then an output register that a pixel's last step updates and
     a pool window's last pixel fills; the registers stall only when a pixel's last step meets a
-    full output."""
+    full output, taken in that cycle or not."""
 
     def __init__(self, latency: int):
         self.regs = [None] * (latency - 1)
@@ -78,7 +78,7 @@ class _Hold:
 
     def ready(self, down_ready: bool) -> bool:
         ending = self.regs[-1]
-        return not (ending is not None and ending.last and self.out is not None and not down_ready)
+        return not (ending is not None and ending.last and self.out is not None)
 
     def clock(self, incoming, down_ready: bool) -> None:
         moving = self.ready(down_ready)
