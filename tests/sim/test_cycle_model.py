@@ -37,19 +37,25 @@ def test_issue_bound_layers_take_the_closed_form(name):
     assert checked == 60
 
 
+def filter_pruned_plans(cfg, *, seed, count, pool, classes, density):
+    """The layer plans of `count` random 1x6x6 networks of two 4-channel conv layers (the first
+    pooled when `pool`), whole filters pruned to `density`."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        net = random_network(rng, (1, 6, 6), channels=(4, 4), pools=(pool, False), classes=classes,
+                             patterns=Pattern.FILTERS, density=density)
+        yield from pack_network(cfg, net).layers
+
+
 def test_requantizer_bound_layers_differ_from_the_closed_form():
     """Whole output channels pruned leave one step per pixel: the single requantizer is the
     bottleneck and back-pressure changes the count the closed form gives."""
     cfg = CONFIGS["p4-small"]
-    rng = np.random.default_rng(3)
     differ = 0
-    for _ in range(20):
-        net = random_network(rng, (1, 6, 6), channels=(4, 4), pools=(False, False), classes=4,
-                             patterns=Pattern.FILTERS, density=0.1)
-        for plan in pack_network(cfg, net).layers:
-            exact = layer_cycles(plan, cfg.lanes)
-            assert exact >= closed_form.issue_cycles(plan)
-            differ += exact != closed_form.layer_cycles(plan, cfg.lanes)
+    for plan in filter_pruned_plans(cfg, seed=3, count=20, pool=False, classes=4, density=0.1):
+        exact = layer_cycles(plan, cfg.lanes)
+        assert exact >= closed_form.issue_cycles(plan)
+        differ += exact != closed_form.layer_cycles(plan, cfg.lanes)
     assert differ > 0
 
 
@@ -58,13 +64,9 @@ def test_a_one_step_pixel_after_a_window_waits_a_cycle():
     the issue alone, but each window's first pixel ends while the window before it is still
     offered, and the MacArray holds it a cycle (its stall is decided from registers)."""
     cfg = CONFIGS["p4-small"]
-    rng = np.random.default_rng(5)
     seen = 0
-    for _ in range(40):
-        net = random_network(rng, (1, 6, 6), channels=(4, 4), pools=(True, False), classes=2,
-                             patterns=Pattern.FILTERS, density=0.05)
-        plan = pack_network(cfg, net).layers[0]
-        if plan.group_steps == (1,) and plan.descriptor.out_channels == cfg.lanes:
+    for plan in filter_pruned_plans(cfg, seed=5, count=40, pool=True, classes=2, density=0.05):
+        if plan.descriptor.pool and plan.group_steps == (1,) and plan.descriptor.out_channels == cfg.lanes:
             windows = plan.pixels // 4
             assert layer_cycles(plan, cfg.lanes) == closed_form.layer_cycles(plan, cfg.lanes) + windows - 1
             seen += 1
