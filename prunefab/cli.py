@@ -50,6 +50,13 @@ def _recipe(args):
     return recipe(args.recipe)
 
 
+def _leave_process_group() -> None:
+    """All ranks of a torchrun job leave together once a command has succeeded."""
+    distributed = sys.modules.get("prunefab.sw.distributed")
+    if distributed is not None:
+        distributed.teardown(together=True)
+
+
 def _distributed(args):
     """Join torchrun's process group, if any (sw/distributed.py); only rank 0 writes and prints."""
     from prunefab.sw import distributed
@@ -686,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
             quiet = getattr(args, "quiet", False) or progress.is_quiet()
             with progress.quiet(quiet), cache.located(getattr(args, "cache_dir", None)), \
                     cache.tool_caches():
-                return args.func(args) or 0
+                status = args.func(args) or 0
+            _leave_process_group()
+            return status
     except KeyboardInterrupt:
         progress.close_bars()
         if debug:

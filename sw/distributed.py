@@ -103,10 +103,18 @@ def setup(device: str = "auto", amp: bool = False) -> Context:
     return _context
 
 
-def teardown() -> None:
-    """Leave the process group (if any) and return to one process on the CPU."""
+def teardown(together: bool = False) -> None:
+    """Leave the process group (if any) and return to one process on the CPU.
+
+    `together` (a command that ended normally) first waits at a barrier, so every rank destroys
+    the group at the same point: a rank that leaves while its peer still works (rank 0 measuring
+    test accuracy, writing a file) can otherwise abort in gloo's shutdown.  After an error there
+    is no barrier: the peers may be inside another collective, and this rank leaves at once.
+    """
     global _context
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
     _context = Context()
 
