@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -30,19 +31,28 @@ AfterBackward = Callable[[nn.Module], None]
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch and numpy, ask for deterministic kernels, and flush denormal floats to zero.
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero while training, then restore the mode found.
 
     Denormals (nonzero floats below 1.2e-38) cost a CPU's float unit tens of cycles each.  A
     pruned entry whose optimizer momentum decays geometrically lands there within a few hundred
     steps (SWP's skeleton: an entry zeroed at every step is moved again by its decaying momentum,
     and every weight of its stripe is scaled by it), and training then ran ten times slower.
-    Flushed, such values are zero, which is what they stand for.  (On a CPU without the mode,
-    `set_flush_denormal` does nothing.)
+    Flushed, such values are zero, which is what they stand for.  The mode is the processor's,
+    global to the thread, hence restored on the way out.  (On a CPU without it, nothing changes.)
     """
-    torch.manual_seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    was = float(torch.tensor([1e-39]) * 1.0) == 0.0
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
@@ -181,7 +191,7 @@ def train(model: nn.Module, data: Dataset, epochs: int, *, lr: float = 3e-3,
     step = first * steps_per_epoch
     net = distributed.wrap(model)
     try:
-        with distributed.global_batchnorm(model):
+        with distributed.global_batchnorm(model), denormals_flushed():
             for epoch in range(first, epochs):
                 model.train()
                 running, n = 0.0, 0
