@@ -9,7 +9,7 @@ from prunefab.sw.models import HardwareNet
 from prunefab.sw.pipeline import Budget, prune
 from prunefab.sw.prune import InformationExtractionStripePruning
 from prunefab.sw.train import (CheckpointError, Regime, Update, _shift_and_flip, seed_everything,
-                               train)
+                               denormals_flushed, train)
 
 DATA = synthetic(96, shape=(3, 16, 16), classes=4)
 
@@ -117,3 +117,18 @@ def test_resnet_checkpoint_round_trip(tmp_path):
     assert isinstance(back, ResNetCifar) and extra == {"data": "synthetic-cifar"}
     for (k, a), b in zip(net.state_dict().items(), back.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def _flushes() -> bool:
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+def test_denormals_are_flushed_while_training_only():
+    assert not _flushes()
+    with denormals_flushed():
+        assert _flushes()
+    assert not _flushes()       # the mode found is restored (other code in the process needs it)
+    with pytest.raises(RuntimeError):
+        with denormals_flushed():
+            raise RuntimeError("a failing epoch")
+    assert not _flushes()
