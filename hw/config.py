@@ -209,13 +209,14 @@ class EngineConfig:
             raise EngineLimitError(f"{unsupported} is not supported by this engine yet; it runs "
                                    f"3x3 and 1x1 conv layers of stride 1 or 2 (not pooled), each "
                                    f"reading any earlier feature map (and, generated with "
-                                   f"residual=True, adding another), and one classifier on the "
-                                   f"flattened last feature map")
+                                   f"residual=True, adding another), then linear layers on the "
+                                   f"flattened or globally average-pooled map before them")
         shapes = net.feature_shapes()
-        if len(net.convs) + 1 > self.max_layers:
+        layers = len(net.convs) + len(net.linears)
+        if layers > self.max_layers:
             raise EngineLimitError(
-                f"network: {len(net.convs) + 1} layers exceeds this engine's limit of "
-                f"{self.max_layers}; generate an engine with max_layers >= {len(net.convs) + 1}")
+                f"network: {layers} layers exceeds this engine's limit of "
+                f"{self.max_layers}; generate an engine with max_layers >= {layers}")
         for i, layer in enumerate(net.convs):
             c, h, w = shapes[net.conv_source(i)]
             name = f"conv{i}"
@@ -232,6 +233,12 @@ class EngineConfig:
                     raise EngineLimitError(
                         f"{name}: {value} {what} exceeds this engine's limit of {limit}; "
                         f"generate an engine with {field} >= {value}")
+        for j, lin in enumerate(net.hidden):
+            if lin.out_features > self.max_channels:
+                raise EngineLimitError(
+                    f"linear{j}: {lin.out_features} outputs exceeds this engine's limit of "
+                    f"{self.max_channels} channels; generate an engine with max_channels >= "
+                    f"{lin.out_features}")
         k = net.linear.out_features
         if k > self.max_classes:
             raise EngineLimitError(
@@ -273,11 +280,14 @@ class EngineConfig:
 
     @classmethod
     def ecp5_85f(cls) -> "EngineConfig":
-        """64 lanes for the ECP5-85F: a layer has at most `max_channels` (64) output channels, so
-        more lanes would idle.  The weight memory's 2048 step words of 64 lanes take the 87 of
-        its 208 block RAMs that 4096 words of 32 lanes took (and hold as many lane steps)."""
-        return cls(lanes=64, max_height=32, max_width=32, max_channels=64, max_layers=12,
-                   max_classes=32, act_depth=2048, weight_depth=2048, param_depth=512)
+        """64 lanes for the ECP5-85F, sized for ResNet-20 (docs/hardware.md's budget): residual
+        additions, 24 layers (ResNet-20 has 22), activations for a block's three live 16 x 32 x 32
+        maps (3072 words per bank; 4096 costs the same block RAMs), 2048 step words of 64 lanes
+        and 1024 channel parameters (ResNet-20 has 794).  A layer has at most `max_channels` (64)
+        output channels, so more lanes would idle."""
+        return cls(lanes=64, max_height=32, max_width=32, max_channels=64, max_layers=24,
+                   max_classes=32, act_depth=4096, weight_depth=2048, param_depth=1024,
+                   residual=True)
 
 
 def first_unsupported(net: QuantizedNetwork) -> str | None:
@@ -287,10 +297,6 @@ def first_unsupported(net: QuantizedNetwork) -> str | None:
         name = f"conv{i}"
         if c.stride != 1 and c.pool:
             return f"{name}: stride {c.stride} with a max-pool"
-    if net.hidden:
-        return "linear0: a hidden linear layer"
-    if net.linear.global_pool:
-        return "linear: global average pooling"
     return None
 
 

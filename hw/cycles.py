@@ -27,9 +27,9 @@ def issue_cycles(plan: LayerPlan) -> int:
 
 def serial_cycles(plan: LayerPlan, lanes: int) -> int:
     """Cycles the single requantizer needs: one per output value."""
-    pool = plan.descriptor.pool
-    vectors = plan.pixels // 4 if pool else plan.pixels
-    return vectors * plan.descriptor.out_channels
+    d = plan.descriptor
+    vectors = 1 if d.gap else plan.pixels // 4 if d.pool else plan.pixels
+    return vectors * d.out_channels
 
 
 def fixed_overhead(plan: LayerPlan, lanes: int) -> int:

@@ -29,6 +29,8 @@ class Engine(wiring.Component):
 
     Sequencer -> WindowFetch -> IndexDecoder -> MacArray (with the max-pool) -> ChannelSerializer ->
     Requantizer -> writer (activation banks, or the LogitMemory for the classifier);
+    conv layers, hidden linear layers (written as F x 1 x 1 maps) and the classifier, each with
+    its input flattened or globally average-pooled, run on the same pipeline;
     the LoadPort writes the memories (`prunefab.hw.memories.engine_memories`) while idle.
 
     Ports:
@@ -99,7 +101,7 @@ class Engine(wiring.Component):
         self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, ser, rq, load)
 
         layer = seq.layer
-        m.d.comb += [fetch.linear.eq(layer.linear), fetch.in_h.eq(layer.in_h),
+        m.d.comb += [fetch.flat.eq(layer.flat), fetch.in_h.eq(layer.in_h),
                      fetch.in_w.eq(layer.in_w), fetch.pitch_in.eq(layer.pitch_in),
                      ser.raw.eq(layer.linear), ser.relu.eq(layer.relu),
                      ser.plane_out.eq(layer.plane_out)]

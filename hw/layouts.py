@@ -25,9 +25,10 @@ def step_layout(cfg: EngineConfig) -> data.StructLayout:
     """One weight-memory word: one cycle of every lane.
 
     weight[l], position[l]: lane l's nonzero weight and its kernel position (0 pads a lane that
-    has fewer nonzeros in this input channel); for the classifier the position is the bank
-    holding the input.  addr: activation address of the input channel's plane (conv) or of the
-    input itself (classifier).  last: the final step of the group; the next pixel starts over.
+    has fewer nonzeros in this input channel); for a flat linear layer the position is the bank
+    holding the input.  addr: activation address of the input channel's plane (conv, global
+    pooling) or of the input itself (flat linear).  last: the final step of the group; the next
+    pixel starts over.
     """
     return data.StructLayout({
         "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
@@ -50,7 +51,12 @@ def param_layout(cfg: EngineConfig) -> data.StructLayout:
 def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     """One layer descriptor; the sequencer runs the layers in descriptor-memory order.
 
-    linear:        the classifier (the final layer: one pass, raw logits out)
+    linear:        the classifier (the final layer: raw logits out, the run ends after it)
+    flat:          reads its input flattened (a linear layer without global pooling): one pass,
+                   each step names the bank and address of one input
+    gap:           global average pooling (a linear layer's): every pixel of the input is swept
+                   as a 1x1 convolution's, and the pixels' sums add up into one vector (the
+                   pixel's `last` step flag only at the last pixel), written at pixel (0, 0)
     pool:          2x2 max-pool after requantization
     stride:        stride 2: every other pixel of every other row, written at (y/2, x/2)
     relu:          clamp to 0..255; 0: a layer without ReLU, clamped to -128..127 (its map, signed
@@ -78,6 +84,8 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     act = unsigned(cfg.act_addr_bits)
     return data.StructLayout({
         "linear": unsigned(1),
+        "flat": unsigned(1),
+        "gap": unsigned(1),
         "pool": unsigned(1),
         "stride": unsigned(1),
         "relu": unsigned(1),

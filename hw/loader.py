@@ -70,6 +70,8 @@ class LayerDescriptor:
     pitch_out: int
     out_channels: int
     n_outputs: int
+    flat: int = 0
+    gap: int = 0
     residual: int = 0
     res_signed: int = 0
     res_offset: int = 0
@@ -94,9 +96,11 @@ class LayerPlan:
     w_base, param_base: its first step word and its first channel's parameters (the sequencer
                      carries both from the previous layer, so the descriptor names neither)
     group_steps:     step words per pixel of each lane group
-    pixels:          pixels computed per group (1 for the classifier)
-    zero_skip_bound: ceil(nonzeros * H' * W' / P) (conv, H' x W' its output before any pool),
-                     ceil(nonzeros / P) (classifier)
+    pixels:          pixels computed per group (1 for a flat linear layer, H * W of its input
+                     for one with global average pooling)
+    zero_skip_bound: ceil(nonzeros * H' * W' / P) (conv, H' x W' its output before any pool;
+                     a linear layer: its pixels), the fewest cycles that `nonzeros` weights
+                     applied at every pixel take on P lanes
     """
 
     name: str
@@ -202,7 +206,12 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
                         None if layer.residual is None else maps[layer.residual.source],
                         layer.residual is not None and layer.residual.source in signed_maps)
              for i, layer in enumerate(net.convs)]
-    plans.append(_pack_linear(cfg, net.linear, maps[-1], steps, params))
+    n = len(net.convs)
+    for j, lin in enumerate(net.linears):
+        classifier = j == len(net.hidden)
+        plans.append(_pack_linear(cfg, "linear" if classifier else f"linear{j}", lin,
+                                  maps[n + j], None if classifier else maps[n + j + 1],
+                                  steps, params))
     _check_memories(cfg, steps, params)
     return Program(cfg, tuple(maps), tuple(plans), [pack(step_layout(cfg), w) for w in steps],
                    [pack(param_layout(cfg), p) for p in params],
@@ -228,19 +237,22 @@ def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
             continue
         per_filter = (layer.weights.reshape(layer.out_channels, -1) != 0).sum(axis=1)
         orders.append([int(o) for o in np.argsort(-per_filter, kind="stable")])
+    # a hidden linear layer's outputs, one 1x1 plane each, in their own order
+    orders += [list(range(lin.out_features)) for lin in net.hidden]
     return orders
 
 
 def map_lifetimes(net: QuantizedNetwork) -> list[tuple[int, int]]:
     """(first, last) layer index during which each feature map must stay in the banks: from the
     layer that writes it (-1 for the input image, loaded before the run) to its last reader, a
-    conv layer reading it as its source or as its residual operand, or the classifier (layer
-    number len(convs)) reading the last map."""
+    conv layer reading it as its source or as its residual operand, or a linear layer (layer
+    number len(convs) + j) reading the map before it."""
     n = len(net.convs)
-    lives = [[i - 1, i - 1] for i in range(n + 1)]
+    maps = n + len(net.hidden) + 1
+    lives = [[i - 1, i - 1] for i in range(maps)]
     readers = [(j, net.conv_source(j)) for j in range(n)]
     readers += [(j, c.residual.source) for j, c in enumerate(net.convs) if c.residual is not None]
-    readers.append((n, n))
+    readers += [(n + j, n + j) for j in range(len(net.hidden) + 1)]
     for j, k in readers:
         lives[k][1] = max(lives[k][1], j)
     return [tuple(life) for life in lives]
@@ -274,7 +286,7 @@ def _place(depth: int, words: list[int], lives: list[tuple[int, int]]) -> list[i
 def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[FeatureMap]:
     """Where every feature map lives (`_place`); refuses a network whose maps live at the same
     time do not fit `act_depth`, naming the layer that writes the map that found no room."""
-    shapes = net.feature_shapes()[:len(net.convs) + 1]
+    shapes = net.feature_shapes()
     words = [c * plane_words(h, w) for c, h, w in shapes]
     lives = map_lifetimes(net)
     bases = _place(cfg.act_depth, words, lives)
@@ -284,10 +296,12 @@ def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[Feat
         beside = [j for j, (a, b) in enumerate(lives[:k]) if a <= last and first <= b]
         # the least depth this placement fits in: at least the words live at once
         need = max(sum(words[j] for j, (a, b) in enumerate(lives) if a <= t <= b)
-                   for t in range(-1, len(net.convs) + 1))
+                   for t in range(-1, len(shapes)))
         while need < 4 * sum(words) and isinstance(_place(need, words, lives), int):
             need += 1
-        what = "input: map 0" if k == 0 else f"conv{k - 1}: its output map {k}"
+        n = len(net.convs)
+        writer = f"conv{k - 1}" if k <= n else f"linear{k - 1 - n}"
+        what = "input: map 0" if k == 0 else f"{writer}: its output map {k}"
         if beside:
             what += f" and map{'s' * (len(beside) > 1)} {', '.join(map(str, beside))} live beside it"
         raise EngineLimitError(
@@ -371,12 +385,18 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     return dataclasses.replace(plan, pixels=plan.swept_pixels())
 
 
-def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
-                 params: list[dict]) -> LayerPlan:
-    """Append the classifier's step words and parameters; its plan.
+def _pack_linear(cfg: EngineConfig, name: str, lin, src: FeatureMap, dst: FeatureMap | None,
+                 steps: list[dict], params: list[dict]) -> LayerPlan:
+    """Append one linear layer's step words and parameters; its plan.  `dst` is the F x 1 x 1
+    map a hidden layer writes, None for the classifier (raw logits).
 
-    Lane l of group g computes class g*P + l; each step broadcasts one input that some lane of
-    the group needs, found by its bank and address.
+    Lane l of group g computes output g*P + l.  Flat (no global pooling): each step broadcasts
+    one input that some lane of the group needs, found by its bank and address.  With global
+    average pooling, one step per input channel some lane needs, at the window's centre
+    (position 4) of the channel's plane: the layer runs as a 1x1 convolution over every pixel
+    of `src` whose pixel sums add up (the descriptor's `gap`), so each lane ends with
+    sum over c of w[o, c] * sum over y, x of a[c, y, x], the exact sum docs/arithmetic.md
+    defines.
     """
     P = cfg.lanes
     _, _, values = linear_elements(lin)
@@ -388,17 +408,35 @@ def _pack_linear(cfg: EngineConfig, lin, src: FeatureMap, steps: list[dict],
         lanes = range(g, min(g + P, k))
         n_before = len(steps)
         for j in np.flatnonzero((lin.weights[list(lanes)] != 0).any(axis=0)):
-            c, rem = divmod(int(j), pixels)
-            bank, addr = src.locate(c, *divmod(rem, src.width))
             wv = [int(lin.weights[o, j]) for o in lanes] + [0] * (P - len(lanes))
-            steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
-        group_steps.append(_close_group(steps, n_before, 0, P))
+            if lin.global_pool:
+                steps.append({"weight": wv, "position": [KERNEL_ELEMENTS // 2] * P,
+                              "addr": src.plane_base(int(j)), "last": 0})
+            else:
+                c, rem = divmod(int(j), pixels)
+                bank, addr = src.locate(c, *divmod(rem, src.width))
+                steps.append({"weight": wv, "position": [bank] * P, "addr": addr, "last": 0})
+        group_steps.append(_close_group(steps, n_before, src.base if lin.global_pool else 0, P))
     no_residual = {"res_mult": 0, "res_lift": 0} if cfg.residual else {}
-    params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0, **no_residual} for o in range(k)]
-    desc = LayerDescriptor(linear=1, pool=0, stride=0, relu=1, in_h=1, in_w=1, pitch_in=0, out_base=0, plane_out=0,
-                           pitch_out=0, out_channels=k, n_outputs=k)
-    return LayerPlan("linear", desc, w_base, param_base, tuple(group_steps), 1, len(values),
-                     -(-len(values) // P))
+    if dst is None:
+        params += [{"bias": int(lin.bias[o]), "mult": 0, "shift": 0, **no_residual}
+                   for o in range(k)]
+        out = {"out_base": 0, "plane_out": 0, "pitch_out": 0}
+    else:
+        params += [{"bias": int(lin.bias[o]), "mult": int(lin.multiplier[o]),
+                    "shift": int(lin.shift[o]), **no_residual} for o in range(k)]
+        out = {"out_base": dst.base, "plane_out": dst.plane,
+               "pitch_out": dst.pitch.bit_length() - 1}
+    if lin.global_pool:
+        geometry = {"in_h": src.height, "in_w": src.width,
+                    "pitch_in": src.pitch.bit_length() - 1, "gap": 1}
+    else:
+        geometry = {"in_h": 1, "in_w": 1, "pitch_in": 0, "flat": 1}
+        pixels = 1
+    desc = LayerDescriptor(linear=int(dst is None), pool=0, stride=0, relu=1, out_channels=k,
+                           n_outputs=k, **geometry, **out)
+    return LayerPlan(name, desc, w_base, param_base, tuple(group_steps), pixels, len(values),
+                     -(-len(values) * pixels // P))
 
 
 def _check_memories(cfg: EngineConfig, steps: list, params: list) -> None:

@@ -26,7 +26,9 @@ class Sequencer(wiring.Component):
     For each layer (descriptor memory order): for each lane group g, for each pixel (raster
     order; 2x2 blocks in order when pooling; every other pixel of every other row with stride
     2), the group's step words from its start up to the
-    word marked `last`.  The weight memory always reads the word after the one being issued,
+    word marked `last`.  A layer with global average pooling (`gap`) sweeps its input's pixels
+    as a 1x1 convolution does, but marks a pixel's last step as such only at the group's last
+    pixel, so the MacArray's sums run on across pixels, and writes the result at pixel (0, 0).  The weight memory always reads the word after the one being issued,
     and a pixel's first word is issued again from a copy of the group's first word, so the step
     stream has no bubble between pixels or groups and the memory's read address is a register
     that never waits for the memory's own `last` bit.  After a layer's last step the
@@ -134,7 +136,10 @@ class Sequencer(wiring.Component):
         # side of the pixel block: 2x2 when pooling or striding by 2 (one pixel of the block
         # then), single pixels otherwise
         step = Signal(2)
-        return SimpleNamespace(
+        # the pixel issued now is not the group's last / is (from registers alone)
+        more_pixels = Signal()
+        final_pixel = Signal()
+        return SimpleNamespace(more_pixels=more_pixels, final_pixel=final_pixel,
             rd_addr=rd_addr, first_word=first_word, from_copy=from_copy, word=word, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
             y0=y0, x0=x0, dy=dy, dx=dx, at_first=at_first, n_written=n_written, state=state,
             x_more=x_more, y_more=y_more, next_layer=next_layer, all_written=all_written,
@@ -149,16 +154,19 @@ class Sequencer(wiring.Component):
         d = self.layer
         req = self.o_stream.payload
         halve = d.pool | d.stride
-        oy = Mux(halve, r.y0 >> 1, r.y0)
-        ox = Mux(halve, r.x0 >> 1, r.x0)
+        # a global pool's one output goes to pixel (0, 0), whichever pixel its sweep is at
+        oy = Mux(d.gap, 0, Mux(halve, r.y0 >> 1, r.y0))
+        ox = Mux(d.gap, 0, Mux(halve, r.x0 >> 1, r.x0))
         m.d.comb += [
+            r.more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more),
+            r.final_pixel.eq(~r.more_pixels),
             r.step.eq(Mux(halve, 2, 1)),
             r.word.eq(Mux(r.from_copy, r.first_word, self.w_data)),
             req.step.eq(r.word),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
             req.y.eq(r.y0 | r.dy), req.x.eq(r.x0 | r.dx),
             req.flags.first.eq(r.at_first),
-            req.flags.last.eq(r.word.last),
+            req.flags.last.eq(r.word.last & (~d.gap | r.final_pixel)),
             req.flags.pool_first.eq(~r.dy & ~r.dx),
             req.flags.pool_last.eq(~d.pool | (r.dy & r.dx)),
             req.tag.dest_bank.eq(Cat(ox[:2], oy[:2])),
@@ -181,9 +189,8 @@ class Sequencer(wiring.Component):
         d = self.layer
         # The read address is a register: the issued word's `last` (a memory output) decides
         # the address of the cycle after next, so it never reaches the memory in one cycle.
-        more_pixels = Signal()
-        m.d.comb += [more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more),
-                     self.w_addr.eq(r.rd_addr)]
+        more_pixels = r.more_pixels
+        m.d.comb += self.w_addr.eq(r.rd_addr)
         with m.If(self.o_stream.ready):
             m.d.comb += self.w_en.eq(1)
             m.d.sync += [r.rd_addr.eq(r.rd_addr + 1), r.from_copy.eq(0),

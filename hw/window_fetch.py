@@ -1,4 +1,4 @@
-"""WindowFetch: reads the 3x3 activation window (or one classifier input) a step needs."""
+"""WindowFetch: reads the 3x3 activation window (or one flat linear input) a step needs."""
 
 from types import SimpleNamespace
 
@@ -27,9 +27,10 @@ class WindowFetch(wiring.Component):
       i_stream:  In(stream of request_layout): step word, pixel (y, x), flags, vector tag
       o_stream:  Out(stream of window_layout): the weights; bank[l] and inside[l], where lane l's
                  activation is (conv: the pixel at its kernel position around (y, x), inside the
-                 in_h x in_w map or not; classifier: bank = the lane's position field, inside);
+                 in_h x in_w map or not; flat linear: bank = the lane's position field, inside);
                  window[b] = bank b's word
-      linear:    In(1), classifier mode (layer constant)
+      flat:      In(1), a flat linear layer: each lane's bank is its position field, every bank
+                 reads the step's address (layer constant)
       in_h, in_w: In, the input feature map's size (layer constant)
       pitch_in:  In, log2 of the input's bank row pitch (layer constant)
       rd_addr, rd_en: Out, the 16 banks' synchronous read ports (address per bank, common enable)
@@ -47,7 +48,7 @@ class WindowFetch(wiring.Component):
         super().__init__({
             "i_stream": In(stream.Signature(request_layout(config))),
             "o_stream": Out(stream.Signature(window_layout(config))),
-            "linear": In(1),
+            "flat": In(1),
             "in_h": In(coord), "in_w": In(coord),
             "pitch_in": In(config.pitch_shift_bits),
             "rd_addr": Out(data.ArrayLayout(config.act_addr_bits, BANKS)),
@@ -109,11 +110,11 @@ class WindowFetch(wiring.Component):
         col_in, col_q, col_r = self._axis(m, req.x, self.in_w)
 
         # Bank row br serves the window row whose coordinate is br mod 4 (at most one does), at
-        # word offset quotient << pitch; bank column bc likewise at offset quotient.  The
-        # classifier reads every bank at the step's address (both offsets 0).
+        # word offset quotient << pitch; bank column bc likewise at offset quotient.  A
+        # flat linear layer reads every bank at the step's address (both offsets 0).
         row_off = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS))
         col_off = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS))
-        with m.If(~self.linear):
+        with m.If(~self.flat):
             for r in range(BANK_ROWS):
                 for k in range(KERNEL):
                     with m.If(row_r[k] == r):
@@ -156,7 +157,7 @@ class WindowFetch(wiring.Component):
         lane_inside = Signal(cfg.lanes)
         for lane in range(cfg.lanes):
             pos = s0.window.bank[lane]
-            with m.If(self.linear):
+            with m.If(self.flat):
                 m.d.comb += [lane_bank[lane].eq(pos), lane_inside[lane].eq(1)]
             with m.Else():
                 with m.Switch(pos):

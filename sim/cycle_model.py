@@ -26,7 +26,7 @@ from prunefab.hw.engine import PIPELINE
 from prunefab.hw.loader import LayerPlan, Program, pack_network
 from prunefab.hw.sequencer import Sequencer
 from prunefab.hw.timing import Backpressure
-from prunefab.sw.qnet import ConvLayer, LinearLayer, QuantizedNetwork
+from prunefab.sw.qnet import ConvLayer, QuantizedNetwork
 
 
 class Step(NamedTuple):
@@ -132,12 +132,14 @@ def stage_model(component):
 def _steps(plan: LayerPlan, lanes: int):
     """Every step of the layer in issue order."""
     pool = plan.descriptor.pool
+    gap = plan.descriptor.gap       # one sum over every pixel: only the last pixel ends
     channels = plan.descriptor.out_channels
     for g, steps in enumerate(plan.group_steps):
         n_lanes = min(lanes, channels - g * lanes)
         for p in range(plan.pixels):
+            ends = not gap or p == plan.pixels - 1
             for s in range(steps):
-                yield Step(s == steps - 1, (not pool) or p % 4 == 3, n_lanes)
+                yield Step(ends and s == steps - 1, (not pool) or p % 4 == 3, n_lanes)
 
 
 def layer_cycles(plan: LayerPlan, lanes: int) -> int:
@@ -171,8 +173,9 @@ class LayerReport:
     cycles:           exact cycles (the engine's layer_cycles counter)
     issue_cycles:     cycles the MAC array takes a step (mac_cycles' share of the layer)
     macs:             nonzero multiply-accumulates the layer needs
-    zero_skip_limit:  ceil(nonzeros * H * W / lanes) (conv), ceil(nonzeros / lanes) (classifier):
-                      the fewest cycles any zero-skipping engine with this many lanes can take
+    zero_skip_limit:  ceil(nonzeros * pixels / lanes) (a conv layer's output pixels, a linear
+                      layer's 1, or with global average pooling its input's): the fewest
+                      cycles any zero-skipping engine with this many lanes can take
     dense_cycles:     cycles of the same engine running the layer with every weight nonzero
     """
 
@@ -229,8 +232,9 @@ def dense_network(net: QuantizedNetwork) -> QuantizedNetwork:
     Cycle counts depend only on which weights are nonzero, so every weight becomes 1.
     """
     convs = tuple(dataclasses.replace(c, weights=np.ones_like(c.weights)) for c in net.convs)
-    linear = LinearLayer(np.ones_like(net.linear.weights), net.linear.bias)
-    return dataclasses.replace(net, convs=convs, linear=linear)
+    hidden = tuple(dataclasses.replace(h, weights=np.ones_like(h.weights)) for h in net.hidden)
+    linear = dataclasses.replace(net.linear, weights=np.ones_like(net.linear.weights))
+    return dataclasses.replace(net, convs=convs, hidden=hidden, linear=linear)
 
 
 def _dense_program(config: EngineConfig, net: QuantizedNetwork) -> Program:
@@ -238,7 +242,7 @@ def _dense_program(config: EngineConfig, net: QuantizedNetwork) -> Program:
     # depend on the weight memory's depth, so it is packed for a deep enough copy.
     dense = dense_network(net)
     words = sum(_dense_steps(config, layer) for layer in dense.convs) + \
-        -(-dense.linear.out_features // config.lanes) * dense.linear.in_features
+        sum(-(-lin.out_features // config.lanes) * lin.in_features for lin in dense.linears)
     roomy = dataclasses.replace(config, weight_depth=max(config.weight_depth, words))
     return pack_network(roomy, dense)
 
@@ -253,11 +257,8 @@ def network_report(config: EngineConfig, net: QuantizedNetwork,
     program = program or pack_network(config, net)
     dense = _dense_program(config, net)
     reports = []
-    for i, (plan, dplan) in enumerate(zip(program.layers, dense.layers)):
-        if i < len(net.convs):
-            macs = plan.nonzeros * plan.pixels
-        else:
-            macs = plan.nonzeros
+    for plan, dplan in zip(program.layers, dense.layers):
+        macs = plan.nonzeros * plan.pixels
         reports.append(LayerReport(plan.name, layer_cycles(plan, config.lanes), issue_cycles(plan),
                                    macs, config.lanes, plan.zero_skip_bound,
                                    layer_cycles(dplan, config.lanes)))

@@ -61,14 +61,14 @@ class Scoreboard:
         return None
 
     def output_maps(self) -> list[FeatureMap]:
-        """Where each conv layer writes its output in the activation banks (with its channels'
-        slots: the loader stores them in lane order)."""
+        """Where each conv and hidden linear layer writes its output in the activation banks
+        (with its channels' slots: the loader stores them in lane order)."""
         return list(self.program.maps[1:])
 
     def first_difference(self, index: int, maps: list[np.ndarray], logits) -> str:
         """One line naming the first layer, output channel and pixel where the engine's feature
-        maps (read back from the banks, one [C, H, W] array per conv layer) differ from the
-        reference's; the classifier's class if every feature map agrees."""
+        maps (read back from the banks, one [C, H, W] array per conv or hidden linear layer)
+        differ from the reference's; the classifier's class if every feature map agrees."""
         where = f"{self.name} image {index}"
         tr = reference.trace(self.net, self.images[index:index + 1])
         for i, (got, want) in enumerate(zip(maps, tr.activations)):
@@ -77,7 +77,7 @@ class Scoreboard:
             diff = np.argwhere(got != want)
             if len(diff):
                 c, y, x = (int(v) for v in diff[0])
-                return (f"{where}: conv{i}, output channel {c}, pixel (y={y}, x={x}): "
+                return (f"{where}: {self.layer_names[i]}, output channel {c}, pixel (y={y}, x={x}): "
                         f"expected {int(want[c, y, x])}, got {int(got[c, y, x])}")
         for o, (w, g) in enumerate(zip(tr.logits[0], logits)):
             if int(w) != int(g):

@@ -108,18 +108,31 @@ def random_network(rng: np.random.Generator, input_shape=(1, 8, 8), channels=(4,
 
 
 def with_classifier(rng: np.random.Generator, input_shape, convs, classes: int = 10,
-                    density: float = 0.3) -> QuantizedNetwork:
+                    density: float = 0.3, hidden: tuple[int, ...] = (),
+                    global_pool: bool = False) -> QuantizedNetwork:
     """A valid network of the conv layers `convs` (any graph of sources and residual
-    operands) and a random classifier on the flattened last map."""
+    operands), then random linear layers: `hidden` layers of those widths with ReLU and the
+    classifier, the first of them on the last map's global average pool or flattened."""
     net = QuantizedNetwork(tuple(input_shape), tuple(convs),
                            LinearLayer(np.zeros((classes, 0), dtype=np.int8),
                                        np.zeros(classes, dtype=np.int32)))
     c, h, w = net.feature_shapes()[-1]
-    fw = rng.integers(-127, 128, size=(classes, c * h * w))
-    fw[rng.random(fw.shape) > max(density, 0.5)] = 0
-    fb = rng.integers(-5000, 5001, size=classes).astype(np.int32)
-    net = QuantizedNetwork(tuple(input_shape), tuple(convs), LinearLayer(fw.astype(np.int8), fb),
-                           activation_scales=tuple([1 / 255] * (len(convs) + 1)), logit_scale=1.0)
+    n_in, pixels = (c, h * w) if global_pool else (c * h * w, 1)
+    layers = []
+    for j, n_out in enumerate((*hidden, classes)):
+        fw = rng.integers(-127, 128, size=(n_out, n_in))
+        fw[rng.random(fw.shape) > max(density, 0.5)] = 0
+        pool = global_pool and not j
+        if j < len(hidden):
+            b, mult, shift = _random_requantization(rng, n_out, n_in, 100 * (pixels if pool else 1))
+            layers.append(LinearLayer(fw.astype(np.int8), b, mult, shift, global_pool=pool))
+        else:
+            fb = rng.integers(-5000, 5001, size=classes).astype(np.int32)
+            layers.append(LinearLayer(fw.astype(np.int8), fb, global_pool=pool))
+        n_in = n_out
+    net = QuantizedNetwork(tuple(input_shape), tuple(convs), layers[-1],
+                           activation_scales=tuple([1 / 255] * (len(convs) + len(hidden) + 1)),
+                           logit_scale=1.0, hidden=tuple(layers[:-1]))
     net.validate()
     return net
 

@@ -37,10 +37,10 @@ def test_a_family_model_maps_layer_by_layer(capsys):
 
 
 @pytest.mark.parametrize("name, config, problem", [
-    ("vgg16", "ecp5-85f", "network: 14 layers exceeds this engine's limit of 12; generate an engine "
-                          "with max_layers >= 14"),
-    ("resnet20", "ecp5-85f", "linear (classifier): global average pooling is not supported by "
-                             "this engine yet"),
+    ("vgg16", "ecp5-85f", "conv2 (features.2.0): 128 output channels exceeds this engine's limit "
+                          "of 64; generate an engine with max_channels >= 128"),
+    ("resnet56", "ecp5-85f", "network: 58 layers exceeds this engine's limit of 24; generate an "
+                             "engine with max_layers >= 58"),
 ])
 def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_and_limit(
         name, config, problem, capsys):
@@ -51,8 +51,12 @@ def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_an
 
 
 def test_resnet20_maps_as_a_graph_layer_by_layer(capsys):
-    assert run("check", "--model", "resnet20", "--config", "ecp5-85f") == 1
-    rows = {r.split()[0]: r.split() for r in capsys.readouterr().out.splitlines()[2:-1]}
+    assert run("check", "--model", "resnet20", "--config", "ecp5-85f") == 0
+    out = capsys.readouterr().out.splitlines()
+    # every layer kind runs; dense, its weights need more step words than the engine has
+    assert out[-1].startswith("maps to the ecp5-85f engine (64 lanes): dense, it does not fit the "
+                              "memories (network: ") and out[-1].endswith("pruning shrinks the weights")
+    rows = {r.split()[0]: r.split() for r in out[2:-1]}
     # 19 convolutions and two 1x1 projections, then global average pooling into the classifier
     assert len(rows) == 22 + 1
     assert rows["conv0"][1:5] == ["conv1", "conv3x3+bn+relu", "3x32x32", "16x32x32"]
@@ -138,13 +142,17 @@ def test_an_engine_refuses_a_resnet_before_calibration_and_it_exports_as_version
     torch.manual_seed(0)
     save_checkpoint(models.ResNetCifar(8, 10, (3, 32, 32)), tmp_path / "r8.pt",
                     data="synthetic-cifar", seed=0)
-    assert run("export", tmp_path / "r8.pt", "--config", "ecp5-85f", "--calibration", 16,
+    assert run("export", tmp_path / "r8.pt", "--config", "icebreaker", "--calibration", 16,
                "-o", tmp_path / "r8.pfab") == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "note: data: synthetic-cifar, the checkpoint's" and len(err) == 2
-    assert err[1].startswith("prunefab: error: linear (classifier): global average pooling is not "
-                             "supported by this engine yet")
+    assert err[1] == ("prunefab: error: network: 10 layers exceeds this engine's limit of 8; "
+                      "generate an engine with max_layers >= 10")
     assert not (tmp_path / "r8.pfab").exists()
+    # the ECP5-85F preset runs every layer kind of a ResNet
+    assert run("export", tmp_path / "r8.pt", "--config", "ecp5-85f", "--calibration", 16,
+               "-o", tmp_path / "r8.pfab") == 0
+    assert "fits the engine (64 lanes): weight memory " in capsys.readouterr().out
     # without an engine it exports (the integer reference runs it; tests/sw/test_quantize.py)
     from prunefab.sw.pipeline import quantize_model
     from prunefab.sw.train import load_checkpoint

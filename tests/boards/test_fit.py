@@ -22,13 +22,16 @@ def test_ecp5_block_ram_matches_what_yosys_maps():
     # (396 bits by 4096: 11 x 8 of 36 x 512), the parameters (the 53 bits used of 56, 512 words
     # and the 12 layer counters: 3 x 18 bits by 1024) and the link's two buffers to DP16KD; the
     # identity ROM to LUTs, the 12-word descriptors and 32-word logit FIFO go to LUT RAM.
-    est = F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=32, weight_depth=4096),
-                     "ulx3s-85f")
+    then = dataclasses.replace(EngineConfig.ecp5_85f(), lanes=32, weight_depth=4096, act_depth=2048,
+                               param_depth=512, max_layers=12, residual=False)
+    est = F.estimate(then, "ulx3s-85f")
     assert est.bram == 16 + 88 + 3 + 2
     assert est.dsp == 32 + F.REQUANTIZER_DSPS
-    # the 64-lane preset: 780-bit step words by 2048, 87 blocks of 9 x 2048
+    # the 64-lane preset: 16 banks of 4096 bytes, each twice (the residual operand's read
+    # port), two 9 x 2048 blocks a copy; 780-bit step words by 2048, 87 blocks of 9 x 2048;
+    # 76-bit parameters by 1024 + 24 counters, 9 blocks of 9 x 2048
     est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
-    assert est.bram == 16 + 87 + 3 + 2
+    assert est.bram == 16 * 2 * 2 + 87 + 9 + 2
     assert est.dsp == 64 + F.REQUANTIZER_DSPS
 
 

@@ -36,6 +36,7 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
         for g in range(-(-d.out_channels // P)):
             gstart = ptr
             n_lanes = min(P, d.out_channels - g * P)
+            summed = [0] * P        # global average pooling: every pixel's sums added
             for y0 in range(0, sweep_h, plan.block):
                 for x0 in range(0, sweep_w, plan.block):
                     pooled = None
@@ -49,7 +50,7 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 ptr += 1
                                 for l in range(P):
                                     p = s["position"][l]
-                                    if d.linear:
+                                    if d.flat:
                                         a = mem[p, s["addr"]]
                                     else:
                                         ky, kx = divmod(p, KERNEL)
@@ -63,6 +64,11 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                     break
                             pooled = acc if pooled is None else [max(u, v) for u, v in zip(pooled, acc)]
                     oy, ox = y0 // plan.block, x0 // plan.block
+                    if d.gap:
+                        summed = [u + v for u, v in zip(summed, pooled)]
+                        if (y0, x0) != (sweep_h - 1, sweep_w - 1):
+                            continue
+                        pooled, oy, ox = summed, 0, 0
                     for l in range(n_lanes):
                         pr = params[plan.param_base + g * P + l]
                         v = pooled[l] + pr["bias"]

@@ -115,3 +115,39 @@ def test_engine_runs_residual_blocks_and_their_cycles_follow_the_model(small_con
         plan = program.layers[i]
         assert issue_cycles(plan) == plan.zero_skip_bound
         assert result.layer_cycles[i] == plan.zero_skip_bound + fixed_overhead(plan, lanes), plan.name
+
+
+@pytest.mark.parametrize("hidden, global_pool", [((6,), False), ((), True), ((3, 5), True)],
+                         ids=["flat-hidden", "pooled-classifier", "pooled-two-hidden"])
+def test_engine_runs_linear_heads_and_their_cycles_follow_the_model(small_config, hidden,
+                                                                     global_pool):
+    """Hidden linear layers (written as F x 1 x 1 maps and read back flattened) and global
+    average pooling (every pixel's sums added in the MacArray): bit-exact, every layer's cycles
+    equal to the cycle model; a pooled layer whose outputs fill its lane group issues exactly
+    its zero-skip limit, its input's pixels times its nonzero input channels."""
+    cfg = dataclasses.replace(small_config, max_layers=2 + len(hidden) + 1)
+    rng = np.random.default_rng(14 + len(hidden))
+    convs = [random_conv(rng, 2, 5, pattern=Pattern.KERNEL_ELEMENTS, density=3 / 9, pool=True),
+             random_conv(rng, 5, 6)]
+    net = with_classifier(rng, (2, 9, 7), convs, classes=cfg.lanes, density=1.0, hidden=hidden,
+                          global_pool=global_pool)
+    program, (result,) = run_and_compare(cfg, net, random_images(rng, 1, net.input_shape),
+                                         stall=0.3)
+    assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+    if global_pool and not hidden:
+        plan = program.layers[-1]
+        assert issue_cycles(plan) == plan.zero_skip_bound == 4 * 3 * 6
+        assert result.layer_cycles[-1] == plan.zero_skip_bound + fixed_overhead(plan, cfg.lanes)
+
+
+def test_engine_runs_a_whole_residual_network_with_pooled_hidden_head(small_config):
+    """Every layer kind at once: a stem, an identity block, a stride-2 projection block, global
+    average pooling into a hidden layer, the classifier."""
+    from prunefab.sw.synthetic import random_residual_network
+    cfg = dataclasses.replace(small_config, residual=True, max_layers=9, weight_depth=512,
+                              param_depth=64)
+    rng = np.random.default_rng(15)
+    net = random_residual_network(rng, (3, 8, 8), widths=(4, 6), hidden=5, classes=3)
+    program, results = run_and_compare(cfg, net, random_images(rng, 2, net.input_shape), stall=0.3)
+    for result in results:
+        assert list(result.layer_cycles) == cycle_model.program_cycles(program)

@@ -143,3 +143,44 @@ def test_a_residual_layer_takes_its_operand_s_channel_order_and_finds_it_at_one_
     images = random_images(rng, 2, net.input_shape)
     for image, logits in zip(images, reference.run(net, images)):
         assert run_program(program, image) == list(logits)
+
+
+# hidden linear layers (flat or after a global pool) and the classifier after a global pool
+HEADS = [((6,), False), ((5, 7), False), ((), True), ((3, 6), True)]
+
+
+@pytest.mark.parametrize("hidden, global_pool", HEADS)
+def test_linear_heads_compute_the_reference_and_write_their_maps(hidden, global_pool):
+    rng = np.random.default_rng(40 + len(hidden) + 10 * global_pool)
+    convs = [random_conv(rng, 2, 5, pool=True), random_conv(rng, 5, 6, density=0.5)]
+    net = with_classifier(rng, (2, 9, 7), convs, classes=5, density=0.5, hidden=hidden,
+                          global_pool=global_pool)
+    cfg = EngineConfig(lanes=4, max_height=12, max_width=12, max_channels=16, max_layers=6,
+                       act_depth=256, weight_depth=1024, param_depth=64)
+    program = pack_network(cfg, net)
+    plans = program.layers[len(convs):]
+    assert [p.name for p in plans] == [f"linear{j}" for j in range(len(hidden))] + ["linear"]
+    first = plans[0]
+    # a global pool sweeps the 6x4x3 map's 12 pixels, one step per input channel; flat: one pass
+    assert first.pixels == (4 * 3 if global_pool else 1)
+    assert (first.descriptor.gap, first.descriptor.flat) == (int(global_pool), int(not global_pool))
+    assert first.zero_skip_bound == -(-first.nonzeros * first.pixels // cfg.lanes)
+    for j, width in enumerate(hidden):       # each hidden layer writes an F x 1 x 1 map
+        assert program.maps[len(convs) + 1 + j].channels == width
+        assert plans[j].descriptor.linear == 0 and plans[j].descriptor.n_outputs == width
+    assert plans[-1].descriptor.linear == 1
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)
+
+
+def test_a_hidden_layer_wider_than_the_engine_s_channels_is_refused():
+    rng = np.random.default_rng(3)
+    net = with_classifier(rng, (1, 6, 6), [random_conv(rng, 1, 4)], classes=3, hidden=(17,),
+                          global_pool=True)
+    cfg = EngineConfig(lanes=4, max_height=8, max_width=8, max_channels=16, act_depth=256,
+                       weight_depth=1024, param_depth=64)
+    with pytest.raises(EngineLimitError, match=r"^linear0: 17 outputs exceeds this engine's limit "
+                                               r"of 16 channels; generate an engine with "
+                                               r"max_channels >= 17$"):
+        pack_network(cfg, net)

@@ -20,7 +20,7 @@ class FetchBench(wiring.Component):
         self.fetch = WindowFetch(cfg)
         self.banks = banks
         members = self.fetch.signature.members
-        super().__init__({k: members[k] for k in ("i_stream", "o_stream", "linear", "in_h", "in_w",
+        super().__init__({k: members[k] for k in ("i_stream", "o_stream", "flat", "in_h", "in_w",
                                                   "pitch_in")})
 
     def elaborate(self, platform):
@@ -28,7 +28,7 @@ class FetchBench(wiring.Component):
         m.submodules.fetch = f = self.fetch
         wiring.connect(m, wiring.flipped(self.i_stream), f.i_stream)
         wiring.connect(m, f.o_stream, wiring.flipped(self.o_stream))
-        m.d.comb += [f.linear.eq(self.linear), f.in_h.eq(self.in_h), f.in_w.eq(self.in_w),
+        m.d.comb += [f.flat.eq(self.flat), f.in_h.eq(self.in_h), f.in_w.eq(self.in_w),
                      f.pitch_in.eq(self.pitch_in)]
         for b in range(BANKS):
             m.submodules[f"bank{b}"] = mem = memory.Memory(shape=8, depth=self.banks.shape[1],
@@ -84,7 +84,7 @@ def test_window_fetch_reads_padded_windows(small_config, shape, linear, stall):
                      "flags": flags, "tag": tag})
 
     def setup(ctx):
-        ctx.set(dut.linear, int(linear))
+        ctx.set(dut.flat, int(linear))
         ctx.set(dut.in_h, shape[1])
         ctx.set(dut.in_w, shape[2])
         ctx.set(dut.pitch_in, fmap.pitch.bit_length() - 1)

@@ -40,10 +40,13 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
         # All classes when the classifier's steps fit the weight memory, else fewer.
         classes = cfg.max_classes if attempt < 10 else int(rng.integers(1, cfg.max_classes + 1))
     else:
+        # the heads in turn: the classifier on the flattened map or its global pool, alone or
+        # after hidden linear layers (which take layers from the convolutions)
+        want_hidden = index % 4 >= 2
         shape = (int(rng.integers(1, 4)), int(rng.integers(2, min(size, cfg.max_height) + 1)),
                  int(rng.integers(2, min(size, cfg.max_width) + 1)))
         channels = tuple(int(rng.integers(1, min(channels_cap, cfg.max_channels) + 1))
-                         for _ in range(int(rng.integers(1, convs + 1))))
+                         for _ in range(int(rng.integers(1, convs + 1 - want_hidden))))
         classes = int(rng.integers(1, cfg.max_classes + 1))
     # Every pattern appears in turn; the rest of the layers draw theirs at random.
     patterns = (PATTERNS[index % len(PATTERNS)],) + tuple(
@@ -51,7 +54,11 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
     density = float(rng.uniform(0.1, 0.9))
     saturate = kind == "saturating" or bool(rng.random() < 0.2)
     if kind == "random":
-        return _graph(rng, shape, channels, patterns, density, saturate, classes, cfg.residual)
+        spare = cfg.max_layers - 1 - len(channels)
+        hidden = tuple(int(rng.integers(1, min(channels_cap, cfg.max_channels) + 1))
+                       for _ in range(int(rng.integers(1, spare + 1)) if index % 4 >= 2 else 0))
+        return _graph(rng, shape, channels, patterns, density, saturate, classes, cfg.residual,
+                      hidden, index % 2 == 1)
     pools, (h, w) = [], shape[1:]
     for i in range(len(channels)):
         pool = (bool(rng.integers(2)) or kind == "max-size") and h >= 2 and w >= 2
@@ -62,11 +69,13 @@ def _draw(rng, cfg: EngineConfig, kind: str, index: int, size: int, channels_cap
                           patterns=patterns, density=density, saturate=saturate)
 
 
-def _graph(rng, shape, channels, patterns, density, saturate, classes, residual=False):
+def _graph(rng, shape, channels, patterns, density, saturate, classes, residual=False,
+           hidden=(), global_pool=False):
     """A random network whose layers may stride by 2, take 1x1 kernels (after the first layer,
     whose pattern the benches recognise from 3x3 planes) and read an earlier feature map than
     the one before; with `residual`, also ResNet blocks (an identity shortcut, or a 1x1
-    projection without ReLU of stride 1 or 2)."""
+    projection without ReLU of stride 1 or 2); then `hidden` linear layers of those widths and
+    the classifier, the first of them on the last map's global average pool or flattened."""
     maps = [tuple(shape)]                  # (C, H, W) of every map written so far
     convs = []
     while len(convs) < len(channels):
@@ -91,7 +100,7 @@ def _graph(rng, shape, channels, patterns, density, saturate, classes, residual=
         if pool:
             h, w = h // 2, w // 2
         maps.append((n_out, h, w))
-    return with_classifier(rng, shape, convs, classes, density)
+    return with_classifier(rng, shape, convs, classes, density, hidden, global_pool)
 
 
 def _block(rng, maps, convs, channels, patterns, density, saturate):

@@ -40,6 +40,9 @@ def test_random_networks_equal_the_reference(tmp_path, name, n, size, channels):
     if cfg.residual:        # identity and projection shortcuts, stride-2 projections
         kinds = {_shortcut(c.net, layer) for c in cases for layer in c.net.convs if layer.residual}
         assert kinds == {"identity", "projection", "stride-2 projection"}
+    # every head: the classifier flat or after a global pool, hidden layers flat or pooled
+    heads = {(bool(c.net.hidden), c.net.linears[0].global_pool) for c in cases}
+    assert heads == {(False, False), (False, True), (True, False), (True, True)}
     obs = verify_plan(BenchPlan(cfg, tuple(cases), STALLS, seed=n, reset_case=2), tmp_path)
     assert obs.failure is None
     assert [len(r) for r in obs.runs] == [len(c.images) for c in cases]
