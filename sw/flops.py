@@ -1,7 +1,8 @@
 """FLOPs and parameter counts, by one rule used everywhere.
 
 A multiply-add is 2 FLOPs.  A conv layer costs 2 * H * W * (nonzero weights), with H x W its
-output size before pooling; the classifier costs 2 * (nonzero weights).  BatchNorm (folded),
+output size before pooling; a linear layer costs 2 * (nonzero weights) (counted in the
+parameters, and the classifier's in `linear`).  BatchNorm (folded),
 bias, ReLU and pooling are not counted.  Parameters are nonzero weights plus one bias for every
 output channel that is still alive (BatchNorm folds into that bias).
 """
@@ -77,7 +78,8 @@ def count(model: nn.Module, input_shape=None) -> NetCount:
     spec = layer_specs(model)
     sizes = conv_output_sizes(spec, input_shape or model.input_shape)
     convs = [(c.name, effective_weight(c.conv).numpy(), hw) for c, hw in zip(spec.convs, sizes)]
-    return _tally(convs, (spec.linear_name, spec.linear.weight.detach().numpy()))
+    hidden = [lin.weight.detach().numpy() for _, lin in spec.hidden]
+    return _tally(convs, (spec.linear_name, spec.linear.weight.detach().numpy()), hidden)
 
 
 def count_network(net) -> NetCount:

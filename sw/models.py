@@ -1,7 +1,8 @@
 """The hardware-mappable model family and the paper-scale networks.
 
 The family is what the accelerator runs: blocks of Conv3x3 (stride 1, padding 1, no bias) +
-BatchNorm + ReLU with an optional 2x2 max-pool, then flatten + one Linear.  `layer_specs` walks
+BatchNorm + ReLU with an optional 2x2 max-pool, then flatten (or a global average pool) and
+linear layers: hidden ones, each followed by ReLU, and the classifier.  `layer_specs` walks
 any model and either describes it in those terms or refuses it, naming the first layer that
 does not fit, before any training or export work is done.
 """
@@ -51,10 +52,12 @@ class ConvBlock(nn.Sequential):
 
 
 class HardwareNet(nn.Module):
-    """A network of the family: `features` (ConvBlocks), then `classifier` (Linear)."""
+    """A network of the family: `features` (ConvBlocks), then `classifier` (Linear); with
+    `global_pool`, the classifier (or the first hidden layer) takes each channel's average
+    (`pool`), and `hidden` gives the widths of hidden Linear + ReLU layers before it."""
 
     def __init__(self, input_shape=(1, 28, 28), channels=(8, 16, 32), pools=(True, False, True),
-                 num_classes: int = 10):
+                 num_classes: int = 10, hidden=(), global_pool: bool = False):
         super().__init__()
         if len(channels) != len(pools) or not channels:
             raise ValueError(f"channels {channels} and pools {pools} must be non-empty and of equal length")
@@ -72,15 +75,34 @@ class HardwareNet(nn.Module):
             c = n
             if pool:
                 h, w = h // 2, w // 2
+        hidden, global_pool = tuple(int(f) for f in hidden), bool(global_pool)
         self.input_shape = tuple(input_shape)
         self.config = {"input_shape": list(input_shape), "channels": list(channels),
                        "pools": list(pools), "num_classes": num_classes}
+        if hidden or global_pool:       # only when used: a plain network's config is as before
+            self.config |= {"hidden": list(hidden), "global_pool": global_pool}
         self.features = nn.Sequential(*blocks)
+        features = c * h * w
+        if global_pool:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            features = c
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(c * h * w, num_classes)
+        if hidden:
+            layers = []
+            for f in hidden:
+                layers += [nn.Linear(features, f), nn.ReLU(inplace=True)]
+                features = f
+            self.hidden = nn.Sequential(*layers)
+        self.classifier = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.features(x)))
+        x = self.features(x)
+        if hasattr(self, "pool"):
+            x = self.pool(x)
+        x = self.flatten(x)
+        if hasattr(self, "hidden"):
+            x = self.hidden(x)
+        return self.classifier(x)
 
 
 def reference_net(num_classes: int = 10) -> HardwareNet:
@@ -203,7 +225,8 @@ def for_data(name: str, input_shape, num_classes: int) -> nn.Module:
         return ResNetCifar(model.config["depth"], num_classes, tuple(input_shape))
     try:
         return HardwareNet(tuple(input_shape), model.config["channels"], model.config["pools"],
-                           num_classes)
+                           num_classes, model.config.get("hidden", ()),
+                           model.config.get("global_pool", False))
     except UnmappableModel as e:
         raise UnmappableModel(f"{name}: {e}") from None
 
@@ -249,7 +272,7 @@ def as_family(model: nn.Module, input_shape=None) -> HardwareNet:
     checkpoints know), or UnmappableModel naming the first layer outside the family.
 
     The input shape is `input_shape`, else the model's `input_shape` attribute, else the square
-    one the classifier's input size implies.
+    one the first linear layer's input size implies (not after a global pool, which takes any).
     A convolution's bias moves into its BatchNorm (exactly, in inference); a convolution without
     BatchNorm gets one that starts as the identity but for its epsilon, and trains.
     """
@@ -257,23 +280,29 @@ def as_family(model: nn.Module, input_shape=None) -> HardwareNet:
     channels = tuple(c.conv.out_channels for c in spec.convs)
     pools = tuple(c.pool for c in spec.convs)
     first = spec.convs[0].conv.in_channels
+    head_name, head = spec.hidden[0] if spec.hidden else (spec.linear_name, spec.linear)
     input_shape = input_shape or getattr(model, "input_shape", None)
     if input_shape is None:
-        side = math.isqrt(spec.linear.in_features // channels[-1])
-        if side * side * channels[-1] != spec.linear.in_features:
-            raise UnmappableModel(f"layer {spec.linear_name} takes {spec.linear.in_features} inputs, "
-                                  f"not {channels[-1]} square feature maps; give the model an "
-                                  f"input_shape attribute (C, H, W)")
+        side = math.isqrt(head.in_features // channels[-1])
+        if spec.global_pool or side * side * channels[-1] != head.in_features:
+            inputs = f"{channels[-1]} pooled channels" if spec.global_pool else \
+                f"{channels[-1]} square feature maps"
+            raise UnmappableModel(f"layer {head_name} takes {head.in_features} inputs, "
+                                  f"{'from ' if spec.global_pool else 'not '}{inputs}; give the "
+                                  f"model an input_shape attribute (C, H, W)")
         input_shape = (first, side * 2 ** sum(pools), side * 2 ** sum(pools))
     input_shape = tuple(int(v) for v in input_shape)
     if input_shape[0] != first:
         raise UnmappableModel(f"layer {spec.convs[0].name} takes {first} input channels, the "
                               f"images have {input_shape[0]}")
-    net = HardwareNet(input_shape, channels, pools, spec.linear.out_features)
-    if net.classifier.in_features != spec.linear.in_features:
-        raise UnmappableModel(f"layer {spec.linear_name} takes {spec.linear.in_features} inputs, "
+    net = HardwareNet(input_shape, channels, pools, spec.linear.out_features,
+                      tuple(lin.out_features for _, lin in spec.hidden), spec.global_pool)
+    linears = [*(lin for _, lin in spec.hidden), spec.linear]
+    mine = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if mine[0].in_features != head.in_features:
+        raise UnmappableModel(f"layer {head_name} takes {head.in_features} inputs, "
                               f"but {'x'.join(map(str, input_shape))} images leave "
-                              f"{net.classifier.in_features}")
+                              f"{mine[0].in_features}")
     with torch.no_grad():
         for block, c in zip(net.features, spec.convs):
             block.conv.weight.copy_(c.conv.weight)
@@ -283,11 +312,16 @@ def as_family(model: nn.Module, input_shape=None) -> HardwareNet:
                 block.bn.eps = c.bn.eps
             if c.conv.bias is not None:     # BN(x + b) is BN with its mean moved down by b
                 block.bn.running_mean -= c.conv.bias
-        net.classifier.weight.copy_(spec.linear.weight)
-        if spec.linear.bias is not None:
-            net.classifier.bias.copy_(spec.linear.bias)
-        else:
-            net.classifier.bias.zero_()
+        names = [*(name for name, _ in spec.hidden), spec.linear_name]
+        for to, lin, name in zip(mine, linears, names):
+            if to.weight.shape != lin.weight.shape:
+                raise UnmappableModel(f"layer {name} takes {lin.in_features} inputs, the layer "
+                                      f"before it gives {to.in_features}")
+            to.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                to.bias.copy_(lin.bias)
+            else:
+                to.bias.zero_()
     return net
 
 
@@ -324,6 +358,12 @@ class NetSpec:
     hidden: tuple[tuple[str, nn.Linear], ...] = ()
     global_pool: bool = False
 
+    @property
+    def first_linear(self) -> nn.Linear | None:
+        """The linear layer that reads the last conv layer's map: the first hidden one, or
+        the classifier (None when the spec has no classifier)."""
+        return self.hidden[0][1] if self.hidden else self.linear
+
 
 def engine_spec(model: nn.Module) -> NetSpec:
     """The graph the engine's arithmetic runs for `model` (docs/arithmetic.md): `layer_specs`
@@ -347,20 +387,22 @@ def engine_spec(model: nn.Module) -> NetSpec:
 
 
 def layer_specs(model: nn.Module) -> NetSpec:
-    """Describe `model` as conv blocks + one classifier, or raise UnmappableModel.
+    """Describe `model` as conv blocks, then an optional global average pool and linear layers
+    (hidden ones each followed by ReLU, then the classifier), or raise UnmappableModel.
 
     The model must be a sequence of leaf modules in forward order (nested Sequentials and
     HardwareNet are); anything the accelerator cannot run is named in the error.
     """
     leaves = _leaves_in_order(model)
     convs: list[ConvSpec] = []
-    linear = None
+    linears: list[tuple[str, nn.Linear]] = []
+    global_pool, classifier = False, False
     i = 0
     while i < len(leaves):
         name, m = leaves[i]
         if isinstance(m, nn.Conv2d):
-            if linear is not None:
-                raise UnmappableModel(f"layer {name}: a convolution after the classifier")
+            if linears or global_pool:
+                raise UnmappableModel(f"layer {name}: a convolution after the linear layers")
             _check_conv(name, m)
             bn = None
             j = i + 1
@@ -378,30 +420,44 @@ def layer_specs(model: nn.Module) -> NetSpec:
                 j += 1
             convs.append(ConvSpec(m, bn, pool, name))
             i = j
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            if m.output_size not in (1, (1, 1)) or not convs or linears or global_pool:
+                raise UnmappableModel(f"layer {name} (AdaptiveAvgPool2d): only a global average "
+                                      f"pool (output size 1) after the last convolution")
+            global_pool = True
+            i += 1
         elif isinstance(m, nn.Flatten):
             i += 1
         elif isinstance(m, nn.Linear):
-            if linear is not None:
-                raise UnmappableModel(f"layer {name}: a second Linear layer; the hardware runs one "
-                                      f"classifier at the end")
-            linear = (name, m)
+            if classifier:
+                raise UnmappableModel(f"layer {name}: a Linear layer after the classifier (a "
+                                      f"hidden Linear layer is followed by ReLU)")
+            linears.append((name, m))
             i += 1
+            while i < len(leaves) and isinstance(leaves[i][1], (nn.Dropout, nn.Identity)):
+                i += 1
+            if i < len(leaves) and isinstance(leaves[i][1], nn.ReLU):
+                i += 1          # a hidden layer
+            else:
+                classifier = True
         elif isinstance(m, (nn.Dropout, nn.Identity)):
             i += 1
         else:
             raise UnmappableModel(f"layer {name} ({type(m).__name__}) is not in the hardware family "
-                                  f"(Conv3x3 + BatchNorm + ReLU [+ MaxPool2x2], then one Linear)")
+                                  f"(Conv3x3 + BatchNorm + ReLU [+ MaxPool2x2], then [a global "
+                                  f"average pool and] Linear layers, ReLU after all but the last)")
     if not convs:
         raise UnmappableModel("the model has no convolution")
-    if linear is None:
-        raise UnmappableModel("the model does not end in a Linear classifier")
-    return NetSpec(tuple(convs), linear[1], linear[0])
+    if not classifier:
+        raise UnmappableModel("the model does not end in a Linear classifier"
+                              + (" (its last Linear layer is followed by ReLU)" if linears else ""))
+    return NetSpec(tuple(convs), linears[-1][1], linears[-1][0], tuple(linears[:-1]), global_pool)
 
 
 def _leaves_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, (nn.Sequential, HardwareNet)):
         plain = (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Flatten,
-                 nn.Linear, nn.Dropout, nn.Identity)
+                 nn.Linear, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
         odd = next((f"{n} ({type(m).__name__})" for n, m in model.named_modules()
                     if n and not isinstance(m, plain)), None)
         first = next((n for n, _ in model.named_children()), type(model).__name__)

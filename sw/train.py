@@ -388,4 +388,5 @@ def _model_from_config(config: dict) -> nn.Module:
         return ResNetCifar(config["depth"], config["num_classes"],
                            tuple(config.get("input_shape", (3, 32, 32))))
     return HardwareNet(tuple(config["input_shape"]), tuple(config["channels"]),
-                       tuple(config["pools"]), config["num_classes"])
+                       tuple(config["pools"]), config["num_classes"],
+                       tuple(config.get("hidden", ())), bool(config.get("global_pool", False)))

@@ -13,7 +13,9 @@ from prunefab.hw.config import EngineConfig
 from prunefab.sw import artifact, data, models
 from prunefab.sw.flops import count
 
-EXAMPLE = str(Path(__file__).resolve().parents[1] / "docs" / "examples" / "small_cnn.py") + ":small_cnn"
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+EXAMPLE = str(EXAMPLES / "small_cnn.py") + ":small_cnn"
+POOLED = str(EXAMPLES / "pooled_cnn.py") + ":pooled_cnn"
 
 
 def run(*args):
@@ -103,6 +105,34 @@ def test_the_example_user_model_runs_the_whole_flow(tmp_path, capsys):
                "-o", tmp_path / "mine.pfab") == 0
     net = artifact.load(tmp_path / "mine.pfab")
     assert net.input_shape == (1, 12, 12) and [c.out_channels for c in net.convs] == [8, 16, 16]
+
+
+def test_a_user_model_with_a_pooled_hidden_head_runs_the_whole_flow_on_the_engine(tmp_path, capsys):
+    """Global average pooling and a hidden layer, filter-pruned (the removed filters take the
+    hidden layer's columns), exported and run on the engine's RTL bit-exactly."""
+    assert run("check", "--model", POOLED, "--config", "icebreaker") == 0
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[2:-2]]
+    assert [(r[0], r[2]) for r in rows] == [("conv0", "conv3x3+bn+relu+maxpool2x2"),
+                                            ("conv1", "conv3x3+bn+relu"),
+                                            ("linear0", "avgpool+linear+relu"), ("linear", "linear")]
+    assert run("train", "--model", POOLED, "--data", "synthetic", "--epochs", 1,
+               "-o", tmp_path / "p.pt") == 0
+    assert run("prune", tmp_path / "p.pt", "--data", "synthetic", "--method", "filter",
+               "--flops-cut", 0.5, "--finetune-epochs", 1, "-o", tmp_path / "pf.pt") == 0
+    assert run("export", tmp_path / "pf.pt", "--data", "synthetic", "--calibration", 16,
+               "--config", "icebreaker", "-o", tmp_path / "pf.pfab") == 0
+    net = artifact.load(tmp_path / "pf.pfab")
+    assert net.hidden[0].global_pool and net.linear.in_features == 12
+    dead = ~np.abs(net.convs[1].weights).reshape(16, -1).any(axis=1)
+    assert dead.any() and not net.hidden[0].weights[:, dead].any()
+    capsys.readouterr()
+    import shutil
+    if shutil.which("iverilog"):
+        assert run("sim", "--artifact", tmp_path / "pf.pfab", "--config", "icebreaker",
+                   "--images", 2) == 0
+        out = capsys.readouterr().out
+        assert "logits and every layer's cycle counter equal the reference and the cycle model" in out
+        assert [r.split()[0] for r in out.splitlines() if r.startswith("linear")] == ["linear0", "linear"]
 
 
 def test_a_user_model_keeps_its_outputs_as_the_family_network():

@@ -19,7 +19,7 @@ class FilterPruning(PruningMethod):
     computed on the trained weights ("independent" in the paper), and the lowest go, together
     with their feature maps: a removed filter takes its BatchNorm scale and shift (so the channel
     is exactly zero) and the weights that read it in the next layer (conv input channel or
-    classifier columns), which then count no FLOPs.  The same fraction leaves every layer, the
+    the first linear layer's columns), which then count no FLOPs.  The same fraction leaves every layer, the
     smallest that meets the FLOPs target (the paper sets per-layer fractions by hand from a
     sensitivity analysis); each layer keeps one filter.  The pipeline then fine-tunes.
     """

@@ -69,7 +69,7 @@ class InformationExtraction:
             if i + 1 < len(convs) and convs[i + 1].conv.in_channels == n:
                 u = convs[i + 1].conv.weight.detach().abs().sum(dim=(0, 2, 3))
             elif i + 1 == len(convs) and self.spec.linear is not None:
-                w = self.spec.linear.weight.detach().abs()
+                w = self.spec.first_linear.weight.detach().abs()
                 u = w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))
             else:
                 # the reader of this layer is not a plain next layer (a residual branch)

@@ -71,7 +71,7 @@ def stripe_flops(model: nn.Module, stripes: list[torch.Tensor]) -> float:
 def filter_masks(model: nn.Module, stripes: list[torch.Tensor]) -> Masks:
     """Keep-masks for kept stripes; a filter with none left loses its BatchNorm scale and shift
     (its channel is exactly zero) and the next layer's weights that read it (conv input channel
-    or classifier columns).  A residual network (no plain chain) keeps its filters' channels."""
+    or the first linear layer's columns).  A residual network (no plain chain) keeps its filters' channels."""
     spec, _ = flops_per_element(model)
     masks: Masks = {}
     alive_in = None
@@ -87,9 +87,10 @@ def filter_masks(model: nn.Module, stripes: list[torch.Tensor]) -> Masks:
         if c.bn is not None and not alive_in.all():
             masks[(c.bn, "weight")] = alive_in.float()
             masks[(c.bn, "bias")] = alive_in.float()
-    lw = spec.linear.weight
+    head = spec.first_linear        # flattened (C*H*W columns) or pooled (C columns)
+    lw = head.weight
     cols = alive_in.float().repeat_interleave(lw.shape[1] // len(alive_in))
-    masks[(spec.linear, "weight")] = (torch.ones_like(lw) * cols.reshape(1, -1)).contiguous()
+    masks[(head, "weight")] = (torch.ones_like(lw) * cols.reshape(1, -1)).contiguous()
     return masks
 
 
