@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         preset = args.preset or ("icebreaker" if family == "ice40" else "ecp5_85f")
         cfg = getattr(EngineConfig, preset)()
         if args.lanes:
-            cfg = dataclasses.replace(cfg, lanes=args.lanes)
+            cfg = cfg.with_lanes(args.lanes)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.keep) / family if args.keep else Path(tmp)
             if args.pnr:

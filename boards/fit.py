@@ -11,8 +11,8 @@ memory of the engine (`prunefab.hw.memories.engine_memories`: 16 activation bank
 parameters and layer counters, descriptors, logits) and of the link
 (`prunefab.boards.engine_link.adapter_memories`: receive and send buffers, the identity ROM) goes to block RAM, LUT RAM or logic, whichever costs least, a block
 RAM taking `ceil(width / w) * ceil(depth / d)` primitives of the cheapest shape (w, d); the
-iCE40 puts memories hinted HUGE (the weights) in SPRAM.  Multipliers: one per lane plus the
-requantizer's.  Logic (LUT, FF and, on the iCE40, logic cells) is linear in the lane count:
+iCE40 puts memories hinted HUGE (the weights) in SPRAM.  Multipliers: one per lane plus each
+requantizer's (one per pixel computed at once).  Logic (LUT, FF and, on the iCE40, logic cells) is linear in the lane count:
 `logic_lines` fits the lines to the recorded builds in `fit_builds.json`, which
 `bench/bench_fit.py --refit` extends; `bench/bench_fit.py` compares the estimate with build
 reports.
@@ -172,7 +172,8 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
                 bram += count * mem.read_ports     # LUT RAM and logic are inside the logic lines
     logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}
     return Estimate(spec.name, fam, config.lanes, logic["lut"], logic["ff"], logic.get("lc"),
-                    config.lanes + REQUANTIZER_DSPS, bram, spram, dict(spec.capacity))
+                    config.lanes + REQUANTIZER_DSPS * config.pixels_per_step, bram, spram,
+                    dict(spec.capacity))
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
     if lanes is not None:
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise FitError(f"{spec.name}: lane count must be a positive integer, not {lanes!r}")
-        chosen = dataclasses.replace(config, lanes=lanes)
+        chosen = config.with_lanes(lanes)
         est = estimate(chosen, spec, max_payload=max_payload)
         if not est.fits:
             best = _largest(spec, config, lanes - 1, max_payload)
@@ -202,14 +203,14 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
         return Choice(chosen, est, f"{spec.name}: {lanes} lanes fit the estimate ({est.summary()})")
     best = _largest(spec, config, config.lanes, max_payload)
     if best is None:
-        est = estimate(dataclasses.replace(config, lanes=1), spec, max_payload=max_payload)
+        est = estimate(config.with_lanes(1), spec, max_payload=max_payload)
         raise FitError(f"{spec.name}: even 1 lane does not fit ({_overs(est)}); "
                        f"the engine (logic or memories) must shrink to fit this board")
     if best.config.lanes == config.lanes:
         note = f"{spec.name}: {config.lanes} lanes fit the estimate ({best.estimate.summary()})"
     else:
         full = estimate(config, spec, max_payload=max_payload)
-        more = estimate(dataclasses.replace(config, lanes=best.config.lanes + 1), spec,
+        more = estimate(config.with_lanes(best.config.lanes + 1), spec,
                         max_payload=max_payload)
         note = (f"{spec.name}: {config.lanes} lanes would not fit ({_overs(full)}); building "
                 f"{best.config.lanes} ({best.estimate.summary()}); {best.config.lanes + 1} "
@@ -225,7 +226,7 @@ def fit(board: str | BoardSpec, config: EngineConfig | None = None, *, lanes: in
 
 def _largest(spec, config, most, max_payload) -> Choice | None:
     for p in range(most, 0, -1):
-        c = dataclasses.replace(config, lanes=p)
+        c = config.with_lanes(p)
         est = estimate(c, spec, max_payload=max_payload)
         if est.fits:
             return Choice(c, est, "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from prunefab.errors import PrunefabError
@@ -52,6 +52,9 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+PIXELS_PER_STEP = (1, 2, 4)     # a 1x2 or 2x2 block: its 3x3 windows lie in 16 distinct banks
+
+
 def row_pitch(width: int) -> int:
     """Words per bank row of a feature map `width` pixels wide: a power of two, so the row part
     of a bank address is a shift rather than a multiplication."""
@@ -81,6 +84,10 @@ class EngineConfig:
                     operand's value, read beside the channel's parameters), the parameter word
                     N and s - u, the requantizer the operand's product; off, none of that is
                     generated (the presets: their block RAM and logic stay as they were)
+    pixels_per_step: 1, 2 or 4: a stride-1 conv layer without a pool whose output channels
+                    fill at most 1/R of the lanes computes R pixels at once (a 1x2 or 2x2 block,
+                    each pixel on its own P/R lanes; R <= pixels_per_step), and R requantizers
+                    write them in the same cycle; 1: one pixel, one requantizer
     """
 
     lanes: int = 8
@@ -93,6 +100,7 @@ class EngineConfig:
     weight_depth: int = 4096
     param_depth: int = 128
     residual: bool = False
+    pixels_per_step: int = 1
 
     def __post_init__(self):
         if not isinstance(self.residual, bool):
@@ -125,9 +133,23 @@ class EngineConfig:
         if self.act_depth < 2 * need:
             raise ConfigError(f"EngineConfig.act_depth={self.act_depth} cannot hold two single-channel "
                               f"{self.max_height}x{self.max_width} maps; use act_depth >= {2 * need}")
+        if self.pixels_per_step not in PIXELS_PER_STEP:
+            raise ConfigError(f"EngineConfig.pixels_per_step={self.pixels_per_step}; use one of "
+                              f"{', '.join(map(str, PIXELS_PER_STEP))}")
+        if self.lanes % self.pixels_per_step:
+            raise ConfigError(f"EngineConfig.lanes={self.lanes} does not split into "
+                              f"pixels_per_step={self.pixels_per_step} equal parts")
         if self.param_depth < self.max_classes:
             raise ConfigError(f"EngineConfig.param_depth={self.param_depth} is below max_classes="
                               f"{self.max_classes}; use param_depth >= {self.max_classes}")
+
+    def with_lanes(self, lanes: int) -> "EngineConfig":
+        """This configuration with `lanes` lanes, and the most pixels per step up to its own
+        that split them evenly."""
+        pixels = self.pixels_per_step
+        while isinstance(lanes, int) and lanes > 0 and lanes % pixels:
+            pixels //= 2
+        return replace(self, lanes=lanes, pixels_per_step=pixels)
 
     # -- derived widths -----------------------------------------------------------------------
 
@@ -283,11 +305,11 @@ class EngineConfig:
         """64 lanes for the ECP5-85F, sized for ResNet-20 (docs/hardware.md's budget): residual
         additions, 24 layers (ResNet-20 has 22), activations for a block's three live 16 x 32 x 32
         maps (3072 words per bank; 4096 costs the same block RAMs), 2048 step words of 64 lanes
-        and 1024 channel parameters (ResNet-20 has 794).  A layer has at most `max_channels` (64)
-        output channels, so more lanes would idle."""
+        and 1024 channel parameters (ResNet-20 has 794); a 16-channel layer runs four pixels
+        at once and a 32-channel one two (`pixels_per_step`), so its lanes do not idle."""
         return cls(lanes=64, max_height=32, max_width=32, max_channels=64, max_layers=24,
                    max_classes=32, act_depth=4096, weight_depth=2048, param_depth=1024,
-                   residual=True)
+                   residual=True, pixels_per_step=4)
 
 
 def first_unsupported(net: QuantizedNetwork) -> str | None:

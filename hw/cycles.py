@@ -1,7 +1,8 @@
 """The engine's cycle model, per layer, from the packed program.
 
-A layer issues one step word per cycle: pixels * (sum over lane groups of the group's steps).
-It also requantizes one output value per cycle, and the two overlap; the layer ends when its
+A layer issues one step word per cycle: pixels * (sum over lane groups of the group's steps),
+a block of pixels computed at once counting as one.  It also requantizes one output value per
+cycle (of each pixel of a block), and the two overlap; the layer ends when its
 last value is written, a fixed pipeline depth plus the last vector's lanes after its last step.
 """
 
@@ -26,7 +27,8 @@ def issue_cycles(plan: LayerPlan) -> int:
 
 
 def serial_cycles(plan: LayerPlan, lanes: int) -> int:
-    """Cycles the single requantizer needs: one per output value."""
+    """Cycles the requantizers need: one per output value of each (a block's pixels have one
+    requantizer each)."""
     d = plan.descriptor
     vectors = 1 if d.gap else plan.pixels // 4 if d.pool else plan.pixels
     return vectors * d.out_channels

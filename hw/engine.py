@@ -98,7 +98,8 @@ class Engine(wiring.Component):
         m.d.comb += [desc_rd.addr.eq(seq.desc_addr), desc_rd.en.eq(seq.desc_en),
                      seq.desc_rd_data.eq(desc_rd.data), desc_wr.addr.eq(load.descriptors_addr),
                      desc_wr.data.eq(load.descriptors_data), desc_wr.en.eq(load.descriptors_en)]
-        self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, ser, rq, load)
+        outs = [rq.o_stream] + self._pixel_requantizers(m, ser)
+        self._activations(m, [mems[f"act{b}"] for b in range(BANKS)], seq, fetch, ser, outs, load)
 
         layer = seq.layer
         m.d.comb += [fetch.flat.eq(layer.flat), fetch.in_h.eq(layer.in_h),
@@ -108,13 +109,16 @@ class Engine(wiring.Component):
         if cfg.residual:
             m.d.comb += [ser.residual.eq(layer.residual), ser.res_signed.eq(layer.res_signed),
                          ser.res_offset.eq(layer.res_offset)]
+        if cfg.pixels_per_step > 1:
+            m.d.comb += [fetch.pixels.eq(layer.pixels), ser.pixels.eq(layer.pixels)]
 
         # The writer never waits: activations go to the banks, logits to the LogitMemory.
         out = rq.o_stream
         m.submodules.logits = logits = LogitMemory(cfg)
-        m.d.comb += [out.ready.eq(1), seq.written.eq(out.valid & out.ready),
+        m.d.comb += [seq.written.eq(sum(o.valid for o in outs)),
                      logits.i_stream.valid.eq(out.valid & out.payload.raw),
                      logits.i_stream.payload.eq(out.payload.value), logits.clear.eq(seq.start)]
+        m.d.comb += [o.ready.eq(1) for o in outs]
         wiring.connect(m, logits.o_stream, wiring.flipped(self.o_logits))
         self._counters(m, seq, mac, params)
         return m
@@ -143,12 +147,24 @@ class Engine(wiring.Component):
                          wr.en.eq(load.params_en)]
         return wr, rd
 
-    def _activations(self, m, banks, seq, fetch, ser, rq, load):
+    def _pixel_requantizers(self, m, ser):
+        """With pixels_per_step R > 1, a requantizer for each of the block's pixels 1..R-1 (the
+        serializer's columns), moving in lock-step with the first: the writer never waits, so
+        none of them is ever stalled."""
+        outs = []
+        for q in range(1, self.config.pixels_per_step):
+            m.submodules[f"requantizer{q}"] = rq = Requantizer(self.config)
+            m.d.comb += [rq.i_stream.valid.eq(ser.o_columns_valid[q - 1]),
+                         rq.i_stream.payload.eq(ser.o_columns[q - 1])]
+            outs.append(rq.o_stream)
+        return outs
+
+    def _activations(self, m, banks, seq, fetch, ser, outs, load):
         """The 16 banks: read by the WindowFetch (and, with residual additions, by the
         serializer's operand reads on a second port); written by the writer while running and
         by image loads while idle.  No layer writes a map it reads, so the ports never meet on
-        a word."""
-        out = rq.o_stream.payload
+        a word; the pixels of a block lie in distinct banks, so their values never meet on a
+        bank."""
         for b, bank in enumerate(banks):
             wr, rd = bank.write_port(), unchecked_read_port(m, bank, f"act{b}")
             m.d.comb += [rd.addr.eq(fetch.rd_addr[b]), rd.en.eq(fetch.rd_en),
@@ -158,8 +174,10 @@ class Engine(wiring.Component):
                 m.d.comb += [res.addr.eq(ser.res_addr), res.en.eq(ser.res_en),
                              ser.res_rd_data[b].eq(res.data)]
             with m.If(seq.busy):
-                m.d.comb += [wr.addr.eq(out.dest_addr), wr.data.eq(out.value),
-                             wr.en.eq(rq.o_stream.valid & ~out.raw & (out.dest_bank == b))]
+                for o in outs:
+                    with m.If(o.valid & ~o.payload.raw & (o.payload.dest_bank == b)):
+                        m.d.comb += [wr.addr.eq(o.payload.dest_addr), wr.data.eq(o.payload.value),
+                                     wr.en.eq(1)]
             with m.Else():
                 m.d.comb += [wr.addr.eq(load.act_addr), wr.data.eq(load.act_data),
                              wr.en.eq(load.act_en & (load.act_bank == b))]

@@ -75,6 +75,9 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
     res_offset:    the operand's address minus the output's, modulo 2^act_addr_bits: both maps
                    have the output's geometry and channel order, so value (c, y, x) of the
                    operand lies in the output pixel's bank at its address plus this
+    pixels:        (an engine with pixels_per_step > 1) log2 of the pixels computed at once:
+                   0 one, 1 a 1x2 block, 2 a 2x2 block; lane l serves pixel l div (P / R) of
+                   the block
 
     The layers' step words and parameters lie back to back from address 0 in descriptor order,
     so the sequencer carries its weight and parameter pointers from one layer to the next and
@@ -98,6 +101,7 @@ def descriptor_layout(cfg: EngineConfig) -> data.StructLayout:
         "n_outputs": unsigned(cfg.max_outputs.bit_length()),
         **({"residual": unsigned(1), "res_signed": unsigned(1), "res_offset": act}
            if cfg.residual else {}),
+        **({"pixels": unsigned(2)} if cfg.pixels_per_step > 1 else {}),
     })
 
 

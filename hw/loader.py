@@ -75,6 +75,12 @@ class LayerDescriptor:
     residual: int = 0
     res_signed: int = 0
     res_offset: int = 0
+    pixels: int = 0
+
+    @property
+    def replicas(self) -> int:
+        """Pixels computed at once (1, 2 or 4)."""
+        return 1 << self.pixels
 
     def pack(self, cfg: EngineConfig) -> int:
         fields = dataclasses.asdict(self)
@@ -85,6 +91,11 @@ class LayerDescriptor:
                 raise ValueError("a residual descriptor needs an engine with residual=True")
             for name in ("residual", "res_signed", "res_offset"):
                 del fields[name]
+        if cfg.pixels_per_step == 1:
+            if self.pixels:
+                raise ValueError("a descriptor of several pixels needs an engine with "
+                                 "pixels_per_step > 1")
+            del fields["pixels"]
         return pack(descriptor_layout(cfg), fields)
 
 
@@ -97,7 +108,8 @@ class LayerPlan:
                      carries both from the previous layer, so the descriptor names neither)
     group_steps:     step words per pixel of each lane group
     pixels:          pixels computed per group (1 for a flat linear layer, H * W of its input
-                     for one with global average pooling)
+                     for one with global average pooling), counting a block of pixels computed
+                     at once (`descriptor.replicas`) as one
     zero_skip_bound: ceil(nonzeros * H' * W' / P) (conv, H' x W' its output before any pool;
                      a linear layer: its pixels), the fewest cycles that `nonzeros` weights
                      applied at every pixel take on P lanes
@@ -128,11 +140,12 @@ class LayerPlan:
         return 2 if d.pool or d.stride else 1
 
     def swept_pixels(self) -> int:
-        """Pixels computed: every pixel of the sweep, or with stride 2 every other one."""
+        """Steps of the sweep per group: every pixel of the sweep, with stride 2 every other
+        one, and one per block of pixels computed at once."""
         rows, cols = self.sweep
         if self.descriptor.stride:
             return -(-rows // 2) * -(-cols // 2)
-        return rows * cols
+        return rows * cols // self.descriptor.replicas
 
 
 @dataclass(frozen=True)
@@ -337,9 +350,12 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
 
     Lane l of group g computes output channel order[g*P + l]; one step word gives every lane
     its next nonzero of the same input channel.  A 1x1 kernel's element is the 3x3 window's
-    centre (position 4): its padding 0 and any stride read exactly that pixel.
+    centre (position 4): its padding 0 and any stride read exactly that pixel.  A layer that
+    computes R pixels at once (`_pixels_at_once`) has one group of P/R lanes, repeated in each
+    quarter (R = 4) or half (R = 2) of the step word.
     """
-    P = cfg.lanes
+    replicas = _pixels_at_once(cfg, layer, dst)
+    P = cfg.lanes // replicas
     counts, positions, values = conv_elements(layer)
     if layer.kernel == 1:
         positions = np.full_like(positions, KERNEL_ELEMENTS // 2)
@@ -357,8 +373,9 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
                     if s < counts[o, c]:
                         k = starts[o * ci + c] + s
                         wv[l], pv[l] = int(values[k]), int(positions[k])
-                steps.append({"weight": wv, "position": pv, "addr": src.plane_base(c), "last": 0})
-        group_steps.append(_close_group(steps, n_before, src.base, P))
+                steps.append({"weight": wv * replicas, "position": pv * replicas,
+                              "addr": src.plane_base(c), "last": 0})
+        group_steps.append(_close_group(steps, n_before, src.base, cfg.lanes))
     res = layer.residual
     for o in order:
         p = {"bias": int(layer.bias[o]), "mult": int(layer.multiplier[o]),
@@ -378,11 +395,25 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
                            relu=int(layer.relu), in_h=src.height, in_w=src.width,
                            pitch_in=src.pitch.bit_length() - 1, out_base=dst.base,
                            plane_out=dst.plane, pitch_out=dst.pitch.bit_length() - 1,
-                           out_channels=co, n_outputs=co * dst.height * dst.width, **res_fields)
+                           out_channels=co, n_outputs=co * dst.height * dst.width,
+                           pixels=replicas.bit_length() - 1, **res_fields)
     outputs = -(-src.height // layer.stride) * -(-src.width // layer.stride)
     plan = LayerPlan(name, desc, w_base, param_base, tuple(group_steps), 0, len(values),
-                     -(-len(values) * outputs // P))
+                     -(-len(values) * outputs // cfg.lanes))
     return dataclasses.replace(plan, pixels=plan.swept_pixels())
+
+
+def _pixels_at_once(cfg: EngineConfig, layer, dst: FeatureMap) -> int:
+    """R, the pixels a conv layer computes at once: the most (up to `pixels_per_step`) whose
+    P/R lanes still hold all its output channels, for a stride-1 layer without a pool whose
+    output the blocks tile (even width for 1x2, even height too for 2x2)."""
+    replicas = 1
+    if layer.stride != 1 or layer.pool:
+        return replicas
+    while (2 * replicas <= cfg.pixels_per_step and layer.out_channels <= cfg.lanes // (2 * replicas)
+           and dst.width % 2 == 0 and (replicas == 1 or dst.height % 2 == 0)):
+        replicas *= 2
+    return replicas
 
 
 def _pack_linear(cfg: EngineConfig, name: str, lin, src: FeatureMap, dst: FeatureMap | None,

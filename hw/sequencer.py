@@ -26,7 +26,8 @@ class Sequencer(wiring.Component):
     For each layer (descriptor memory order): for each lane group g, for each pixel (raster
     order; 2x2 blocks in order when pooling; every other pixel of every other row with stride
     2), the group's step words from its start up to the
-    word marked `last`.  A layer with global average pooling (`gap`) sweeps its input's pixels
+    word marked `last`; a layer computing a 1x2 or 2x2 block of pixels at once (`pixels`)
+    steps by the block.  A layer with global average pooling (`gap`) sweeps its input's pixels
     as a 1x1 convolution does, but marks a pixel's last step as such only at the group's last
     pixel, so the MacArray's sums run on across pixels, and writes the result at pixel (0, 0).  The weight memory always reads the word after the one being issued,
     and a pixel's first word is issued again from a copy of the group's first word, so the step
@@ -42,7 +43,7 @@ class Sequencer(wiring.Component):
       layer:      Out(descriptor_layout), the running layer's descriptor (constant within it)
       layer_index: Out, the running layer's number
       layer_end:  Out(1), one-cycle pulse when a layer's outputs are all written
-      written:    In(1), one pulse per output value the writer stores
+      written:    In, output values the writer stores in this cycle (up to pixels_per_step)
       desc_addr, desc_en: Out, desc_rd_data: In, the descriptor memory's synchronous read port
       w_addr, w_en: Out, w_data: In, the weight memory's synchronous read port
     """
@@ -64,7 +65,7 @@ class Sequencer(wiring.Component):
             "layer": Out(descriptor_layout(config)),
             "layer_index": Out(config.layer_bits),
             "layer_end": Out(1),
-            "written": In(1),
+            "written": In(range(config.pixels_per_step + 1)),
             "desc_addr": Out(config.layer_bits),
             "desc_en": Out(1),
             "desc_rd_data": In(descriptor_layout(config)),
@@ -133,9 +134,10 @@ class Sequencer(wiring.Component):
         # path into the state machine).
         all_written = Signal()
         d = self.layer
-        # side of the pixel block: 2x2 when pooling or striding by 2 (one pixel of the block
-        # then), single pixels otherwise
-        step = Signal(2)
+        # the sweep's step in x and y: 2 when pooling or striding by 2 (one pixel of the 2x2
+        # block then) and across a block of pixels computed at once, 1 otherwise
+        step_x = Signal(2)
+        step_y = Signal(2)
         # the pixel issued now is not the group's last / is (from registers alone)
         more_pixels = Signal()
         final_pixel = Signal()
@@ -143,7 +145,7 @@ class Sequencer(wiring.Component):
             rd_addr=rd_addr, first_word=first_word, from_copy=from_copy, word=word, gstart=gstart, pbase=pbase, remaining=remaining, pidx=pidx, gbase=gbase,
             y0=y0, x0=x0, dy=dy, dx=dx, at_first=at_first, n_written=n_written, state=state,
             x_more=x_more, y_more=y_more, next_layer=next_layer, all_written=all_written,
-            step=step,
+            step_x=step_x, step_y=step_y,
             # Pixels computed: the even part of the map when pooling (floor pooling drops the rest).
             sweep_h=Cat(d.in_h[0] & ~d.pool, d.in_h[1:]),
             sweep_w=Cat(d.in_w[0] & ~d.pool, d.in_w[1:]))
@@ -157,10 +159,12 @@ class Sequencer(wiring.Component):
         # a global pool's one output goes to pixel (0, 0), whichever pixel its sweep is at
         oy = Mux(d.gap, 0, Mux(halve, r.y0 >> 1, r.y0))
         ox = Mux(d.gap, 0, Mux(halve, r.x0 >> 1, r.x0))
+        pixels = d.pixels if self.config.pixels_per_step > 1 else 0
         m.d.comb += [
             r.more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more),
             r.final_pixel.eq(~r.more_pixels),
-            r.step.eq(Mux(halve, 2, 1)),
+            r.step_x.eq(Mux(halve | (pixels != 0), 2, 1)),
+            r.step_y.eq(Mux(halve | (pixels == 2), 2, 1)),
             r.word.eq(Mux(r.from_copy, r.first_word, self.w_data)),
             req.step.eq(r.word),
             # y0 and x0 are even whenever dy or dx is set (2x2 blocks), so an OR adds them.
@@ -181,7 +185,7 @@ class Sequencer(wiring.Component):
                      r.remaining.eq(self.layer.out_channels),
                      r.pidx.eq(r.pbase), r.gbase.eq(0), r.y0.eq(0), r.x0.eq(0), r.dy.eq(0),
                      r.dx.eq(0), r.at_first.eq(1), r.n_written.eq(0), r.all_written.eq(0),
-                     r.x_more.eq(r.step < r.sweep_w), r.y_more.eq(r.step < r.sweep_h),
+                     r.x_more.eq(r.step_x < r.sweep_w), r.y_more.eq(r.step_y < r.sweep_h),
                      self.o_stream.valid.eq(1), r.state.eq(SequencerState.ISSUE)]
 
     def _issue(self, m: Module, r: SimpleNamespace) -> None:
@@ -208,20 +212,20 @@ class Sequencer(wiring.Component):
         the next group."""
         P = self.config.lanes
         d = self.layer
-        step, sweep_w, sweep_h = r.step, r.sweep_w, r.sweep_h
+        sx, sy, sweep_w, sweep_h = r.step_x, r.step_y, r.sweep_w, r.sweep_h
         with m.If(d.pool & ~(r.dy & r.dx)):
             # next pixel of the 2x2 block: (0,0) (0,1) (1,0) (1,1)
             m.d.sync += [r.dx.eq(~r.dx), r.dy.eq(r.dy | r.dx)]
         with m.Elif(r.x_more):
-            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(r.x0 + step),
-                         r.x_more.eq(r.x0 + 2 * step < sweep_w)]
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(r.x0 + sx),
+                         r.x_more.eq(r.x0 + 2 * sx < sweep_w)]
         with m.Elif(r.y_more):
-            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(r.y0 + step),
-                         r.x_more.eq(step < sweep_w), r.y_more.eq(r.y0 + 2 * step < sweep_h)]
+            m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(r.y0 + sy),
+                         r.x_more.eq(sx < sweep_w), r.y_more.eq(r.y0 + 2 * sy < sweep_h)]
         with m.Else():
             # The group is done: the memory reads its successor's first word now.
             m.d.sync += [r.dx.eq(0), r.dy.eq(0), r.x0.eq(0), r.y0.eq(0), r.gstart.eq(r.rd_addr),
-                         r.x_more.eq(step < sweep_w), r.y_more.eq(step < sweep_h),
+                         r.x_more.eq(sx < sweep_w), r.y_more.eq(sy < sweep_h),
                          r.remaining.eq(r.remaining - P), r.pidx.eq(r.pidx + P),
                          r.gbase.eq(r.gbase + d.plane_out * P)]
             with m.If(r.remaining <= P):

@@ -32,6 +32,13 @@ class ChannelSerializer(wiring.Component):
       residual, res_signed, res_offset: In, (residual engines) the layer adds an operand, whose
                  bytes are signed, at the output address plus res_offset (layer constants)
       res_addr, res_en: Out, res_rd_data: In, the banks' second synchronous read ports
+      pixels:    In, (engines with pixels_per_step > 1) log2 of the pixels R a vector holds
+                 (layer constant): lane q*(P/R) + i is channel i of pixel q of the block
+      o_columns, o_columns_valid: Out, (engines with pixels_per_step > 1) the values of
+                 pixels 1..R-1 beside o_stream's (pixel 0's), leaving with it: the same channel
+                 and parameters, the pixel's own bank (dest_bank + 4*dy + dx: a block starts at
+                 an even row and column, so the address is the same); valid where the pixel
+                 exists (q < R) and o_stream is valid
     """
 
     LATENCY = 2     # the vector registered, then its first value; its n values leave in n cycles
@@ -56,6 +63,11 @@ class ChannelSerializer(wiring.Component):
             "param_en": Out(1),
             "param_rd_data": In(param_layout(config)),
             **residual,
+            **({"pixels": In(2),
+                "o_columns": Out(data.ArrayLayout(requant_in_layout(config),
+                                                  config.pixels_per_step - 1)),
+                "o_columns_valid": Out(config.pixels_per_step - 1)}
+               if config.pixels_per_step > 1 else {}),
         })
 
     def elaborate(self, platform):
@@ -109,13 +121,46 @@ class ChannelSerializer(wiring.Component):
             m.d.sync += [busy.eq(1), vec.eq(i.payload.acc), left.eq(tag.n_lanes - 1),
                          last_lane.eq(tag.n_lanes == 1), addr.eq(tag.dest_addr),
                          bank.eq(tag.dest_bank), param_addr.eq(tag.param_index)]
-        if cfg.residual:
-            self._residual(m, en, busy, addr, out)
+        operand = self._residual(m, en, busy, addr, out) if cfg.residual else None
+        if cfg.pixels_per_step > 1:
+            self._columns(m, en, vec, bank, operand)
         return m
+
+    def _columns(self, m, en, vec, bank, operand):
+        """Pixel q of the block takes lane q * P / R of the shifting vector, so each column
+        reads one of at most two fixed lanes; its bank is the block's plus (dy, dx)."""
+        cfg = self.config
+        P, R = cfg.lanes, cfg.pixels_per_step
+        o = self.o_stream
+        for q in range(1, R):
+            col = Signal(requant_in_layout(cfg), reset_less=True, name=f"column{q}")
+            live = Signal(reset_less=True, name=f"live{q}")
+            # pixel q's lane and its place (dy, dx) in a 1x2 block and in a 2x2 block
+            choices = [(1, P // 2, 0, 1)] if q == 1 else []
+            if R == 4:
+                choices.append((2, q * P // 4, q // 2, q % 2))
+            lane = Signal(signed(ACC_BITS), name=f"lane{q}")
+            offset = Signal(4, name=f"bank_offset{q}")
+            for k, (pixels, index, dy, dx) in enumerate(choices):
+                with (m.If if k == 0 else m.Elif)(self.pixels == pixels):
+                    m.d.comb += [lane.eq(vec[index]), offset.eq(4 * dy + dx)]
+            with m.If(en):
+                m.d.sync += [col.acc.eq(lane), col.dest_bank.eq(bank | offset),
+                             live.eq(q < (1 << self.pixels))]
+            payload = self.o_columns[q - 1]
+            m.d.comb += [
+                payload.eq(o.payload),          # the channel's parameters, address and mode
+                payload.acc.eq(col.acc), payload.dest_bank.eq(col.dest_bank),
+                self.o_columns_valid[q - 1].eq(o.valid & live),
+            ]
+            if operand is not None:
+                m.d.comb += payload.res.eq(operand(col.dest_bank))
 
     def _residual(self, m, en, busy, addr, out):
         """The operand's read address follows `addr` (a register, so no adder reaches the
-        banks); its byte is the output register's bank's, sign- or zero-extended."""
+        banks); its byte is the output register's bank's, sign- or zero-extended.  Returns the
+        operand's value for a bank (the other pixels of a block read theirs at the same
+        address, in their own banks)."""
         res_addr = Signal(self.config.act_addr_bits, reset_less=True)
         on = Signal(reset_less=True)
         signed_map = Signal(reset_less=True)
@@ -127,9 +172,15 @@ class ChannelSerializer(wiring.Component):
                 m.d.sync += res_addr.eq(res_addr + self.plane_out)
         with m.If(self.i_stream.valid & self.i_stream.ready):
             m.d.sync += res_addr.eq(self.i_stream.payload.tag.dest_addr + self.res_offset)
-        byte = self.res_rd_data[out.dest_bank]
+
+        def operand(dest_bank):
+            """The operand's value in bank `dest_bank`, 0 for a layer that adds none."""
+            byte = self.res_rd_data[dest_bank]
+            return Mux(on, Mux(signed_map, byte.as_signed(), byte.as_unsigned()), 0)
+
         m.d.comb += [
-            o.payload.res.eq(Mux(on, Mux(signed_map, byte.as_signed(), byte.as_unsigned()), 0)),
+            o.payload.res.eq(operand(out.dest_bank)),
             o.payload.res_mult.eq(self.param_rd_data.res_mult),
             o.payload.res_lift.eq(self.param_rd_data.res_lift),
         ]
+        return operand

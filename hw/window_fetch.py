@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,6 +35,10 @@ class WindowFetch(wiring.Component):
       pitch_in:  In, log2 of the input's bank row pitch (layer constant)
       rd_addr, rd_en: Out, the 16 banks' synchronous read ports (address per bank, common enable)
       rd_data:   In, the banks' read data, one cycle after rd_en
+      pixels:    In, (engines with pixels_per_step > 1) log2 of the pixels computed at once
+                 (layer constant): lane l's pixel is (y, x) plus its place in the 1x2 or 2x2
+                 block, whose windows span at most 4 rows and 4 columns, one per bank row and
+                 bank column
     """
 
     LATENCY = 3     # the request registered, the bank read, the banks' words registered
@@ -54,7 +58,13 @@ class WindowFetch(wiring.Component):
             "rd_addr": Out(data.ArrayLayout(config.act_addr_bits, BANKS)),
             "rd_en": Out(1),
             "rd_data": In(data.ArrayLayout(8, BANKS)),
+            **({"pixels": In(2)} if config.pixels_per_step > 1 else {}),
         })
+
+    @property
+    def _span(self) -> int:
+        """Window rows (and columns) a step reads: 3, or 4 when two pixels share a row."""
+        return KERNEL + (self.config.pixels_per_step > 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -87,10 +97,10 @@ class WindowFetch(wiring.Component):
         return m
 
     def _axis(self, m: Module, coord, size):
-        """Per kernel row/column offset k (0..2): whether coordinate + k - 1 is inside, its
-        quotient by 4 and its residue mod 4."""
+        """Per window row/column offset k (0..2, and 3 for the second pixel of a block):
+        whether coordinate + k - 1 is inside, its quotient by 4 and its residue mod 4."""
         inside, quot, res = [], [], []
-        for k in range(KERNEL):
+        for k in range(self._span):
             c = Signal(signed(self.config.coord_bits + 2), name=f"c{k}")
             m.d.comb += c.eq(coord + k - 1)
             inside.append((c >= 0) & (c < size))
@@ -116,7 +126,7 @@ class WindowFetch(wiring.Component):
         col_off = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS))
         with m.If(~self.flat):
             for r in range(BANK_ROWS):
-                for k in range(KERNEL):
+                for k in range(self._span):
                     with m.If(row_r[k] == r):
                         m.d.comb += row_off[r].eq(row_q[k] << self.pitch_in)
                     with m.If(col_r[k] == r):
@@ -127,10 +137,11 @@ class WindowFetch(wiring.Component):
         s0_valid = Signal()
         s0_row_base = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS), reset_less=True)
         s0_col_off = Signal.like(col_off, reset_less=True)
-        s0_row_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
-        s0_col_r = Signal(data.ArrayLayout(2, KERNEL), reset_less=True)
-        s0_row_in = Signal(KERNEL, reset_less=True)
-        s0_col_in = Signal(KERNEL, reset_less=True)
+        span = self._span
+        s0_row_r = Signal(data.ArrayLayout(2, span), reset_less=True)
+        s0_col_r = Signal(data.ArrayLayout(2, span), reset_less=True)
+        s0_row_in = Signal(span, reset_less=True)
+        s0_col_in = Signal(span, reset_less=True)
         with m.If(en):
             m.d.sync += [
                 s0_valid.eq(self.i_stream.valid), s0_col_off.eq(col_off),
@@ -139,7 +150,7 @@ class WindowFetch(wiring.Component):
             ]
             for br in range(BANK_ROWS):
                 m.d.sync += s0_row_base[br].eq(req.step.addr + row_off[br])
-            for k in range(KERNEL):
+            for k in range(span):
                 m.d.sync += [s0_row_r[k].eq(row_r[k]), s0_col_r[k].eq(col_r[k]),
                              s0_row_in[k].eq(row_in[k]), s0_col_in[k].eq(col_in[k])]
         for br in range(BANK_ROWS):
@@ -149,14 +160,16 @@ class WindowFetch(wiring.Component):
                                col_in=s0_col_in), s0_valid
 
     def _lane_banks(self, m: Module, s0: SimpleNamespace):
-        """Each lane's kernel position (ky, kx) names window row ky and column kx; their residues
-        mod 4 are the bank.  Positions 9..15 never occur in conv steps.  Computed from stage 0's
-        registers while the read is in flight."""
+        """Each lane's kernel position (ky, kx), moved by its pixel's place (dy, dx) in the
+        block, names window row ky + dy and column kx + dx; their residues mod 4 are the bank.
+        Positions 9..15 never occur in conv steps.  Computed from stage 0's registers while the
+        read is in flight."""
         cfg = self.config
         lane_bank = Signal(data.ArrayLayout(4, cfg.lanes))
         lane_inside = Signal(cfg.lanes)
         for lane in range(cfg.lanes):
             pos = s0.window.bank[lane]
+            dy, dx = self._place(m, lane)
             with m.If(self.flat):
                 m.d.comb += [lane_bank[lane].eq(pos), lane_inside[lane].eq(1)]
             with m.Else():
@@ -164,6 +177,28 @@ class WindowFetch(wiring.Component):
                     for ky in range(KERNEL):
                         for kx in range(KERNEL):
                             with m.Case(ky * KERNEL + kx):
-                                m.d.comb += [lane_bank[lane].eq(Cat(s0.col_r[kx], s0.row_r[ky])),
-                                             lane_inside[lane].eq(s0.row_in[ky] & s0.col_in[kx])]
+                                row_r, row_in = self._shifted(s0.row_r, s0.row_in, ky, dy)
+                                col_r, col_in = self._shifted(s0.col_r, s0.col_in, kx, dx)
+                                m.d.comb += [lane_bank[lane].eq(Cat(col_r, row_r)),
+                                             lane_inside[lane].eq(row_in & col_in)]
         return lane_bank, lane_inside
+
+    def _place(self, m: Module, lane: int):
+        """(dy, dx) of lane `lane`'s pixel in the block: 1x2 block, lanes of the second half
+        at dx = 1; 2x2 block, quarter q at (q div 2, q mod 2); one pixel: (0, 0)."""
+        R = self.config.pixels_per_step
+        if R == 1:
+            return 0, 0
+        P = self.config.lanes
+        half, quarter = lane // (P // 2), lane // (P // 4) if R == 4 else 0
+        dy, dx = Signal(name=f"dy_{lane}"), Signal(name=f"dx_{lane}")
+        m.d.comb += [dy.eq((self.pixels == 2) & (quarter >= 2)),
+                     dx.eq(((self.pixels == 1) & (half == 1)) | ((self.pixels == 2) & (quarter % 2 == 1)))]
+        return dy, dx
+
+    @staticmethod
+    def _shifted(res, inside, k: int, d):
+        """The residue and padding bit of window offset k, or k + 1 where d is set."""
+        if isinstance(d, int):
+            return res[k], inside[k]
+        return Mux(d, res[k + 1], res[k]), Mux(d, inside[k + 1], inside[k])

@@ -243,13 +243,11 @@ def _engine_name(config) -> str:
 
 
 def cmd_gen(args) -> None:
-    import dataclasses
-
     from prunefab import progress
     from prunefab.hw.generate import generate
     cfg = args.config
     if args.lanes is not None:
-        cfg = dataclasses.replace(cfg, lanes=args.lanes)
+        cfg = cfg.with_lanes(args.lanes)
     with progress.stage(f"generating the {cfg.lanes}-lane engine's Verilog and RTLIL"):
         design = generate(cfg, args.output)
     print(f"wrote {design.verilog}, {design.rtlil} and {design.config} ({cfg.lanes} lanes)")

@@ -159,7 +159,8 @@ def layer_cycles(plan: LayerPlan, lanes: int) -> int:
             stage.clock(outputs_now[k], ready[k + 1])
         if offered is not None and ready[0]:
             offered = next(steps, None)
-        written += outputs_now[-1] is not None
+        # the requantizer leaving a value, and beside it one for each other pixel of a block
+        written += plan.descriptor.replicas if outputs_now[-1] is not None else 0
         cycle += 1
     # The last value was written in cycle - 1; the sequencer sees it DRAIN_LATENCY cycles
     # later, in the cycle of layer_end, which the counter includes.
@@ -258,7 +259,7 @@ def network_report(config: EngineConfig, net: QuantizedNetwork,
     dense = _dense_program(config, net)
     reports = []
     for plan, dplan in zip(program.layers, dense.layers):
-        macs = plan.nonzeros * plan.pixels
+        macs = plan.nonzeros * plan.pixels * plan.descriptor.replicas     # every pixel's
         reports.append(LayerReport(plan.name, layer_cycles(plan, config.lanes), issue_cycles(plan),
                                    macs, config.lanes, plan.zero_skip_bound,
                                    layer_cycles(dplan, config.lanes)))

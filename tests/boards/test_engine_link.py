@@ -92,7 +92,7 @@ def test_load_infer_counters_against_the_reference():
     net, images = small_network()
     program = pack_network(CONFIG, net)
     nbytes = load_word_bytes(CONFIG)
-    per_chunk = (MAX_PAYLOAD - 8) // nbytes
+    per_chunk = min((MAX_PAYLOAD - 8) // nbytes, 16)     # an image in several chunks
     load = [(Command.LOAD, c) for c in chunks(program.load_words(), nbytes, per_chunk)]
     requests = [(Command.IDENTIFY, b"")] + load
     infer_at = []

@@ -23,7 +23,8 @@ def test_ecp5_block_ram_matches_what_yosys_maps():
     # and the 12 layer counters: 3 x 18 bits by 1024) and the link's two buffers to DP16KD; the
     # identity ROM to LUTs, the 12-word descriptors and 32-word logit FIFO go to LUT RAM.
     then = dataclasses.replace(EngineConfig.ecp5_85f(), lanes=32, weight_depth=4096, act_depth=2048,
-                               param_depth=512, max_layers=12, residual=False)
+                               param_depth=512, max_layers=12, residual=False,
+                               pixels_per_step=1)
     est = F.estimate(then, "ulx3s-85f")
     assert est.bram == 16 + 88 + 3 + 2
     assert est.dsp == 32 + F.REQUANTIZER_DSPS
@@ -32,7 +33,7 @@ def test_ecp5_block_ram_matches_what_yosys_maps():
     # 76-bit parameters by 1024 + 24 counters, 9 blocks of 9 x 2048
     est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
     assert est.bram == 16 * 2 * 2 + 87 + 9 + 2
-    assert est.dsp == 64 + F.REQUANTIZER_DSPS
+    assert est.dsp == 64 + 4 * F.REQUANTIZER_DSPS       # a requantizer per pixel of a 2x2 block
 
 
 def test_refusal_names_the_resource_and_a_lane_count_that_fits():
@@ -41,10 +42,10 @@ def test_refusal_names_the_resource_and_a_lane_count_that_fits():
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("ulx3s-85f: 200 lanes do not fit (")
-    assert "DSP ~202 of 156" in msg
+    assert "DSP ~208 of 156" in msg        # 200 lanes and four requantizers
     best = int(msg.rsplit("--lanes ", 1)[1].split()[0])
-    assert F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=best), "ulx3s-85f").fits
-    assert not F.estimate(dataclasses.replace(EngineConfig.ecp5_85f(), lanes=best + 1), "ulx3s-85f").fits
+    assert F.estimate(EngineConfig.ecp5_85f().with_lanes(best), "ulx3s-85f").fits
+    assert not F.estimate(EngineConfig.ecp5_85f().with_lanes(best + 1), "ulx3s-85f").fits
 
 
 def test_auto_fit_takes_the_preset_when_it_fits():
@@ -59,8 +60,8 @@ def test_auto_fit_picks_fewer_lanes_and_says_why():
     choice = F.choose(spec, big)
     p = choice.config.lanes
     assert choice.estimate.fits and p < 160
-    assert not F.estimate(dataclasses.replace(big, lanes=p + 1), spec).fits
-    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~162 of 156, BRAM ~")
+    assert not F.estimate(big.with_lanes(p + 1), spec).fits
+    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~168 of 156, BRAM ~")
     assert f"); building {p} (LUT ~" in choice.note and "\n" not in choice.note
 
 

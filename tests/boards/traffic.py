@@ -24,7 +24,7 @@ from prunefab.sw.synthetic import random_images, random_network
 RECORDING = Path(__file__).parent / "traffic" / "engine_small.json"
 CONFIG = EngineConfig(lanes=2, max_height=8, max_width=8, max_channels=8, max_layers=3,
                       max_classes=4, act_depth=64, weight_depth=256, param_depth=16)
-MAX_PAYLOAD = 192
+MAX_PAYLOAD = 256     # the boards' own (IDENTIFY carries the configuration JSON)
 SHAPE = (1, 6, 6)
 
 

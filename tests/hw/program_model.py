@@ -33,16 +33,19 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
         sweep_h, sweep_w = plan.sweep
         ptr = plan.w_base
         bs = 2 if d.pool else 1             # pixels of a pool block per side
-        for g in range(-(-d.out_channels // P)):
+        R = d.replicas                      # pixels computed at once: lane l serves pixel l // G
+        G = P // R
+        place = [((q // 2, q % 2) if R == 4 else (0, q)) for q in range(R)]
+        step_y, step_x = (2, 2) if plan.block == 2 else (place[-1][0] + 1, place[-1][1] + 1)
+        for g in range(-(-d.out_channels // G)):
             gstart = ptr
-            n_lanes = min(P, d.out_channels - g * P)
+            n_lanes = min(G, d.out_channels - g * G)
             summed = [0] * P        # global average pooling: every pixel's sums added
-            for y0 in range(0, sweep_h, plan.block):
-                for x0 in range(0, sweep_w, plan.block):
+            for y0 in range(0, sweep_h, step_y):
+                for x0 in range(0, sweep_w, step_x):
                     pooled = None
                     for dy in range(bs):
                         for dx in range(bs):
-                            y, x = y0 + dy, x0 + dx
                             acc = [0] * P
                             ptr = gstart
                             while True:
@@ -50,6 +53,8 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 ptr += 1
                                 for l in range(P):
                                     p = s["position"][l]
+                                    y = y0 + dy + place[l // G][0]
+                                    x = x0 + dx + place[l // G][1]
                                     if d.flat:
                                         a = mem[p, s["addr"]]
                                     else:
@@ -63,31 +68,35 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 if s["last"]:
                                     break
                             pooled = acc if pooled is None else [max(u, v) for u, v in zip(pooled, acc)]
-                    oy, ox = y0 // plan.block, x0 // plan.block
                     if d.gap:
                         summed = [u + v for u, v in zip(summed, pooled)]
                         if (y0, x0) != (sweep_h - 1, sweep_w - 1):
                             continue
-                        pooled, oy, ox = summed, 0, 0
-                    for l in range(n_lanes):
-                        pr = params[plan.param_base + g * P + l]
-                        v = pooled[l] + pr["bias"]
-                        if d.linear:
-                            logits.append(v)
-                            continue
-                        bank = (oy % BANK_ROWS) * BANK_ROWS + ox % BANK_ROWS
-                        addr = (d.out_base + g * (P * d.plane_out) + l * d.plane_out
-                                + ((oy // BANK_ROWS) << d.pitch_out) + ox // BANK_ROWS)
-                        residual = {}
-                        if getattr(d, "residual", 0):
-                            # the operand's byte, at the output's address plus the offset
-                            r = int(mem[bank, (addr + d.res_offset) % (1 << cfg.act_addr_bits)])
-                            if d.res_signed and r >= 128:
-                                r -= 256
-                            residual = {"residual": np.array([[r]]),
-                                        "residual_multiplier": np.array([pr["res_mult"]]),
-                                        "residual_shift": np.array([pr["shift"] - pr["res_lift"]])}
-                        q = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
-                                           np.array([pr["shift"]]), bool(d.relu), **residual)[0, 0])
-                        mem[bank, addr] = q & 0xFF          # the byte the writer stores
+                        pooled = summed
+                    for q in range(R):
+                        oy, ox = y0 // plan.block + place[q][0], x0 // plan.block + place[q][1]
+                        if d.gap:
+                            oy = ox = 0
+                        for i in range(n_lanes):
+                            l = q * G + i
+                            pr = params[plan.param_base + g * G + i]
+                            v = pooled[l] + pr["bias"]
+                            if d.linear:
+                                logits.append(v)
+                                continue
+                            bank = (oy % BANK_ROWS) * BANK_ROWS + ox % BANK_ROWS
+                            addr = (d.out_base + g * (G * d.plane_out) + i * d.plane_out
+                                    + ((oy // BANK_ROWS) << d.pitch_out) + ox // BANK_ROWS)
+                            residual = {}
+                            if getattr(d, "residual", 0):
+                                # the operand's byte, at the output's address plus the offset
+                                r = int(mem[bank, (addr + d.res_offset) % (1 << cfg.act_addr_bits)])
+                                if d.res_signed and r >= 128:
+                                    r -= 256
+                                residual = {"residual": np.array([[r]]),
+                                            "residual_multiplier": np.array([pr["res_mult"]]),
+                                            "residual_shift": np.array([pr["shift"] - pr["res_lift"]])}
+                            q8 = int(requantize(np.array([[v]]), np.array([pr["mult"]]),
+                                                np.array([pr["shift"]]), bool(d.relu), **residual)[0, 0])
+                            mem[bank, addr] = q8 & 0xFF          # the byte the writer stores
     return logits

@@ -28,6 +28,9 @@ def test_variants_are_replaced_copies():
     ({"lanes": 2.5}, TypeError, r"^EngineConfig.lanes must be an integer, not 2.5$"),
     ({"act_depth": 16}, ValueError, r"act_depth >= "),
     ({"param_depth": 4}, ValueError, r"param_depth >= 16"),
+    ({"pixels_per_step": 3}, ValueError, r"^EngineConfig.pixels_per_step=3; use one of 1, 2, 4$"),
+    ({"lanes": 6, "pixels_per_step": 4}, ValueError,
+     r"^EngineConfig.lanes=6 does not split into pixels_per_step=4 equal parts$"),
 ])
 def test_invalid_configs_fail_with_one_actionable_line(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -151,3 +151,29 @@ def test_engine_runs_a_whole_residual_network_with_pooled_hidden_head(small_conf
     program, results = run_and_compare(cfg, net, random_images(rng, 2, net.input_shape), stall=0.3)
     for result in results:
         assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+
+
+def test_engine_computes_blocks_of_pixels_at_once_and_their_cycles_follow_the_model():
+    """With pixels_per_step = 4, a layer whose output channels fill a quarter of the lanes runs
+    2x2 blocks and one filling half runs 1x2 blocks (a residual one too, its operand read in
+    each pixel's bank), each pixel on its own lanes and requantizer; stride 2 and full layers
+    run one pixel.  Bit-exact, every layer's cycles equal to the cycle model, and the KEP layers
+    issue exactly their zero-skip limit: the lanes no longer idle."""
+    cfg = EngineConfig(lanes=8, max_height=10, max_width=10, max_channels=8, max_layers=8,
+                       max_classes=8, act_depth=256, weight_depth=512, param_depth=64,
+                       residual=True, pixels_per_step=4)
+    rng = np.random.default_rng(16)
+    kep = {"pattern": Pattern.KERNEL_ELEMENTS, "density": 3 / 9}
+    convs = [random_conv(rng, 3, 2, **kep), random_conv(rng, 2, 4, **kep),
+             random_conv(rng, 4, 4, residual=2, **kep), random_conv(rng, 4, 8, **kep),
+             random_conv(rng, 8, 3, stride=2, **kep)]
+    net = with_classifier(rng, (3, 8, 6), convs, classes=5, density=0.5, hidden=(4,),
+                          global_pool=True)
+    program, results = run_and_compare(cfg, net, random_images(rng, 2, net.input_shape), stall=0.3)
+    assert [p.descriptor.replicas for p in program.layers] == [4, 2, 2, 1, 1, 1, 1]
+    for result in results:
+        assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+    report = cycle_model.network_report(cfg, net, program)
+    for plan, layer in zip(program.layers[:4], report.layers):
+        assert issue_cycles(plan) == plan.zero_skip_bound, plan.name
+        assert layer.macs == plan.nonzeros * 8 * 6        # every pixel of the 8x6 map

@@ -36,10 +36,14 @@ def test_pack_refuses_a_list_of_the_wrong_length(small_config):
 def test_a_layer_descriptor_is_exactly_the_hardware_descriptor(small_config):
     d = LayerDescriptor(linear=0, pool=1, stride=0, relu=1, in_h=9, in_w=7, pitch_in=1, out_base=64, plane_out=3,
                         pitch_out=1, out_channels=5, n_outputs=60)
-    plain = {k: v for k, v in vars(d).items() if k not in ("residual", "res_signed", "res_offset")}
+    plain = {k: v for k, v in vars(d).items()
+             if k not in ("residual", "res_signed", "res_offset", "pixels")}
     assert unpack(descriptor_layout(small_config), d.pack(small_config)) == plain
-    residual = dataclasses.replace(small_config, residual=True)
-    d = dataclasses.replace(d, residual=1, res_signed=1, res_offset=residual.act_depth - 5)
+    residual = dataclasses.replace(small_config, residual=True, pixels_per_step=4)
+    d = dataclasses.replace(d, residual=1, res_signed=1, res_offset=residual.act_depth - 5,
+                            pixels=2)
     assert unpack(descriptor_layout(residual), d.pack(residual)) == vars(d)
     with pytest.raises(ValueError, match="needs an engine with residual=True"):
         d.pack(small_config)
+    with pytest.raises(ValueError, match="needs an engine with pixels_per_step > 1"):
+        dataclasses.replace(d, residual=0, res_signed=0, res_offset=0).pack(small_config)

@@ -184,3 +184,25 @@ def test_a_hidden_layer_wider_than_the_engine_s_channels_is_refused():
                                                r"of 16 channels; generate an engine with "
                                                r"max_channels >= 17$"):
         pack_network(cfg, net)
+
+
+@pytest.mark.parametrize("channels, shape, stride, pool, want", [
+    (2, (8, 6), 1, False, 4), (4, (8, 6), 1, False, 2), (8, (8, 6), 1, False, 1),
+    (2, (7, 6), 1, False, 2), (2, (8, 5), 1, False, 1), (2, (8, 6), 2, False, 1),
+    (2, (8, 6), 1, True, 1)])
+def test_a_layer_computes_as_many_pixels_at_once_as_its_channels_and_map_allow(
+        channels, shape, stride, pool, want):
+    """The most pixels (up to pixels_per_step) whose P/R lanes hold the output channels, for
+    a stride-1 layer without a pool whose output the 1x2 or 2x2 blocks tile."""
+    rng = np.random.default_rng(7)
+    net = with_classifier(rng, (1, *shape), [random_conv(rng, 1, channels, stride=stride,
+                                                         pool=pool)], classes=3)
+    cfg = EngineConfig(lanes=8, max_height=10, max_width=10, max_channels=8, act_depth=256,
+                       weight_depth=1024, param_depth=64, pixels_per_step=4)
+    program = pack_network(cfg, net)
+    assert program.layers[0].descriptor.replicas == want
+    images = random_images(rng, 2, net.input_shape)
+    for image, logits in zip(images, reference.run(net, images)):
+        assert run_program(program, image) == list(logits)
+    one = pack_network(dataclasses.replace(cfg, pixels_per_step=1), net)
+    assert one.layers[0].descriptor.replicas == 1

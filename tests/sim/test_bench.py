@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
+from prunefab.hw.loader import pack_network
 from prunefab.sw.synthetic import reference_shaped_network
 from prunefab.sim.cases import BenchPlan, Case, Stalls
 from prunefab.sim.runner import RtlMismatch, verify_plan
@@ -43,6 +44,9 @@ def test_random_networks_equal_the_reference(tmp_path, name, n, size, channels):
     # every head: the classifier flat or after a global pool, hidden layers flat or pooled
     heads = {(bool(c.net.hidden), c.net.linears[0].global_pool) for c in cases}
     assert heads == {(False, False), (False, True), (True, False), (True, True)}
+    if cfg.pixels_per_step > 1:     # layers of 1x2 (and 2x2) blocks of pixels
+        blocks = {p.descriptor.replicas for c in cases for p in pack_network(cfg, c.net).layers}
+        assert blocks == {1 << k for k in range(cfg.pixels_per_step.bit_length())}
     obs = verify_plan(BenchPlan(cfg, tuple(cases), STALLS, seed=n, reset_case=2), tmp_path)
     assert obs.failure is None
     assert [len(r) for r in obs.runs] == [len(c.images) for c in cases]
