@@ -89,16 +89,15 @@ def board_harness(top: UARTLink) -> Path:
     """
     from amaranth.back import verilog
 
-    from prunefab.sim.verilator import build_harness
+    from prunefab.sim.verilator import build_harness, build_seconds
 
     if not isinstance(top, UARTLink):
         raise TypeError(f"Simulated board needs a UARTLink, not {top!r}")
     with progress.stage("generating the simulated board's Verilog"):
         text = verilog.convert(top, name=BOARD_TOP)
-    # 52 to 54 s for the 2-lane iCEBreaker board's 1245 kB of Verilog on two busy cores
     return build_harness(text, BOARD_TOP, BOARD_HARNESS,
                          what="the Verilator model of the simulated board",
-                         expect_seconds=54.0 * len(text) / 1_245_115)
+                         expect_seconds=build_seconds(len(text)))
 
 
 @dataclass(frozen=True)

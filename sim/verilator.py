@@ -39,13 +39,15 @@ def harness(config: EngineConfig, trace: bool = False) -> Path:
     verilog = (design(config) / f"{TOP_NAME}.v").read_text()
     return build_harness(verilog, TOP_NAME, HARNESS, trace=trace,
                          what=f"the Verilator model of the {config.lanes}-lane engine",
-                         expect_seconds=engine_build_seconds(len(verilog)))
+                         expect_seconds=build_seconds(len(verilog)))
 
 
-def engine_build_seconds(verilog_bytes: int) -> float:
-    """The expected first build of an engine's harness.  Measured on two cores, one of them
-    busy: 43 s for a 4-lane test engine (372 kB of Verilog), 78 s for the iCEBreaker preset
-    (3.4 MB), 90 s for the 64-lane ECP5-85F preset (5.2 MB): about 45 s plus 9 s per MB."""
+def build_seconds(verilog_bytes: int) -> float:
+    """The expected first build of a harness (an engine's or a simulated board's).  Measured
+    on two cores, one of them busy: 43 s for a 4-lane test engine (372 kB of Verilog), 78 s for
+    the iCEBreaker preset (3.4 MB), 90 s for the 64-lane ECP5-85F engine (5.2 MB), 96 s for
+    the ULX3S board with four requantizers (12.1 MB): about 45 s plus 9 s per MB, high for the
+    largest."""
     return 45.0 + 9.0 * verilog_bytes / 1e6
 
 
