@@ -174,10 +174,14 @@ class Engine(wiring.Component):
                 m.d.comb += [res.addr.eq(ser.res_addr), res.en.eq(ser.res_en),
                              ser.res_rd_data[b].eq(res.data)]
             with m.If(seq.busy):
-                for o in outs:
-                    with m.If(o.valid & ~o.payload.raw & (o.payload.dest_bank == b)):
-                        m.d.comb += [wr.addr.eq(o.payload.dest_addr), wr.data.eq(o.payload.value),
-                                     wr.en.eq(1)]
+                # a block's pixels share the address and leave together, each in its own bank:
+                # only the byte is selected (nothing at all with one pixel per step)
+                first = outs[0].payload
+                m.d.comb += [wr.addr.eq(first.dest_addr), wr.data.eq(first.value),
+                             wr.en.eq(outs[0].valid & ~first.raw & (first.dest_bank == b))]
+                for o in outs[1:]:
+                    with m.If(o.valid & (o.payload.dest_bank == b)):
+                        m.d.comb += [wr.data.eq(o.payload.value), wr.en.eq(1)]
             with m.Else():
                 m.d.comb += [wr.addr.eq(load.act_addr), wr.data.eq(load.act_data),
                              wr.en.eq(load.act_en & (load.act_bank == b))]

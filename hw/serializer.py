@@ -10,7 +10,8 @@ from prunefab.hw.timing import Backpressure
 
 
 class ChannelSerializer(wiring.Component):
-    """Feeds the single requantizer: lane l of a vector becomes output channel param_index + l.
+    """Feeds the requantizer: lane l of a vector becomes output channel param_index + l (with
+    blocks of pixels, also the other pixels' requantizers, through `o_columns`).
 
     One value leaves per cycle; a vector of n_lanes values takes n_lanes cycles, and the next
     vector is accepted in the cycle its predecessor's last lane leaves, so there is no bubble.
