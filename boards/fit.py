@@ -12,7 +12,8 @@ parameters and layer counters, descriptors, logits) and of the link
 (`prunefab.boards.engine_link.adapter_memories`: receive and send buffers, the identity ROM) goes to block RAM, LUT RAM or logic, whichever costs least, a block
 RAM taking `ceil(width / w) * ceil(depth / d)` primitives of the cheapest shape (w, d); the
 iCE40 puts memories hinted HUGE (the weights) in SPRAM.  Multipliers: one per lane plus each
-requantizer's (one per pixel computed at once).  Logic (LUT, FF and, on the iCE40, logic cells) is linear in the lane count:
+requantizer's (one per pixel computed at once; 3 with residual additions).  Logic (LUT, FF
+and, on the iCE40, logic cells) is linear in the lane count:
 `logic_lines` fits the lines to the recorded builds in `fit_builds.json`, which
 `bench/bench_fit.py --refit` extends; `bench/bench_fit.py` compares the estimate with build
 reports.
@@ -50,6 +51,7 @@ SPRAM_SHAPE = (16, 16384)        # SB_SPRAM256KA, where the iCE40 puts memories 
 # recorded builds (`bench/bench_fit.py --refit` records more and rewrites `logic` there).
 BUILDS = Path(__file__).with_name("fit_builds.json")
 REQUANTIZER_DSPS = 2             # the 32x16 requantization product
+RESIDUAL_DSPS = 1                # with residual additions, the operand's 9x15 product r * N
 # Place and route needs some free logic to legalise and close timing.
 HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
 # The resources that limit each family: the iCE40's LUT4s and flip-flops share its logic cells.
@@ -172,8 +174,13 @@ def estimate(config: EngineConfig, board: str | BoardSpec, *,
                 bram += count * mem.read_ports     # LUT RAM and logic are inside the logic lines
     logic = {k: base + per_lane * config.lanes for k, (base, per_lane) in LOGIC[fam].items()}
     return Estimate(spec.name, fam, config.lanes, logic["lut"], logic["ff"], logic.get("lc"),
-                    config.lanes + REQUANTIZER_DSPS * config.pixels_per_step, bram, spram,
-                    dict(spec.capacity))
+                    config.lanes + requantizer_dsps(config) * config.pixels_per_step, bram,
+                    spram, dict(spec.capacity))
+
+
+def requantizer_dsps(config: EngineConfig) -> int:
+    """Multipliers of one requantizer (one per pixel computed at once)."""
+    return REQUANTIZER_DSPS + RESIDUAL_DSPS * config.residual
 
 
 @dataclass(frozen=True)

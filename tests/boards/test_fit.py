@@ -33,7 +33,9 @@ def test_ecp5_block_ram_matches_what_yosys_maps():
     # 76-bit parameters by 1024 + 24 counters, 9 blocks of 9 x 2048
     est = F.estimate(EngineConfig.ecp5_85f(), "ulx3s-85f")
     assert est.bram == 16 * 2 * 2 + 87 + 9 + 2
-    assert est.dsp == 64 + 4 * F.REQUANTIZER_DSPS       # a requantizer per pixel of a 2x2 block
+    # a requantizer per pixel of a 2x2 block, each with the residual operand's product: synth_ecp5
+    # of the ULX3S board at 7157128 maps 76 MULT18X18D (and 160 DP16KD)
+    assert est.dsp == 64 + 4 * (F.REQUANTIZER_DSPS + F.RESIDUAL_DSPS) == 76
 
 
 def test_refusal_names_the_resource_and_a_lane_count_that_fits():
@@ -42,7 +44,7 @@ def test_refusal_names_the_resource_and_a_lane_count_that_fits():
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("ulx3s-85f: 200 lanes do not fit (")
-    assert "DSP ~208 of 156" in msg        # 200 lanes and four requantizers
+    assert "DSP ~212 of 156" in msg        # 200 lanes and four requantizers of 3
     best = int(msg.rsplit("--lanes ", 1)[1].split()[0])
     assert F.estimate(EngineConfig.ecp5_85f().with_lanes(best), "ulx3s-85f").fits
     assert not F.estimate(EngineConfig.ecp5_85f().with_lanes(best + 1), "ulx3s-85f").fits
@@ -61,7 +63,7 @@ def test_auto_fit_picks_fewer_lanes_and_says_why():
     p = choice.config.lanes
     assert choice.estimate.fits and p < 160
     assert not F.estimate(big.with_lanes(p + 1), spec).fits
-    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~168 of 156, BRAM ~")
+    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~172 of 156, BRAM ~")
     assert f"); building {p} (LUT ~" in choice.note and "\n" not in choice.note
 
 
