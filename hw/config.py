@@ -87,7 +87,9 @@ class EngineConfig:
     pixels_per_step: 1, 2 or 4: a stride-1 conv layer without a pool whose output channels
                     fill at most 1/R of the lanes computes R pixels at once (a 1x2 or 2x2 block,
                     each pixel on its own P/R lanes; R <= pixels_per_step), and R requantizers
-                    write them in the same cycle; 1: one pixel, one requantizer
+                    write them in the same cycle; 1: one pixel, one requantizer.  With residual
+                    additions too, a stride-2 layer that adds none computes 1x2 blocks
+                    (`two_windows`)
     """
 
     lanes: int = 8
@@ -150,6 +152,14 @@ class EngineConfig:
         while isinstance(lanes, int) and lanes > 0 and lanes % pixels:
             pixels //= 2
         return replace(self, lanes=lanes, pixels_per_step=pixels)
+
+    @property
+    def two_windows(self) -> bool:
+        """A stride-2 conv layer without a residual operand can compute a 1x2 block: its two
+        pixels' windows span 5 columns, two of which share a bank column, so the second
+        pixel's window is read on the banks' second read port, which such a layer leaves free
+        (engines with residual additions and blocks of pixels)."""
+        return self.residual and self.pixels_per_step > 1
 
     # -- derived widths -----------------------------------------------------------------------
 

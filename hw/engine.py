@@ -111,6 +111,8 @@ class Engine(wiring.Component):
                          ser.res_offset.eq(layer.res_offset)]
         if cfg.pixels_per_step > 1:
             m.d.comb += [fetch.pixels.eq(layer.pixels), ser.pixels.eq(layer.pixels)]
+        if cfg.two_windows:
+            m.d.comb += fetch.stride.eq(layer.stride)
 
         # The writer never waits: activations go to the banks, logits to the LogitMemory.
         out = rq.o_stream
@@ -161,7 +163,8 @@ class Engine(wiring.Component):
 
     def _activations(self, m, banks, seq, fetch, ser, outs, load):
         """The 16 banks: read by the WindowFetch (and, with residual additions, by the
-        serializer's operand reads on a second port); written by the writer while running and
+        serializer's operand reads on a second port, which a stride-2 layer computing 1x2
+        blocks gives the WindowFetch's second window instead); written by the writer while running and
         by image loads while idle.  No layer writes a map it reads, so the ports never meet on
         a word; the pixels of a block lie in distinct banks, so their values never meet on a
         bank."""
@@ -173,6 +176,11 @@ class Engine(wiring.Component):
                 res = unchecked_read_port(m, bank, f"act{b}_res")
                 m.d.comb += [res.addr.eq(ser.res_addr), res.en.eq(ser.res_en),
                              ser.res_rd_data[b].eq(res.data)]
+                if self.config.two_windows:
+                    # a stride-2 layer's second window (such a layer adds no operand)
+                    with m.If(fetch.second_window):
+                        m.d.comb += [res.addr.eq(fetch.rd_addr_b[b]), res.en.eq(fetch.rd_en)]
+                    m.d.comb += fetch.rd_data_b[b].eq(res.data)
             with m.If(seq.busy):
                 # a block's pixels share the address and leave together, each in its own bank:
                 # only the byte is selected (nothing at all with one pixel per step)

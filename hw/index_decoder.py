@@ -16,7 +16,8 @@ class IndexDecoder(wiring.Component):
     Only nonzero weights are stored, each with its 4-bit kernel position, so a zero weight
     never reaches a lane and costs no cycle.  The WindowFetch has already turned each lane's
     position into the bank holding its pixel, so this is the only crossbar: one 16:1 byte
-    select per lane.  One register stage.
+    select per lane.  One register stage.  With two windows (`EngineConfig.two_windows`) the
+    second half of the lanes select from `window_b`.
 
     Ports:
       i_stream: In(stream of window_layout): P weights, P (bank, inside), the 16 banks' words
@@ -47,7 +48,12 @@ class IndexDecoder(wiring.Component):
         with m.If(en):
             m.d.sync += [o.valid.eq(i.valid), out.weight.eq(i.payload.weight),
                          out.flags.eq(i.payload.flags), out.tag.eq(i.payload.tag)]
-            for lane in range(self.config.lanes):
+            P = self.config.lanes
+            for lane in range(P):
+                # with two windows, the second half of the lanes (a 1x2 block's second pixel)
+                # selects from the second
+                window = (i.payload.window_b if self.config.two_windows and lane >= P // 2
+                          else i.payload.window)
                 m.d.sync += out.act[lane].eq(
-                    Mux(i.payload.inside[lane], i.payload.window[i.payload.bank[lane]], 0))
+                    Mux(i.payload.inside[lane], window[i.payload.bank[lane]], 0))
         return m

@@ -160,12 +160,16 @@ def window_layout(cfg: EngineConfig) -> data.StructLayout:
                lane's kernel position; classifier: the step's position field)
     inside[l]: 0 when that pixel lies in the zero padding (the lane's activation is 0)
     window[b]: bank b's word at the address the step needed from it
+    window_b[b]: (engines with `two_windows`) the words the second half of the lanes select
+               from: the second read port's, at the second pixel's window, in a stride-2 layer
+               computing 1x2 blocks; `window` otherwise
     """
     return data.StructLayout({
         "weight": data.ArrayLayout(signed(WEIGHT_BITS), cfg.lanes),
         "bank": data.ArrayLayout(unsigned(4), cfg.lanes),
         "inside": data.ArrayLayout(unsigned(1), cfg.lanes),
         "window": data.ArrayLayout(unsigned(8), BANKS),
+        **({"window_b": data.ArrayLayout(unsigned(8), BANKS)} if cfg.two_windows else {}),
         "flags": flags_layout(),
         "tag": vector_tag_layout(cfg),
     })

@@ -144,7 +144,7 @@ class LayerPlan:
         one, and one per block of pixels computed at once."""
         rows, cols = self.sweep
         if self.descriptor.stride:
-            return -(-rows // 2) * -(-cols // 2)
+            return -(-rows // 2) * -(-cols // 2) // self.descriptor.replicas
         return rows * cols // self.descriptor.replicas
 
 
@@ -406,9 +406,16 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
 def _pixels_at_once(cfg: EngineConfig, layer, dst: FeatureMap) -> int:
     """R, the pixels a conv layer computes at once: the most (up to `pixels_per_step`) whose
     P/R lanes still hold all its output channels, for a stride-1 layer without a pool whose
-    output the blocks tile (even width for 1x2, even height too for 2x2)."""
+    output the blocks tile (even width for 1x2, even height too for 2x2); a stride-2 layer
+    adding no residual operand computes 1x2 blocks the same way on an engine with
+    `two_windows`."""
     replicas = 1
-    if layer.stride != 1 or layer.pool:
+    if layer.pool:
+        return replicas
+    if layer.stride != 1:
+        if (cfg.two_windows and layer.residual is None and layer.out_channels <= cfg.lanes // 2
+                and dst.width % 2 == 0):
+            replicas = 2
         return replicas
     while (2 * replicas <= cfg.pixels_per_step and layer.out_channels <= cfg.lanes // (2 * replicas)
            and dst.width % 2 == 0 and (replicas == 1 or dst.height % 2 == 0)):

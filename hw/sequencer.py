@@ -27,7 +27,7 @@ class Sequencer(wiring.Component):
     order; 2x2 blocks in order when pooling; every other pixel of every other row with stride
     2), the group's step words from its start up to the
     word marked `last`; a layer computing a 1x2 or 2x2 block of pixels at once (`pixels`)
-    steps by the block.  A layer with global average pooling (`gap`) sweeps its input's pixels
+    steps by the block (a stride-2 layer's 1x2 block by 4 input columns).  A layer with global average pooling (`gap`) sweeps its input's pixels
     as a 1x1 convolution does, but marks a pixel's last step as such only at the group's last
     pixel, so the MacArray's sums run on across pixels, and writes the result at pixel (0, 0).  The weight memory always reads the word after the one being issued,
     and a pixel's first word is issued again from a copy of the group's first word, so the step
@@ -135,8 +135,9 @@ class Sequencer(wiring.Component):
         all_written = Signal()
         d = self.layer
         # the sweep's step in x and y: 2 when pooling or striding by 2 (one pixel of the 2x2
-        # block then) and across a block of pixels computed at once, 1 otherwise
-        step_x = Signal(2)
+        # block then) and across a block of pixels computed at once, 1 otherwise; 4 in x for
+        # a stride-2 layer's 1x2 blocks
+        step_x = Signal(3)
         step_y = Signal(2)
         # the pixel issued now is not the group's last / is (from registers alone)
         more_pixels = Signal()
@@ -163,7 +164,7 @@ class Sequencer(wiring.Component):
         m.d.comb += [
             r.more_pixels.eq((d.pool & ~(r.dy & r.dx)) | r.x_more | r.y_more),
             r.final_pixel.eq(~r.more_pixels),
-            r.step_x.eq(Mux(halve | (pixels != 0), 2, 1)),
+            r.step_x.eq(Mux(d.stride & (pixels != 0), 4, Mux(halve | (pixels != 0), 2, 1))),
             r.step_y.eq(Mux(halve | (pixels == 2), 2, 1)),
             r.word.eq(Mux(r.from_copy, r.first_word, self.w_data)),
             req.step.eq(r.word),

@@ -39,6 +39,11 @@ class WindowFetch(wiring.Component):
                  (layer constant): lane l's pixel is (y, x) plus its place in the 1x2 or 2x2
                  block, whose windows span at most 4 rows and 4 columns, one per bank row and
                  bank column
+      stride:    In, (engines with `two_windows`) the layer strides by 2 (layer constant); with
+                 a 1x2 block its second pixel's window, at (y, x + 2), shares a bank column
+                 with the first's, so it is read on the banks' second ports: `second_window`
+                 is then set, rd_addr_b gives those ports' addresses, rd_data_b their data,
+                 and the second half of the lanes select from `window_b`
     """
 
     LATENCY = 3     # the request registered, the bank read, the banks' words registered
@@ -59,12 +64,21 @@ class WindowFetch(wiring.Component):
             "rd_en": Out(1),
             "rd_data": In(data.ArrayLayout(8, BANKS)),
             **({"pixels": In(2)} if config.pixels_per_step > 1 else {}),
+            **({"stride": In(1), "second_window": Out(1),
+                "rd_addr_b": Out(data.ArrayLayout(config.act_addr_bits, BANKS)),
+                "rd_data_b": In(data.ArrayLayout(8, BANKS))} if config.two_windows else {}),
         })
 
     @property
     def _span(self) -> int:
         """Window rows (and columns) a step reads: 3, or 4 when two pixels share a row."""
         return KERNEL + (self.config.pixels_per_step > 1)
+
+    @property
+    def _col_span(self) -> int:
+        """Window columns whose residues and padding bits are computed: 5 with a second
+        window (a stride-2 block's second pixel reads columns x + 1 .. x + 3)."""
+        return self._span + self.config.two_windows
 
     def elaborate(self, platform):
         m = Module()
@@ -76,6 +90,8 @@ class WindowFetch(wiring.Component):
         # within a layer.)  The consumer must not wait for valid before raising ready.
         en = Signal()
         m.d.comb += [en.eq(o.ready), i.ready.eq(en), self.rd_en.eq(en)]
+        if self.config.two_windows:
+            m.d.comb += self.second_window.eq(self.stride & (self.pixels == 1))
         s0, s0_valid = self._stage0(m, en)
 
         # Stage 1: the read is in flight; each lane's bank and padding bit.
@@ -94,13 +110,17 @@ class WindowFetch(wiring.Component):
                 o.payload.inside.eq(s1.inside), o.payload.flags.eq(s1.flags),
                 o.payload.tag.eq(s1.tag), o.payload.window.eq(self.rd_data),
             ]
+            if self.config.two_windows:
+                m.d.sync += o.payload.window_b.eq(Mux(self.second_window, self.rd_data_b,
+                                                      self.rd_data))
         return m
 
-    def _axis(self, m: Module, coord, size):
-        """Per window row/column offset k (0..2, and 3 for the second pixel of a block):
-        whether coordinate + k - 1 is inside, its quotient by 4 and its residue mod 4."""
+    def _axis(self, m: Module, coord, size, span: int):
+        """Per window row/column offset k (0..2, 3 for the second pixel of a block, 4 for a
+        stride-2 block's): whether coordinate + k - 1 is inside, its quotient by 4 and its
+        residue mod 4."""
         inside, quot, res = [], [], []
-        for k in range(self._span):
+        for k in range(span):
             c = Signal(signed(self.config.coord_bits + 2), name=f"c{k}")
             m.d.comb += c.eq(coord + k - 1)
             inside.append((c >= 0) & (c < size))
@@ -116,8 +136,8 @@ class WindowFetch(wiring.Component):
         after the sequencer's counters).  Drives the banks' read addresses."""
         cfg = self.config
         req = self.i_stream.payload
-        row_in, row_q, row_r = self._axis(m, req.y, self.in_h)
-        col_in, col_q, col_r = self._axis(m, req.x, self.in_w)
+        row_in, row_q, row_r = self._axis(m, req.y, self.in_h, self._span)
+        col_in, col_q, col_r = self._axis(m, req.x, self.in_w, self._col_span)
 
         # Bank row br serves the window row whose coordinate is br mod 4 (at most one does), at
         # word offset quotient << pitch; bank column bc likewise at offset quotient.  A
@@ -131,31 +151,44 @@ class WindowFetch(wiring.Component):
                         m.d.comb += row_off[r].eq(row_q[k] << self.pitch_in)
                     with m.If(col_r[k] == r):
                         m.d.comb += col_off[r].eq(col_q[k])
+        # The second window (x + 1 .. x + 3) on the second read ports: its own column offsets.
+        col_off_b = Signal.like(col_off)
+        if cfg.two_windows:
+            for r in range(BANK_ROWS):
+                for k in range(KERNEL - 1, KERNEL + 2):
+                    with m.If(col_r[k] == r):
+                        m.d.comb += col_off_b[r].eq(col_q[k])
 
         # Only the valid bits need a reset; data registers have none.
         s0 = Signal(window_layout(cfg), reset_less=True)   # bank: each lane's kernel position
         s0_valid = Signal()
         s0_row_base = Signal(data.ArrayLayout(cfg.act_addr_bits, BANK_ROWS), reset_less=True)
         s0_col_off = Signal.like(col_off, reset_less=True)
-        span = self._span
+        s0_col_off_b = Signal.like(col_off, reset_less=True)
+        span, col_span = self._span, self._col_span
         s0_row_r = Signal(data.ArrayLayout(2, span), reset_less=True)
-        s0_col_r = Signal(data.ArrayLayout(2, span), reset_less=True)
+        s0_col_r = Signal(data.ArrayLayout(2, col_span), reset_less=True)
         s0_row_in = Signal(span, reset_less=True)
-        s0_col_in = Signal(span, reset_less=True)
+        s0_col_in = Signal(col_span, reset_less=True)
         with m.If(en):
             m.d.sync += [
                 s0_valid.eq(self.i_stream.valid), s0_col_off.eq(col_off),
+                s0_col_off_b.eq(col_off_b),
                 s0.weight.eq(req.step.weight), s0.bank.eq(req.step.position),
                 s0.flags.eq(req.flags), s0.tag.eq(req.tag),
             ]
             for br in range(BANK_ROWS):
                 m.d.sync += s0_row_base[br].eq(req.step.addr + row_off[br])
             for k in range(span):
-                m.d.sync += [s0_row_r[k].eq(row_r[k]), s0_col_r[k].eq(col_r[k]),
-                             s0_row_in[k].eq(row_in[k]), s0_col_in[k].eq(col_in[k])]
+                m.d.sync += [s0_row_r[k].eq(row_r[k]), s0_row_in[k].eq(row_in[k])]
+            for k in range(col_span):
+                m.d.sync += [s0_col_r[k].eq(col_r[k]), s0_col_in[k].eq(col_in[k])]
         for br in range(BANK_ROWS):
             for bc in range(BANK_ROWS):
                 m.d.comb += self.rd_addr[br * BANK_ROWS + bc].eq(s0_row_base[br] + s0_col_off[bc])
+                if cfg.two_windows:
+                    m.d.comb += self.rd_addr_b[br * BANK_ROWS + bc].eq(s0_row_base[br] +
+                                                                       s0_col_off_b[bc])
         return SimpleNamespace(window=s0, row_r=s0_row_r, col_r=s0_col_r, row_in=s0_row_in,
                                col_in=s0_col_in), s0_valid
 
@@ -177,28 +210,39 @@ class WindowFetch(wiring.Component):
                     for ky in range(KERNEL):
                         for kx in range(KERNEL):
                             with m.Case(ky * KERNEL + kx):
-                                row_r, row_in = self._shifted(s0.row_r, s0.row_in, ky, dy)
-                                col_r, col_in = self._shifted(s0.col_r, s0.col_in, kx, dx)
+                                row_r, row_in = self._shifted(s0.row_r, s0.row_in, ky, dy, 1)
+                                col_r, col_in = self._shifted(s0.col_r, s0.col_in, kx, dx,
+                                                              1 + cfg.two_windows)
                                 m.d.comb += [lane_bank[lane].eq(Cat(col_r, row_r)),
                                              lane_inside[lane].eq(row_in & col_in)]
         return lane_bank, lane_inside
 
     def _place(self, m: Module, lane: int):
-        """(dy, dx) of lane `lane`'s pixel in the block: 1x2 block, lanes of the second half
-        at dx = 1; 2x2 block, quarter q at (q div 2, q mod 2); one pixel: (0, 0)."""
-        R = self.config.pixels_per_step
+        """(dy, dx) of lane `lane`'s pixel in the block, in input pixels: 1x2 block, lanes of
+        the second half at dx = 1 (2 with stride 2, in the second window); 2x2 block, quarter
+        q at (q div 2, q mod 2); one pixel: (0, 0)."""
+        cfg = self.config
+        R = cfg.pixels_per_step
         if R == 1:
             return 0, 0
-        P = self.config.lanes
+        P = cfg.lanes
         half, quarter = lane // (P // 2), lane // (P // 4) if R == 4 else 0
-        dy, dx = Signal(name=f"dy_{lane}"), Signal(name=f"dx_{lane}")
+        dy = Signal(name=f"dy_{lane}")
+        dx = Signal(range(3) if cfg.two_windows else 1, name=f"dx_{lane}")
+        second = (self.pixels == 1) & (half == 1)
         m.d.comb += [dy.eq((self.pixels == 2) & (quarter >= 2)),
-                     dx.eq(((self.pixels == 1) & (half == 1)) | ((self.pixels == 2) & (quarter % 2 == 1)))]
+                     dx.eq(second | ((self.pixels == 2) & (quarter % 2 == 1)))]
+        if cfg.two_windows:
+            with m.If(second & self.stride):
+                m.d.comb += dx.eq(2)
         return dy, dx
 
     @staticmethod
-    def _shifted(res, inside, k: int, d):
-        """The residue and padding bit of window offset k, or k + 1 where d is set."""
+    def _shifted(res, inside, k: int, d, most: int):
+        """The residue and padding bit of window offset k + d (d at most `most`)."""
         if isinstance(d, int):
-            return res[k], inside[k]
-        return Mux(d, res[k + 1], res[k]), Mux(d, inside[k + 1], inside[k])
+            return res[k + d], inside[k + d]
+        r, i = res[k], inside[k]
+        for n in range(1, most + 1):
+            r, i = Mux(d == n, res[k + n], r), Mux(d == n, inside[k + n], i)
+        return r, i

@@ -35,8 +35,9 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
         bs = 2 if d.pool else 1             # pixels of a pool block per side
         R = d.replicas                      # pixels computed at once: lane l serves pixel l // G
         G = P // R
-        place = [((q // 2, q % 2) if R == 4 else (0, q)) for q in range(R)]
-        step_y, step_x = (2, 2) if plan.block == 2 else (place[-1][0] + 1, place[-1][1] + 1)
+        place = [((q // 2, q % 2) if R == 4 else (0, q)) for q in range(R)]   # output pixels
+        sd = 2 if d.stride else 1           # input pixels per output pixel
+        step_y, step_x = (2, 2 * R) if plan.block == 2 else (place[-1][0] + 1, place[-1][1] + 1)
         for g in range(-(-d.out_channels // G)):
             gstart = ptr
             n_lanes = min(G, d.out_channels - g * G)
@@ -53,8 +54,8 @@ def run_program(program: Program, image: np.ndarray) -> list[int]:
                                 ptr += 1
                                 for l in range(P):
                                     p = s["position"][l]
-                                    y = y0 + dy + place[l // G][0]
-                                    x = x0 + dx + place[l // G][1]
+                                    y = y0 + dy + sd * place[l // G][0]
+                                    x = x0 + dx + sd * place[l // G][1]
                                     if d.flat:
                                         a = mem[p, s["addr"]]
                                     else:

@@ -177,3 +177,34 @@ def test_engine_computes_blocks_of_pixels_at_once_and_their_cycles_follow_the_mo
     for plan, layer in zip(program.layers[:4], report.layers):
         assert issue_cycles(plan) == plan.zero_skip_bound, plan.name
         assert layer.macs == plan.nonzeros * 8 * 6        # every pixel of the 8x6 map
+
+
+@pytest.mark.parametrize("pixels_per_step", [2, 4])
+def test_engine_computes_stride_2_layers_in_1x2_blocks_on_two_windows(pixels_per_step):
+    """With residual additions and blocks of pixels, a stride-2 layer (3x3 or a 1x1
+    projection) whose channels fit half the lanes computes 1x2 blocks, the second pixel's
+    window read on the banks' second ports; one that adds an operand (those ports' other use)
+    and one filling every lane run one pixel.  Bit-exact under stalls, every layer's cycles
+    equal to the cycle model, and the blocked KEP layers issue exactly their zero-skip limit."""
+    cfg = EngineConfig(lanes=8, max_height=8, max_width=8, max_channels=8, max_layers=8,
+                       max_classes=8, act_depth=256, weight_depth=512, param_depth=64,
+                       residual=True, pixels_per_step=pixels_per_step)
+    assert cfg.two_windows
+    rng = np.random.default_rng(17)
+    kep = {"pattern": Pattern.KERNEL_ELEMENTS, "density": 3 / 9}
+    project = {"kernel": 1, "stride": 2, "relu": False, "pattern": Pattern.DENSE}
+    convs = [random_conv(rng, 3, 4, **kep),
+             random_conv(rng, 4, 4, stride=2, **kep),
+             random_conv(rng, 4, 4, source=1, **project),
+             random_conv(rng, 4, 4, source=2, residual=3, **kep),
+             random_conv(rng, 4, 4, source=4, **project),
+             random_conv(rng, 4, 4, stride=2, source=4, residual=5, **kep),
+             random_conv(rng, 4, 8, stride=2, **kep)]
+    net = with_classifier(rng, (3, 8, 8), convs, classes=5, density=0.5, global_pool=True)
+    program, results = run_and_compare(cfg, net, random_images(rng, 2, net.input_shape), stall=0.3)
+    assert [p.descriptor.replicas for p in program.layers] == [2, 2, 2, 2, 2, 1, 1, 1]
+    for result in results:
+        assert list(result.layer_cycles) == cycle_model.program_cycles(program)
+    for i in (0, 1, 3):
+        plan = program.layers[i]
+        assert issue_cycles(plan) == plan.zero_skip_bound, plan.name

@@ -45,8 +45,10 @@ def test_random_networks_equal_the_reference(tmp_path, name, n, size, channels):
     heads = {(bool(c.net.hidden), c.net.linears[0].global_pool) for c in cases}
     assert heads == {(False, False), (False, True), (True, False), (True, True)}
     if cfg.pixels_per_step > 1:     # layers of 1x2 (and 2x2) blocks of pixels
-        blocks = {p.descriptor.replicas for c in cases for p in pack_network(cfg, c.net).layers}
-        assert blocks == {1 << k for k in range(cfg.pixels_per_step.bit_length())}
+        plans = [p for c in cases for p in pack_network(cfg, c.net).layers]
+        assert {p.descriptor.replicas for p in plans} == {1 << k for k in range(cfg.pixels_per_step.bit_length())}
+        if name == "p8-small":      # stride-2 layers in 1x2 blocks, on two windows
+            assert any(p.descriptor.stride and p.descriptor.replicas == 2 for p in plans)
     obs = verify_plan(BenchPlan(cfg, tuple(cases), STALLS, seed=n, reset_case=2), tmp_path)
     assert obs.failure is None
     assert [len(r) for r in obs.runs] == [len(c.images) for c in cases]
