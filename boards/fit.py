@@ -5,6 +5,7 @@ that fits.
     fit("icebreaker")                   -> EngineConfig with the most lanes that fit
     fit("icebreaker", lanes=8)          -> FitError: one line, which resource and by how much
     choose("icebreaker")                -> Choice: the config, its estimate and a one-line note
+    chip_memory(config, net)            -> ChipMemory: on-chip bytes a network needs, the board's
 
 Memories are counted as yosys maps them (`memory_libmap`'s costs, checked against its log): each
 memory of the engine (`prunefab.hw.memories.engine_memories`: 16 activation banks, weights,
@@ -31,6 +32,7 @@ from prunefab.boards.link import DEFAULT_MAX_PAYLOAD
 from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
+from prunefab.hw.layouts import LOAD_TARGET_ACTIVATIONS
 from prunefab.hw.memories import MemoryHint, MemorySpec, engine_memories
 
 # How yosys' memory_libmap maps a memory: the cheapest of block RAM, LUT RAM and logic, with the
@@ -242,3 +244,76 @@ def _largest(spec, config, most, max_payload) -> Choice | None:
 
 def _overs(est: Estimate) -> str:
     return ", ".join(f"{k.upper()} ~{getattr(est, k)} of {est.limit(k)}" for k in est.over())
+
+
+def memory_bits(config: EngineConfig, words: dict[str, int]) -> dict[str, int]:
+    """Bits each kind of memory of `config`'s engine holds (weights, params, activations,
+    others) when the memories named in `words` are that many words deep (a memory read on
+    two ports held twice, as the block RAMs hold it)."""
+    bits: dict[str, int] = {}
+    for mem in engine_memories(config):
+        kind = "activations" if mem.load_target == LOAD_TARGET_ACTIVATIONS else mem.name
+        depth = words.get(kind, mem.depth)
+        bits[kind] = bits.get(kind, 0) + mem.mapped_width * depth * mem.read_ports
+    return bits
+
+
+def on_chip_bits(board: str | BoardSpec) -> int:
+    """Bits of block RAM (and, on the iCE40, SPRAM) the board's device has."""
+    spec = board if isinstance(board, BoardSpec) else board_spec(board)
+    bram = max(w * d for w, d in BRAM_SHAPES[spec.family])
+    return (spec.capacity["bram"] * bram
+            + spec.capacity["spram"] * SPRAM_SHAPE[0] * SPRAM_SHAPE[1])
+
+
+@dataclass(frozen=True)
+class ChipMemory:
+    """The on-chip memory a network needs on an engine (bits per kind: weights, activations,
+    params, ...) against what the board's device has."""
+
+    board: str
+    needed: dict
+    available: int
+    step_words: int
+    lanes: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.needed.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def describe(self) -> str:
+        """The bytes it needs, on how many lanes, with the step words and activations."""
+        return (f"{_bytes(self.total)} on {self.lanes} lanes ({self.step_words} step words, "
+                f"{_bytes(self.needed['weights'])}; activations {_bytes(self.needed['activations'])})")
+
+    @property
+    def capacity(self) -> str:
+        return f"the {self.board}'s {_bytes(self.available)}"
+
+    @property
+    def needed_bytes(self) -> str:
+        return _bytes(self.total)
+
+
+def chip_memory(config: EngineConfig, net) -> ChipMemory | None:
+    """The on-chip memory `net` needs on an engine of `config`'s lanes (its limits raised to the
+    network's) against the device of the board whose preset `config` is; None when it is no
+    board's preset."""
+    from prunefab.boards.top import BOARDS
+    from prunefab.hw.loader import demand
+    boards = [b for b in BOARDS.values() if b.config() == config]
+    if not boards:
+        return None
+    need = demand(config, net)
+    bits = memory_bits(need.config, {"weights": need.step_words, "activations": need.act_words,
+                                     "params": need.params + need.config.max_layers})
+    return ChipMemory(boards[0].name, bits, on_chip_bits(boards[0]), need.step_words, config.lanes)
+
+
+def _bytes(bits: int) -> str:
+    n = bits / 8
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"

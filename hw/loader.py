@@ -209,6 +209,48 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
     not fit: shapes, activation, weight or parameter memory.
     """
     cfg.check_network(net)
+    maps, plans, steps, params = _pack(cfg, net)
+    _check_memories(cfg, steps, params)
+    return Program(cfg, tuple(maps), tuple(plans), [pack(step_layout(cfg), w) for w in steps],
+                   [pack(param_layout(cfg), p) for p in params],
+                   [p.descriptor.pack(cfg) for p in plans], net.linear.out_features)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a network needs of an engine shaped like `config`: `config` with its shape limits
+    (channels, rows, columns, layers, classes, residual additions) raised to the network's, and
+    the words its memories must hold."""
+
+    config: EngineConfig
+    step_words: int
+    params: int
+    act_words: int              # per activation bank
+
+
+def demand(cfg: EngineConfig, net: QuantizedNetwork) -> Demand:
+    """The memories `net` needs on an engine of `cfg`'s lanes and blocks of pixels, whatever
+    its limits (a network beyond them is sized as if they were raised)."""
+    net.validate()
+    shapes = net.feature_shapes()
+    channels = max([c for c, _, _ in shapes] + [lin.out_features for lin in net.hidden])
+    shaped = dataclasses.replace(
+        cfg, max_channels=max(cfg.max_channels, channels),
+        max_height=max(cfg.max_height, *(h for _, h, _ in shapes)),
+        max_width=max(cfg.max_width, *(w for _, _, w in shapes)),
+        max_layers=max(cfg.max_layers, len(net.convs) + len(net.linears)),
+        max_classes=max(cfg.max_classes, net.linear.out_features),
+        residual=cfg.residual or any(c.residual is not None for c in net.convs))
+    words = [c * plane_words(h, w) for c, h, w in shapes]
+    act = _least_depth(words, map_lifetimes(net))
+    shaped = dataclasses.replace(shaped, act_depth=max(shaped.act_depth, act))
+    _, _, steps, params = _pack(shaped, net)
+    return Demand(shaped, len(steps), len(params), act)
+
+
+def _pack(cfg: EngineConfig, net: QuantizedNetwork) -> tuple[list, list, list[dict], list[dict]]:
+    """The feature maps, layer plans, step words and parameters of `net` on `cfg`, its memories'
+    depths unchecked but the activations'."""
     orders = _lane_orders(net)
     maps = _feature_maps(cfg, net, orders)
     steps: list[dict] = []
@@ -225,10 +267,7 @@ def pack_network(cfg: EngineConfig, net: QuantizedNetwork) -> Program:
         plans.append(_pack_linear(cfg, "linear" if classifier else f"linear{j}", lin,
                                   maps[n + j], None if classifier else maps[n + j + 1],
                                   steps, params))
-    _check_memories(cfg, steps, params)
-    return Program(cfg, tuple(maps), tuple(plans), [pack(step_layout(cfg), w) for w in steps],
-                   [pack(param_layout(cfg), p) for p in params],
-                   [p.descriptor.pack(cfg) for p in plans], net.linear.out_features)
+    return maps, plans, steps, params
 
 
 def _lane_orders(net: QuantizedNetwork) -> list[list[int]]:
@@ -296,6 +335,15 @@ def _place(depth: int, words: list[int], lives: list[tuple[int, int]]) -> list[i
     return bases
 
 
+def _least_depth(words: list[int], lives: list[tuple[int, int]]) -> int:
+    """The least bank depth `_place` fits the maps in: at least the words live at once."""
+    need = max(sum(words[j] for j, (a, b) in enumerate(lives) if a <= t <= b)
+               for t in range(-1, len(words)))
+    while need < 4 * sum(words) and isinstance(_place(need, words, lives), int):
+        need += 1
+    return need
+
+
 def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[FeatureMap]:
     """Where every feature map lives (`_place`); refuses a network whose maps live at the same
     time do not fit `act_depth`, naming the layer that writes the map that found no room."""
@@ -307,11 +355,7 @@ def _feature_maps(cfg: EngineConfig, net: QuantizedNetwork, orders) -> list[Feat
         k = bases
         first, last = lives[k]
         beside = [j for j, (a, b) in enumerate(lives[:k]) if a <= last and first <= b]
-        # the least depth this placement fits in: at least the words live at once
-        need = max(sum(words[j] for j, (a, b) in enumerate(lives) if a <= t <= b)
-                   for t in range(-1, len(shapes)))
-        while need < 4 * sum(words) and isinstance(_place(need, words, lives), int):
-            need += 1
+        need = _least_depth(words, lives)
         n = len(net.convs)
         writer = f"conv{k - 1}" if k <= n else f"linear{k - 1 - n}"
         what = "input: map 0" if k == 0 else f"{writer}: its output map {k}"

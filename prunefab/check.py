@@ -92,7 +92,8 @@ def check_model(model: nn.Module, config: EngineConfig, input_shape) -> ModelMap
     try:
         config.check_network(net)
     except PrunefabError as e:
-        return ModelMap(input_shape, tuple(layers), _named(str(e), names), None)
+        return ModelMap(input_shape, tuple(layers), _named(str(e), names) + _chip(config, spec, net),
+                        None)
     try:
         program = pack_network(config, net)
     except PrunefabError as e:
@@ -101,6 +102,26 @@ def check_model(model: nn.Module, config: EngineConfig, input_shape) -> ModelMap
     return ModelMap(input_shape, tuple(layers), None,
                     f"dense, weight memory {len(program.weights)} of {config.weight_depth} words, "
                     f"parameters {len(program.params)} of {config.param_depth}")
+
+
+def _chip(config: EngineConfig, spec: NetSpec, net: QuantizedNetwork) -> str:
+    """For a board's preset that the network exceeds: what its memories would take on the chip,
+    dense and with 2 of 9 elements kept in every 3x3 plane (a 78 % cut), when even the pruned
+    network is beyond the chip's memory; "" otherwise."""
+    from prunefab.boards.fit import chip_memory
+    from prunefab.hw.config import EngineLimitError
+    try:
+        dense = chip_memory(config, net)
+    except EngineLimitError:           # a layer kind no engine runs: nothing to size
+        return ""
+    if dense is None or dense.fits:
+        return ""
+    pruned = chip_memory(config, _stand_in(spec, net.input_shape, kept=2))
+    if pruned.fits:                    # pruning makes room: the limits are the problem
+        return ""
+    return (f"; nor would its memories fit the chip, even pruned: dense {dense.describe()}, "
+            f"{pruned.needed_bytes} with 2 of 9 elements of each 3x3 plane kept, against "
+            f"{dense.capacity}")
 
 
 def _layer_maps(spec: NetSpec, net: QuantizedNetwork) -> list[LayerMap]:
@@ -135,16 +156,19 @@ def _writer(feature_map: int) -> str:
     return "input" if feature_map == 0 else f"conv{feature_map - 1}"
 
 
-def _stand_in(spec: NetSpec, input_shape) -> QuantizedNetwork:
-    """An integer network of the model's graph and shapes with every weight kept (each 1): what
-    the engine's limits and memories see of the dense model."""
+def _stand_in(spec: NetSpec, input_shape, kept: int = 9) -> QuantizedNetwork:
+    """An integer network of the model's graph and shapes with every weight kept (each 1), or
+    the first `kept` elements of every 3x3 plane: what the engine's limits and memories see of
+    the dense (or so pruned) model."""
     convs = []
     for i, c in enumerate(spec.convs):
         o, n, k = c.conv.out_channels, c.conv.in_channels, c.conv.kernel_size[0]
         residual = None
         if c.residual is not None:
             residual = Residual(c.residual, np.ones(o, np.int32), np.full(o, 16, np.int32))
-        convs.append(ConvLayer(np.ones((o, n, k, k), np.int8), np.zeros(o, np.int32),
+        weights = np.ones((o, n, k * k), np.int8)
+        weights[:, :, min(kept, k * k):] = 0
+        convs.append(ConvLayer(weights.reshape(o, n, k, k), np.zeros(o, np.int32),
                                np.full(o, 1, np.int32), np.full(o, 16, np.int32), c.pool,
                                c.conv.stride[0], c.relu, c.source, residual))
     hidden = []

@@ -114,16 +114,19 @@ def cmd_prune(args) -> None:
     from prunefab.sw.train import accuracy, save_checkpoint, seed_everything
     if args.schedule is not None and args.method != "kep":
         raise UsageError("--schedule applies to --method kep only")
+    if args.balanced and args.method != "iessp":
+        raise UsageError("--balanced applies to --method iessp only")
     ctx = _distributed(args)
     seed_everything(args.seed)
     flops_cut = (args.flops_cut if args.flops_cut is not None
                  else _recipe(args).flops_cut if args.recipe else 0.75)
     model, name, (tr, te), _ = _checkpoint_and_data(args, args.checkpoint)
     options = {k: getattr(args, k) for k in ("strength", "schedule") if getattr(args, k) is not None}
+    options |= {"balanced": True} if args.balanced else {}
     pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
                    state=args.output if args.resume else None, **options)
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
-                    flops_cut=flops_cut)
+                    flops_cut=flops_cut, **({"balanced": True} if args.balanced else {}))
     if ctx.is_main:
         print(f"{args.method}: {cuts(pruned)}, float test accuracy {accuracy(pruned, te):.2%}; "
               f"wrote {args.output}")
@@ -452,6 +455,9 @@ def _add_prune(sub, common) -> None:
                     help="penalty strength, >= 0 (method default)")
     sp.add_argument("--schedule", choices=["constant", "linear", "step"], default=None,
                     help="KEP penalty schedule (default linear)")
+    sp.add_argument("--balanced", action="store_true",
+                    help="IESSP: every filter of a layer keeps equally many stripes (lane-balanced; "
+                         "fewer step words on a wide engine)")
     sp.add_argument("-o", "--output", type=arg.output_file, required=True)
     sp.set_defaults(func=cmd_prune)
 

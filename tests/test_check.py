@@ -39,8 +39,6 @@ def test_a_family_model_maps_layer_by_layer(capsys):
 
 
 @pytest.mark.parametrize("name, config, problem", [
-    ("vgg16", "ecp5-85f", "conv2 (features.2.0): 128 output channels exceeds this engine's limit "
-                          "of 64; generate an engine with max_channels >= 128"),
     ("resnet56", "ecp5-85f", "network: 58 layers exceeds this engine's limit of 24; generate an "
                              "engine with max_layers >= 58"),
 ])
@@ -50,6 +48,47 @@ def test_a_model_that_cannot_map_gets_its_table_and_one_line_naming_the_layer_an
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{name}: 3x32x32 input, 10 classes, on the {config} engine (64 lanes)"
     assert out[-1].startswith(f"{name} does not map to the {config} engine") and problem in out[-1]
+
+
+def test_a_network_beyond_the_chip_is_refused_with_the_bytes_it_needs(capsys):
+    """VGG-16 at CIFAR size: beyond the engine's limits and, dense or pruned, beyond the
+    ECP5-85F's block RAM; the line gives the bytes needed against the chip's 208 x 18 kbit."""
+    assert run("check", "--model", "vgg16", "--config", "ecp5-85f") == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "vgg16: 3x32x32 input, 10 classes, on the ecp5-85f engine (64 lanes)"
+    line = out[-1]
+    assert line.startswith("vgg16 does not map to the ecp5-85f engine (64 lanes): conv2 "
+                           "(features.2.0): 128 output channels exceeds this engine's limit of 64; "
+                           "generate an engine with max_channels >= 128; nor would its memories "
+                           "fit the chip, even pruned: dense ")
+    assert line.endswith("with 2 of 9 elements of each 3x3 plane kept, against the ulx3s-85f's "
+                         f"{208 * 18 * 1024 // 8 // 1024} KB")
+
+
+def test_chip_memory_counts_every_memory_as_the_block_rams_hold_it():
+    from prunefab.boards.fit import chip_memory, memory_bits
+    from prunefab.check import _stand_in
+    from prunefab.hw.loader import demand, pack_network
+    from prunefab.hw.memories import memory_spec
+    from prunefab.sw.models import engine_spec
+    cfg = EngineConfig.ecp5_85f()
+    spec = engine_spec(models.build("resnet20"))
+    pruned = _stand_in(spec, (3, 32, 32), kept=2)
+    need = demand(cfg, pruned)
+    program = pack_network(cfg, pruned)                      # within the limits: the loader's words
+    assert (need.step_words, need.params) == (len(program.weights), len(program.params))
+    assert need.config == cfg                               # no limit raised
+    found = chip_memory(cfg, pruned)
+    assert found.fits and found.board == "ulx3s-85f"
+    assert found.needed["weights"] == need.step_words * memory_spec(cfg, "weights").mapped_width
+    # the 16 activation banks, each on two read ports (the residual operand's)
+    assert found.needed["activations"] == 16 * 2 * 8 * need.act_words
+    assert memory_bits(cfg, {})["weights"] == cfg.weight_depth * memory_spec(cfg, "weights").mapped_width
+    vgg = _stand_in(engine_spec(models.build("vgg16")), (3, 32, 32), kept=1)
+    big = chip_memory(cfg, vgg)
+    assert not big.fits and big.total > 5 * big.available
+    assert big.lanes == 64 and demand(cfg, vgg).config.max_channels == 512
+    assert chip_memory(cfg.with_lanes(32), pruned) is None   # no board's preset: nothing to say
 
 
 def test_resnet20_maps_as_a_graph_layer_by_layer(capsys):

@@ -203,6 +203,7 @@ CORPUS = [
     ("prune {pt} --method kep --flops-cut nan -o {d}/x.pt", "--flops-cut"),
     ("prune {pt} --method kep --sparsity-epochs -1 -o {d}/x.pt", "--sparsity-epochs: must be at least 0"),
     ("prune {pt} --method iessp --schedule step -o {d}/x.pt", "--schedule applies to --method kep only"),
+    ("prune {pt} --method kep --balanced -o {d}/x.pt", "--balanced applies to --method iessp only"),
     ("demo --data synthetic --flops-cut 2 --out {d}/demo", "--flops-cut: must be a finite number in [0, 1)"),
     ("demo --data synthetic --methods kep,nope --out {d}/demo", "unknown name(s) 'nope'"),
     ("demo --data synthetic --methods kep,kep --out {d}/demo", "names a method twice"),

@@ -20,7 +20,11 @@ Interpretation (docs/pruning.md has the reasoning):
   are zeroed with their gradient, and a filter left without a stripe loses its BatchNorm.
 * Hard prune: keep the stripes whose score / sqrt(FLOPs saved) is above the smallest threshold
   that meets the target (bisection); filters left without a stripe go with the next layer's
-  inputs, as in SWP.
+  inputs, as in SWP.  `balanced=True` (`prunefab prune --balanced`) keeps the same number of
+  stripes in every filter of a layer instead, the count per layer allocated as KEP allocates
+  its elements (`stripes.balanced_stripes`): a lane group then needs no padding steps, and a
+  network whose stripes pile up in its widest layers (where one step word serves all lanes
+  with the fullest filter's count) needs fewer step words.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from torch import nn
 
 from prunefab.sw import distributed
 from prunefab.sw.prune.base import Masks, PruningMethod, flops_per_element
-from prunefab.sw.prune.stripes import (attach_scales, filter_masks, fold_scales, stripe_scales,
-                                       stripes_for_target, threshold_skeleton)
+from prunefab.sw.prune.stripes import (attach_scales, balanced_stripes, filter_masks, fold_scales,
+                                       stripe_scales, stripes_for_target, threshold_skeleton)
 
 
 class InformationExtraction:
@@ -98,10 +102,11 @@ class InformationExtractionStripePruning(PruningMethod):
 
     def __init__(self, strength: float = 5e-3, gamma: float = 2.0, max_boost: float = 4.0,
                  loss_momentum: float = 0.98, refresh_every: int = 20, flops_exponent: float = 0.5,
-                 threshold: float = 0.01):
+                 threshold: float = 0.01, balanced: bool = False):
         if strength < 0 or gamma < 0 or max_boost <= 0 or threshold < 0:
             raise ValueError("IESSP strength, gamma and threshold must be >= 0 and max_boost > 0")
         self.threshold = threshold
+        self.balanced = balanced
         self.strength = strength
         self.gamma = gamma
         self.max_boost = max_boost
@@ -160,7 +165,11 @@ class InformationExtractionStripePruning(PruningMethod):
 
     def compute_masks(self, model: nn.Module, flops_cut: float) -> Masks:
         """Stripes ranked by score / (FLOPs the stripe saves) ** flops_exponent: 0 ranks by score
-        alone, 1 by score per FLOP (which strips the largest layer almost bare)."""
+        alone, 1 by score per FLOP (which strips the largest layer almost bare).  Balanced: the
+        same count in every filter of a layer (`balanced_stripes`)."""
+        if self.balanced:
+            return filter_masks(model, balanced_stripes(model, list(self.importance(model).values()),
+                                                        flops_cut))
         spec, per_elem = flops_per_element(model)
         scores = [s / float(f * c.conv.in_channels) ** self.flops_exponent
                   for (c, f), s in zip(zip(spec.convs, per_elem), self.importance(model).values())]

@@ -153,6 +153,54 @@ def stripes_for_target(model: nn.Module, scores: list[torch.Tensor], flops_cut: 
     return stripes_above(scores, candidates[lo])
 
 
+def balanced_stripes(model: nn.Module, scores: list[torch.Tensor], flops_cut: float,
+                     min_stripes: int = 1) -> list[torch.Tensor]:
+    """Kept stripes [C_out, 9] per layer, lane-balanced: every filter of a layer keeps its k best
+    stripes, k per layer, so a lane group's filters (and the engine's lanes) stay in lock-step as
+    KEP's planes do.  A stripe of score 0 (its scale zeroed in the loop) is never kept.
+
+    k per layer from the FLOPs target: from 9 everywhere, the layer whose next stripe per filter
+    loses the least share of the layer's score per FLOP it saves gives one up (a step that saves
+    nothing, every filter's stripe at that rank being zero already, is free), down to
+    `min_stripes`, until the conv FLOPs of the kept stripes meet the target.  Filters left with
+    no stripe also remove the next layer's inputs in a plain chain; that saving is not counted,
+    so the cut met is at least the target.
+    """
+    check_cut(flops_cut)
+    spec, per_elem = flops_per_element(model)
+    budget = (1.0 - flops_cut) * dense_conv_flops(model)
+    order = [s.sort(dim=1, descending=True, stable=True) for s in scores]
+    ranked = [o.values for o in order]
+    live = [(r > 0).sum(dim=1) for r in ranked]               # stripes of each filter above 0
+    total = [float(r.sum().clamp_min(1e-12)) for r in ranked]
+    unit = [f * c.conv.in_channels for c, f in zip(spec.convs, per_elem)]   # FLOPs of a stripe
+    k = [r.shape[1] for r in ranked]
+
+    def kept(layer: int, count: int) -> float:
+        return float(live[layer].clamp(max=count).sum())
+
+    flops = sum(u * kept(n, kn) for n, (u, kn) in enumerate(zip(unit, k)))
+    while flops > budget:
+        best, best_price = None, None
+        for n in range(len(k)):
+            if k[n] <= min_stripes:
+                continue
+            saved = unit[n] * (kept(n, k[n]) - kept(n, k[n] - 1))
+            price = 0.0 if saved == 0 else float(ranked[n][:, k[n] - 1].sum()) / total[n] / saved
+            if best_price is None or price < best_price:
+                best, best_price = n, price
+        if best is None:
+            raise PruningError(f"balanced stripe pruning cannot cut {flops_cut:.0%} of conv FLOPs "
+                               f"with {min_stripes} stripe(s) per filter")
+        flops -= unit[best] * (kept(best, k[best]) - kept(best, k[best] - 1))
+        k[best] -= 1
+    masks = []
+    for s, o, kn in zip(scores, order, k):
+        keep = torch.zeros_like(s, dtype=torch.bool).scatter_(1, o.indices[:, :kn], True)
+        masks.append(keep & (s > 0))
+    return masks
+
+
 class StripeWisePruning(PruningMethod):
     """SWP: the filter skeleton (one learnable scale per stripe) under L1, thresholded in the loop.
 

@@ -191,3 +191,47 @@ def test_in_loop_masking_of_the_headline_methods(name):
         s = stripe_scales(model)["features.0.0"]
         assert (s.detach()[0] == 0).all() and (s.grad[0] == 0).all()
         assert models.layer_specs(model).convs[0].bn.weight[0] == 0
+
+
+def test_balanced_stripes_give_every_filter_of_a_layer_the_same_count():
+    """`balanced_stripes`: k best stripes per filter, k per layer from the FLOPs target, no
+    stripe of score 0, and the cut met."""
+    from prunefab.sw.prune.stripes import balanced_stripes, stripe_flops
+    model = tiny()
+    spec, _ = flops_per_element(model)
+    torch.manual_seed(1)
+    scores = [torch.rand(c.conv.out_channels, 9) for c in spec.convs]
+    scores[1][0] = 0.0                                  # a filter whose scales were all zeroed
+    scores[2][:, 4] = 0.0                               # a position zeroed in every filter
+    kept = balanced_stripes(model, scores, 0.7)
+    assert stripe_flops(model, kept) <= 0.3 * dense_conv_flops(model)
+    for s, k in zip(scores, kept):
+        counts = k.sum(dim=1)
+        live = (s > 0).sum(dim=1)
+        per_layer = int(counts.max())
+        assert 1 <= per_layer < 9
+        assert torch.equal(counts, live.clamp(max=per_layer))      # balanced where scores allow
+        assert not (k & (s == 0)).any()
+        for o in range(len(s)):                                    # each filter's best stripes
+            if counts[o]:
+                assert s[o][k[o]].min() >= s[o][~k[o]].max()
+    assert kept[1][0].sum() == 0 and kept[2][:, 4].sum() == 0
+    with pytest.raises(ValueError, match="cannot cut 99% of conv FLOPs with 1 stripe"):
+        balanced_stripes(model, scores, 0.99)
+
+
+def test_balanced_iessp_prunes_lane_balanced_stripes_to_the_target():
+    model = tiny()
+    method = make("iessp", balanced=True)
+    method.prepare(model, [(torch.rand(8, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))])
+    masks = method.compute_masks(model, 0.6)
+    spec, _ = flops_per_element(model)
+    kept_flops = 0.0
+    for c, f in zip(spec.convs, flops_per_element(model)[1]):
+        m = masks[(c.conv, "weight")].flatten(2)                  # [C_out, C_in, 9]
+        stripe = m.amax(dim=1)                                    # a stripe: every input channel
+        assert torch.equal(m, stripe.unsqueeze(1).expand_as(m) * (m.sum(2, keepdim=True) > 0))
+        counts = stripe.sum(dim=1)
+        assert (counts[counts > 0] == counts.max()).all()         # one count per layer
+        kept_flops += f * float(m.sum())
+    assert kept_flops <= 0.4 * dense_conv_flops(model) + 1e-6
