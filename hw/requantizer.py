@@ -31,9 +31,12 @@ class Requantizer(wiring.Component):
     unrequantized and unclamped.
 
     In an engine with residual additions (`EngineConfig.residual`) the operand's term rides
-    beside the product in the same stages: stage 1 forms r * N (9 x 15 bits), stage 2 shifts
-    it left by s - u, stage 3 adds 2^(s-1) to it and stage 4 adds it to the product, so there
-    is still one rounding and no added stage (a layer without a residual has r = 0).
+    beside the product in the same stages: stage 1 registers r, N and s - u as they arrive,
+    stage 2 forms r * N (9 x 15 bits), stage 3 shifts it left by s - u and adds 2^(s-1), and
+    stage 4 adds it to the product, so there is still one rounding and no added stage (a layer
+    without a residual has r = 0).  The operand comes from an activation bank's second read port
+    through the serializer's bank select, across the die on a large chip, so it meets a
+    register before its multiplier.
 
     Ports:
       i_stream: In(stream of requant_in_layout): acc, bias, M, s, the residual operand's value r,
@@ -94,9 +97,11 @@ class Requantizer(wiring.Component):
         m.d.comb += o.payload.eq(out)
         v5, side5, _ = stage(5)
 
-        res_prod1 = Signal(signed(9 + MULT_BITS + 1), reset_less=True)
+        res1 = Signal(signed(9), reset_less=True)
+        res_mult1 = Signal(unsigned(MULT_BITS), reset_less=True)
         lift1 = Signal(LIFT_BITS, reset_less=True)
-        res_term2 = Signal(signed(term_bits), reset_less=True)
+        res_prod2 = Signal(signed(9 + MULT_BITS + 1), reset_less=True)
+        lift2 = Signal(LIFT_BITS, reset_less=True)
         extra3 = Signal(signed(term_bits), reset_less=True)
         with m.If(en):
             p = i.payload
@@ -110,9 +115,10 @@ class Requantizer(wiring.Component):
                          high2.eq(total[LOW_BITS:].as_signed() * mult1), sh2.eq(sh1), side2.eq(side1)]
             m.d.sync += [v3.eq(v2), prod3.eq((high2 << LOW_BITS) + low2), sh3.eq(sh2), side3.eq(side2)]
             if cfg.residual:
-                m.d.sync += [res_prod1.eq(p.res * p.res_mult), lift1.eq(p.res_lift),
-                             res_term2.eq(res_prod1 << lift1),
-                             extra3.eq(res_term2 + _half(sh2, product_bits)),
+                m.d.sync += [res1.eq(p.res), res_mult1.eq(p.res_mult), lift1.eq(p.res_lift),
+                             res_prod2.eq(res1 * res_mult1), lift2.eq(lift1),
+                             extra3.eq((res_prod2 << lift2)[:term_bits].as_signed()
+                                       + _half(sh2, product_bits)),
                              rounded.eq(prod3 + extra3)]
             else:
                 m.d.sync += rounded.eq(prod3 + _half(sh3, product_bits))
