@@ -56,6 +56,11 @@ REQUANTIZER_DSPS = 2             # the 32x16 requantization product
 RESIDUAL_DSPS = 1                # with residual additions, the operand's 9x15 product r * N
 # Place and route needs some free logic to legalise and close timing.
 HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
+# The most pixels per step that route, where fewer than the preset's: the 64-lane ULX3S top
+# with blocks of four pixels (four requantizers and operand selects) does not route on the
+# ECP5-85F, router2's overused wires falling to about 8400 and then growing again; with blocks
+# of two it routes at 52 MHz (docs/boards.md).
+ROUTED_PIXELS = {"ecp5": 2}
 # The resources that limit each family: the iCE40's LUT4s and flip-flops share its logic cells.
 LIMITS = {"ice40": ("lc", "dsp", "bram", "spram"), "ecp5": ("lut", "ff", "dsp", "bram")}
 
@@ -197,9 +202,10 @@ class Choice:
 def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
            lanes: int | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Choice:
     """The board's engine: `config` (the board's preset by default) with `lanes` lanes, or with
-    the most lanes up to the preset's that fit.  FitError (one line) when none fits."""
+    the most lanes up to the preset's that fit, and at most the pixels per step that route on
+    the board (`ROUTED_PIXELS`).  FitError (one line) when none fits."""
     spec = board if isinstance(board, BoardSpec) else board_spec(board)
-    config = config or spec.config()
+    config, routed = _routable(spec, config or spec.config())
     if lanes is not None:
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
             raise FitError(f"{spec.name}: lane count must be a positive integer, not {lanes!r}")
@@ -209,7 +215,8 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
             best = _largest(spec, config, lanes - 1, max_payload)
             hint = f"use --lanes {best.config.lanes} or fewer" if best else "no lane count fits"
             raise FitError(f"{spec.name}: {lanes} lanes do not fit ({_overs(est)}); {hint}")
-        return Choice(chosen, est, f"{spec.name}: {lanes} lanes fit the estimate ({est.summary()})")
+        return Choice(chosen, est, f"{spec.name}: {lanes} lanes fit the estimate ({est.summary()})"
+                                   f"{routed}")
     best = _largest(spec, config, config.lanes, max_payload)
     if best is None:
         est = estimate(config.with_lanes(1), spec, max_payload=max_payload)
@@ -224,7 +231,18 @@ def choose(board: str | BoardSpec, config: EngineConfig | None = None, *,
         note = (f"{spec.name}: {config.lanes} lanes would not fit ({_overs(full)}); building "
                 f"{best.config.lanes} ({best.estimate.summary()}); {best.config.lanes + 1} "
                 f"would exceed {_overs(more)}")
-    return dataclasses.replace(best, note=note)
+    return dataclasses.replace(best, note=note + routed)
+
+
+def _routable(spec: BoardSpec, config: EngineConfig) -> tuple[EngineConfig, str]:
+    """`config` with at most the pixels per step that route on the board's family, and a note
+    saying so when that is fewer ("" otherwise)."""
+    most = ROUTED_PIXELS.get(spec.family)
+    if most is None or config.pixels_per_step <= most:
+        return config, ""
+    return (dataclasses.replace(config, pixels_per_step=most),
+            f"; blocks of {most} pixels, not {config.pixels_per_step} (those do not route on "
+            f"this device)")
 
 
 def fit(board: str | BoardSpec, config: EngineConfig | None = None, *, lanes: int | None = None,

@@ -44,16 +44,25 @@ def test_refusal_names_the_resource_and_a_lane_count_that_fits():
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("ulx3s-85f: 200 lanes do not fit (")
-    assert "DSP ~212 of 156" in msg        # 200 lanes and four requantizers of 3
+    assert "DSP ~206 of 156" in msg        # 200 lanes and two requantizers of 3 (blocks of 2)
     best = int(msg.rsplit("--lanes ", 1)[1].split()[0])
-    assert F.estimate(EngineConfig.ecp5_85f().with_lanes(best), "ulx3s-85f").fits
-    assert not F.estimate(EngineConfig.ecp5_85f().with_lanes(best + 1), "ulx3s-85f").fits
+    routed = dataclasses.replace(EngineConfig.ecp5_85f(), pixels_per_step=2)
+    assert F.estimate(routed.with_lanes(best), "ulx3s-85f").fits
+    assert not F.estimate(routed.with_lanes(best + 1), "ulx3s-85f").fits
 
 
 def test_auto_fit_takes_the_preset_when_it_fits():
     choice = F.choose("ulx3s-85f")
-    assert choice.config == EngineConfig.ecp5_85f() and choice.config.lanes >= 64
+    # the preset's lanes, in blocks of as many pixels as route on the ECP5
+    assert choice.config == dataclasses.replace(EngineConfig.ecp5_85f(), pixels_per_step=2)
+    assert choice.config.lanes >= 64 and choice.estimate.dsp == 64 + 2 * 3
     assert choice.note.startswith("ulx3s-85f: 64 lanes fit the estimate (LUT ~")
+    assert choice.note.endswith("; blocks of 2 pixels, not 4 (those do not route on this device)")
+    assert F.choose("ulx3s-85f", lanes=32).config.pixels_per_step == 2
+    # an engine within what routes is taken as it is, and the iCE40 has no such limit
+    one = dataclasses.replace(EngineConfig.ecp5_85f(), pixels_per_step=1)
+    assert F.choose("ulx3s-85f", one).config == one
+    assert "pixels" not in F.choose("icebreaker").note
 
 
 def test_auto_fit_picks_fewer_lanes_and_says_why():
@@ -62,8 +71,8 @@ def test_auto_fit_picks_fewer_lanes_and_says_why():
     choice = F.choose(spec, big)
     p = choice.config.lanes
     assert choice.estimate.fits and p < 160
-    assert not F.estimate(big.with_lanes(p + 1), spec).fits
-    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~172 of 156, BRAM ~")
+    assert not F.estimate(choice.config.with_lanes(p + 1), spec).fits
+    assert choice.note.startswith(f"ulx3s-85f: 160 lanes would not fit (DSP ~166 of 156, BRAM ~")
     assert f"); building {p} (LUT ~" in choice.note and "\n" not in choice.note
 
 
