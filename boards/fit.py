@@ -33,7 +33,7 @@ from prunefab.boards.top import BoardSpec, board_spec
 from prunefab.errors import PrunefabError
 from prunefab.hw.config import EngineConfig
 from prunefab.hw.layouts import LOAD_TARGET_ACTIVATIONS
-from prunefab.hw.memories import MemoryHint, MemorySpec, engine_memories
+from prunefab.hw.memories import MemoryHint, MemorySpec, engine_memories, params_depth
 
 # How yosys' memory_libmap maps a memory: the cheapest of block RAM, LUT RAM and logic, with the
 # costs of its library files (share/ice40/brams.txt: SB_RAM40_4K 64; share/lattice/
@@ -58,8 +58,8 @@ RESIDUAL_DSPS = 1                # with residual additions, the operand's 9x15 p
 HEADROOM = {"ice40": 0.97, "ecp5": 0.9}
 # The most pixels per step that route, where fewer than the preset's: the 64-lane ULX3S top
 # with blocks of four pixels (four requantizers and operand selects) does not route on the
-# ECP5-85F, router2's overused wires falling to about 8400 and then growing again; with blocks
-# of two it routes at 52 MHz (docs/boards.md).
+# ECP5-85F, router2's overused wires falling to about 1800 and then growing again; with blocks
+# of two it routes at 52 MHz asked 50 (docs/boards.md).
 ROUTED_PIXELS = {"ecp5": 2}
 # The resources that limit each family: the iCE40's LUT4s and flip-flops share its logic cells.
 LIMITS = {"ice40": ("lc", "dsp", "bram", "spram"), "ecp5": ("lut", "ff", "dsp", "bram")}
@@ -327,8 +327,9 @@ def chip_memory(config: EngineConfig, net) -> ChipMemory | None:
     if not boards:
         return None
     need = demand(config, net)
+    params = params_depth(dataclasses.replace(need.config, param_depth=need.params))
     bits = memory_bits(need.config, {"weights": need.step_words, "activations": need.act_words,
-                                     "params": need.params + need.config.max_layers})
+                                     "params": params})
     return ChipMemory(boards[0].name, bits, on_chip_bits(boards[0]), need.step_words, config.lanes)
 
 

@@ -403,22 +403,31 @@ def _pack_conv(cfg: EngineConfig, name: str, layer, src: FeatureMap, dst: Featur
     counts, positions, values = conv_elements(layer)
     if layer.kernel == 1:
         positions = np.full_like(positions, KERNEL_ELEMENTS // 2)
-    starts = np.concatenate([[0], np.cumsum(counts.ravel().astype(np.int64))]).reshape(-1)
     co, ci = counts.shape
+    # the first element of plane (o, c) in `values` / `positions`
+    starts = np.concatenate([[0], np.cumsum(counts.ravel().astype(np.int64))])[:-1].reshape(co, ci)
     w_base, param_base = len(steps), len(params)
     group_steps = []
     for g in range(0, co, P):
-        lanes = order[g:g + P]
+        lanes = np.asarray(order[g:g + P])
         n_before = len(steps)
         for c in range(ci):
-            for s in range(max(int(counts[o, c]) for o in lanes)):
-                wv, pv = [0] * P, [0] * P
-                for l, o in enumerate(lanes):
-                    if s < counts[o, c]:
-                        k = starts[o * ci + c] + s
-                        wv[l], pv[l] = int(values[k]), int(positions[k])
-                steps.append({"weight": wv * replicas, "position": pv * replicas,
-                              "addr": src.plane_base(c), "last": 0})
+            have = counts[lanes, c].astype(np.int64)
+            depth = int(have.max())
+            if depth == 0:
+                continue
+            # step s gives lane l its plane's element s, or weight 0 past the plane's count
+            s = np.arange(depth)[:, None]
+            live = s < have[None, :]
+            k = np.where(live, starts[lanes, c][None, :] + s, 0)
+            wv = np.zeros((depth, P), np.int64)     # lanes past the group's last channel: 0
+            pv = np.zeros((depth, P), np.int64)
+            wv[:, :len(lanes)] = np.where(live, values[k], 0)
+            pv[:, :len(lanes)] = np.where(live, positions[k], 0)
+            wv, pv = wv.tolist(), pv.tolist()
+            addr = src.plane_base(c)
+            steps += [{"weight": w * replicas, "position": q * replicas, "addr": addr, "last": 0}
+                      for w, q in zip(wv, pv)]
         group_steps.append(_close_group(steps, n_before, src.base, cfg.lanes))
     res = layer.residual
     for o in order:

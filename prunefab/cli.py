@@ -122,11 +122,11 @@ def cmd_prune(args) -> None:
                  else _recipe(args).flops_cut if args.recipe else 0.75)
     model, name, (tr, te), _ = _checkpoint_and_data(args, args.checkpoint)
     options = {k: getattr(args, k) for k in ("strength", "schedule") if getattr(args, k) is not None}
-    options |= {"balanced": True} if args.balanced else {}
+    balanced = {"balanced": True} if args.balanced else {}      # recorded only when asked for
     pruned = prune(model, args.method, tr, flops_cut, _budget(args), seed=args.seed,
-                   state=args.output if args.resume else None, **options)
+                   state=args.output if args.resume else None, **options, **balanced)
     save_checkpoint(pruned, args.output, data=name, seed=args.seed, method=args.method,
-                    flops_cut=flops_cut, **({"balanced": True} if args.balanced else {}))
+                    flops_cut=flops_cut, **balanced)
     if ctx.is_main:
         print(f"{args.method}: {cuts(pruned)}, float test accuracy {accuracy(pruned, te):.2%}; "
               f"wrote {args.output}")
